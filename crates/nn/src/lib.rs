@@ -1,0 +1,34 @@
+//! Shared building blocks of blip2, the Rust port of BLIP-2 on Burn.
+//!
+//! Every other blip2 crate builds on these, and none of them depends on another leaf:
+//! - [`backend`]: compile-time backend aliases behind cargo features (`flex` default, `ndarray`, `wgpu`,
+//!   `vulkan`, `metal`, `cuda`), a run-time choice among them ([`backend::with_backend`]), and which float
+//!   dtypes each supports;
+//! - [`loader`]: strict, memory-mapped safetensors loading into Burn modules under a key prefix, with dtype
+//!   casts, tied parameters and a full report of what did not match; and saving back with HF names;
+//! - [`Activation`]: the activation functions HF configs name;
+//! - [`mask`]: padding and causal masks, boolean and additive;
+//! - [`KvCache`]: per-layer key/value caches for incremental decoding and beam search.
+//!
+//! ```
+//! use blip2_nn::{Activation, backend::DefaultBackend};
+//! use burn::prelude::*;
+//!
+//! let device = Default::default();
+//! let act = Activation::parse("hidden_act", "quick_gelu")?;
+//! let y = act.forward(Tensor::<DefaultBackend, 1>::from_floats([0.0, 1.0], &device));
+//! let y: Vec<f32> = y.to_data().to_vec().unwrap();
+//! assert!((y[1] - 1.0 / (1.0 + (-1.702f32).exp())).abs() < 1e-6);
+//! # Ok::<(), blip2_nn::Error>(())
+//! ```
+
+mod activation;
+pub mod backend;
+mod error;
+mod kv_cache;
+pub mod loader;
+pub mod mask;
+
+pub use activation::Activation;
+pub use error::Error;
+pub use kv_cache::{KvCache, LayerCache};

@@ -1,0 +1,382 @@
+//! Memory-mapped safetensors checkpoints: one file, or shards listed by `model.safetensors.index.json`.
+//!
+//! Headers are parsed and validated when the checkpoint is opened (a garbage header, a truncated file, a missing
+//! shard or a broken index fail there, naming the file); tensor bytes are read from the maps one tensor at a time
+//! and converted on the host to the dtype asked for.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::TensorData;
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::tensor::Dtype;
+use safetensors::{SafeTensorError, SafeTensors};
+
+use crate::Error;
+use crate::backend::FloatDType;
+
+/// The single-file weights name in an HF model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The shard index name in an HF model directory.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Where one tensor lives and what it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// The dtype on disk.
+    pub dtype: Dtype,
+    /// The shape on disk (PyTorch layout: `Linear` weights are `[out, in]`).
+    pub shape: Vec<usize>,
+    file: usize,
+    start: usize,
+    end: usize,
+}
+
+impl TensorInfo {
+    /// Whether the dtype can become a float parameter.
+    pub fn is_float(&self) -> bool {
+        matches!(
+            self.dtype,
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64
+        )
+    }
+}
+
+#[derive(Debug)]
+struct MappedFile {
+    path: PathBuf,
+    map: Mmap,
+    data_start: usize,
+}
+
+/// An opened checkpoint: every tensor name with its dtype, shape and file, the bytes memory-mapped.
+#[derive(Debug)]
+pub struct Checkpoint {
+    source: PathBuf,
+    files: Vec<MappedFile>,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+impl Checkpoint {
+    /// Opens a model directory (`model.safetensors`, else `model.safetensors.index.json` and its shards), a
+    /// single `.safetensors` file, or an index file.
+    ///
+    /// # Errors
+    /// [`Error::NoWeights`], [`Error::Io`], [`Error::MissingShard`], [`Error::BadIndex`], [`Error::BadHeader`],
+    /// [`Error::Truncated`] or [`Error::DuplicateKey`], each naming the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let single = path.join(WEIGHTS_FILE);
+            let index = path.join(INDEX_FILE);
+            if single.is_file() {
+                Self::from_files(path, vec![single])
+            } else if index.is_file() {
+                Self::open_index(&index)
+            } else {
+                Err(Error::NoWeights {
+                    dir: path.to_path_buf(),
+                })
+            }
+        } else if path.extension().is_some_and(|e| e == "json") {
+            Self::open_index(path)
+        } else {
+            Self::from_files(path, vec![path.to_path_buf()])
+        }
+    }
+
+    fn open_index(index: &Path) -> Result<Self, Error> {
+        let bad = |reason: String| Error::BadIndex {
+            path: index.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| bad("no `weight_map` object".to_string()))?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut shards: Vec<String> = Vec::new();
+        for (key, file) in map {
+            let file = file
+                .as_str()
+                .ok_or_else(|| bad(format!("the shard of `{key}` is not a file name")))?;
+            // Shards are plain names next to the index; anything else could reach outside the model directory.
+            if file.is_empty() || Path::new(file).components().count() != 1 || file.contains("..") {
+                return Err(bad(format!(
+                    "the shard of `{key}` is `{file}`, not a file name in the same directory"
+                )));
+            }
+            if !shards.iter().any(|s| s == file) {
+                shards.push(file.to_string());
+            }
+        }
+        if shards.is_empty() {
+            return Err(bad("`weight_map` is empty".to_string()));
+        }
+        shards.sort();
+        let mut paths = Vec::with_capacity(shards.len());
+        for shard in &shards {
+            let shard_path = dir.join(shard);
+            if !shard_path.is_file() {
+                return Err(Error::MissingShard {
+                    index: index.to_path_buf(),
+                    shard: shard_path,
+                });
+            }
+            paths.push(shard_path);
+        }
+        let checkpoint = Self::from_files(index, paths)?;
+        for (key, file) in map {
+            let file = file.as_str().unwrap_or_default();
+            match checkpoint.tensors.get(key) {
+                Some(info) if checkpoint.files[info.file].path.ends_with(file) => {}
+                Some(info) => {
+                    return Err(bad(format!(
+                        "`{key}` is mapped to {file} but stored in {}",
+                        checkpoint.files[info.file].path.display()
+                    )));
+                }
+                None => {
+                    return Err(bad(format!(
+                        "`{key}` is mapped to {file}, which does not contain it"
+                    )));
+                }
+            }
+        }
+        Ok(checkpoint)
+    }
+
+    fn from_files(source: &Path, paths: Vec<PathBuf>) -> Result<Self, Error> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut tensors: BTreeMap<String, TensorInfo> = BTreeMap::new();
+        for (index, path) in paths.into_iter().enumerate() {
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // SAFETY: the map is read-only and private to this process. Like every memory-mapped loader
+            // (safetensors, transformers, candle), it assumes the file is not truncated by another process
+            // while the checkpoint is open.
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            let (header_len, metadata) = read_header(&path, &map)?;
+            let data_start = 8 + header_len;
+            for (name, info) in metadata.tensors() {
+                let entry = TensorInfo {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    file: index,
+                    start: data_start + info.data_offsets.0,
+                    end: data_start + info.data_offsets.1,
+                };
+                if let Some(previous) = tensors.insert(name.clone(), entry) {
+                    return Err(Error::DuplicateKey {
+                        key: name,
+                        first: files
+                            .get(previous.file)
+                            .map_or_else(|| path.clone(), |f: &MappedFile| f.path.clone()),
+                        second: path,
+                    });
+                }
+            }
+            files.push(MappedFile {
+                path,
+                map,
+                data_start,
+            });
+        }
+        Ok(Self {
+            source: source.to_path_buf(),
+            files,
+            tensors,
+        })
+    }
+
+    /// The directory, file or index this checkpoint was opened from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The safetensors files, in shard order.
+    pub fn files(&self) -> Vec<&Path> {
+        self.files.iter().map(|f| f.path.as_path()).collect()
+    }
+
+    /// Every tensor name, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether the checkpoint holds no tensor.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Whether `key` is stored.
+    pub fn contains(&self, key: &str) -> bool {
+        self.tensors.contains_key(key)
+    }
+
+    /// Dtype, shape and location of `key`.
+    pub fn info(&self, key: &str) -> Option<&TensorInfo> {
+        self.tensors.get(key)
+    }
+
+    /// The file that stores `key`.
+    pub fn file_of(&self, key: &str) -> Option<&Path> {
+        self.tensors
+            .get(key)
+            .map(|info| self.files[info.file].path.as_path())
+    }
+
+    /// Reads `key` and converts it on the host to `dtype` (round to nearest even, as torch's `.to()` does).
+    ///
+    /// # Errors
+    /// [`Error::TensorNotFound`], or [`Error::TensorDtype`] for a non-float tensor.
+    pub fn read(&self, key: &str, dtype: FloatDType) -> Result<TensorData, Error> {
+        let info = self.tensors.get(key).ok_or_else(|| Error::TensorNotFound {
+            key: key.to_string(),
+            files: self
+                .files
+                .iter()
+                .map(|f| f.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        let file = &self.files[info.file];
+        let bytes = &file.map[info.start..info.end];
+        convert(bytes, info.dtype, dtype, info.shape.clone()).ok_or_else(|| Error::TensorDtype {
+            key: key.to_string(),
+            path: file.path.clone(),
+            dtype: format!("{:?}", info.dtype),
+        })
+    }
+
+    /// Bytes of tensor data in the files (headers excluded).
+    pub fn data_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .map(|f| (f.map.len() - f.data_start) as u64)
+            .sum()
+    }
+}
+
+/// Parses and validates a safetensors header against the whole file.
+fn read_header(
+    path: &Path,
+    buffer: &[u8],
+) -> Result<(usize, safetensors::tensor::Metadata), Error> {
+    SafeTensors::read_metadata(buffer).map_err(|e| match e {
+        SafeTensorError::MetadataIncompleteBuffer | SafeTensorError::InvalidHeaderLength => {
+            match declared_len(buffer) {
+                Some(expected) => Error::Truncated {
+                    path: path.to_path_buf(),
+                    expected,
+                    found: buffer.len() as u64,
+                },
+                None => Error::BadHeader {
+                    path: path.to_path_buf(),
+                    reason: format!("{e:?}"),
+                },
+            }
+        }
+        SafeTensorError::HeaderTooSmall => Error::Truncated {
+            path: path.to_path_buf(),
+            expected: 8,
+            found: buffer.len() as u64,
+        },
+        other => Error::BadHeader {
+            path: path.to_path_buf(),
+            reason: header_reason(&other),
+        },
+    })
+}
+
+fn header_reason(e: &SafeTensorError) -> String {
+    match e {
+        SafeTensorError::InvalidHeader(_) => "the header is not UTF-8".to_string(),
+        SafeTensorError::InvalidHeaderDeserialization(e) => {
+            format!("the header is not valid safetensors JSON ({e})")
+        }
+        SafeTensorError::HeaderTooLarge => "the header length is implausibly large".to_string(),
+        SafeTensorError::InvalidOffset(key) => format!("tensor `{key}` has invalid offsets"),
+        SafeTensorError::TensorInvalidInfo => {
+            "a tensor's shape and dtype do not match its byte range".to_string()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// The file length a well-formed header implies, when the header itself can be read.
+fn declared_len(buffer: &[u8]) -> Option<u64> {
+    let n = u64::from_le_bytes(buffer.get(..8)?.try_into().ok()?);
+    let header = buffer.get(8..8usize.checked_add(usize::try_from(n).ok()?)?);
+    let data_end = match header.and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok()) {
+        Some(json) => json
+            .as_object()?
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+            .max()
+            .unwrap_or(0),
+        // The header itself is cut off: all that is known is that it needs 8 + n bytes.
+        None => 0,
+    };
+    Some(8 + n + data_end)
+}
+
+/// Converts little-endian tensor bytes of dtype `from` into a `TensorData` of `to`; `None` for non-float input.
+pub(crate) fn convert(
+    bytes: &[u8],
+    from: Dtype,
+    to: FloatDType,
+    shape: Vec<usize>,
+) -> Option<TensorData> {
+    fn words<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+        bytes
+            .chunks_exact(N)
+            .map(|c| c.try_into().expect("chunks_exact yields N bytes"))
+    }
+    let data = match (from, to) {
+        (Dtype::F32, FloatDType::F32) => {
+            TensorData::new(words(bytes).map(f32::from_le_bytes).collect(), shape)
+        }
+        (Dtype::F16, FloatDType::F16) => TensorData::new(
+            words(bytes).map(f16::from_le_bytes).collect::<Vec<_>>(),
+            shape,
+        ),
+        (Dtype::BF16, FloatDType::BF16) => TensorData::new(
+            words(bytes).map(bf16::from_le_bytes).collect::<Vec<_>>(),
+            shape,
+        ),
+        (Dtype::F64, _) => {
+            let values = words(bytes).map(f64::from_le_bytes);
+            match to {
+                FloatDType::F32 => TensorData::new(values.map(|v| v as f32).collect(), shape),
+                FloatDType::F16 => TensorData::new(values.map(f16::from_f64).collect(), shape),
+                FloatDType::BF16 => TensorData::new(values.map(bf16::from_f64).collect(), shape),
+            }
+        }
+        (Dtype::F32 | Dtype::F16 | Dtype::BF16, _) => {
+            // Widen to f32 (exact for f16/bf16), then round once to the target.
+            let wide: Box<dyn Iterator<Item = f32> + '_> = match from {
+                Dtype::F32 => Box::new(words(bytes).map(f32::from_le_bytes)),
+                Dtype::F16 => Box::new(words(bytes).map(|w| f16::from_le_bytes(w).to_f32())),
+                _ => Box::new(words(bytes).map(|w| bf16::from_le_bytes(w).to_f32())),
+            };
+            match to {
+                FloatDType::F32 => TensorData::new(wide.collect(), shape),
+                FloatDType::F16 => TensorData::new(wide.map(f16::from_f32).collect(), shape),
+                FloatDType::BF16 => TensorData::new(wide.map(bf16::from_f32).collect(), shape),
+            }
+        }
+        _ => return None,
+    };
+    Some(data)
+}

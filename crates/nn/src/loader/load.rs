@@ -1,0 +1,410 @@
+//! Strict loading of a Burn module from a [`Checkpoint`].
+//!
+//! The module must come straight from its config's `init` (parameters still lazy): loading replaces every
+//! parameter without running its initializer, so init + load costs about the time to read the bytes. Each
+//! parameter is read from the memory map, cast on the host to the requested dtype and placed on the module's
+//! device; `Linear`s built with `LinearLayout::Col` take PyTorch's `[out, in]` weights as they are.
+//!
+//! Strict in both directions: a parameter without a tensor, a tensor (in the part of the checkpoint the
+//! [`KeyMap`] owns) without a parameter, a shape or dtype mismatch: all are collected into one
+//! [`LoadReport`], and any of them makes the load fail with [`Error::Incompatible`] listing every problem.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::prelude::{Backend, Bool, Int, Tensor};
+
+use super::{Checkpoint, KeyMap};
+use crate::Error;
+use crate::backend::{FloatDType, ensure_dtype_supported};
+
+/// How to load: the in-memory dtype, the key map, tied parameters and keys that may go unused.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// The dtype parameters get in memory, whatever the dtype on disk.
+    pub dtype: FloatDType,
+    /// Parameter path -> checkpoint key.
+    pub key_map: KeyMap,
+    /// `(target, source)` checkpoint keys: when `target` is absent, its parameter is loaded from `source`
+    /// (e.g. OPT's `lm_head.weight` from `model.decoder.embed_tokens.weight`).
+    pub tied: Vec<(String, String)>,
+    /// Checkpoint keys that may be present without a parameter (exact names, or patterns with `*`).
+    pub ignore: Vec<String>,
+}
+
+impl LoadOptions {
+    /// Options with `key_map` and f32 parameters.
+    pub fn new(key_map: KeyMap) -> Self {
+        Self {
+            key_map,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the in-memory dtype.
+    pub fn with_dtype(mut self, dtype: FloatDType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Adds a tied parameter: `target` falls back to `source` when absent.
+    pub fn with_tied(mut self, target: &str, source: &str) -> Self {
+        self.tied.push((target.to_string(), source.to_string()));
+        self
+    }
+
+    /// Adds a checkpoint key (or `*` pattern) that may go unused.
+    pub fn with_ignored(mut self, pattern: &str) -> Self {
+        self.ignore.push(pattern.to_string());
+        self
+    }
+}
+
+/// One disagreement between a module and a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Problem {
+    /// The module has a parameter the checkpoint lacks.
+    Missing {
+        /// The checkpoint key that was looked for.
+        key: String,
+    },
+    /// The checkpoint has a tensor (in the module's part) that no parameter takes.
+    Unexpected {
+        /// The checkpoint key.
+        key: String,
+        /// The file that holds it.
+        file: PathBuf,
+    },
+    /// Shapes differ.
+    ShapeMismatch {
+        /// The checkpoint key.
+        key: String,
+        /// The file that holds it.
+        file: PathBuf,
+        /// The parameter's shape (PyTorch layout).
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// The tensor is not a float tensor.
+    WrongDtype {
+        /// The checkpoint key.
+        key: String,
+        /// The file that holds it.
+        file: PathBuf,
+        /// The dtype in the file.
+        dtype: String,
+    },
+    /// An integer or bool parameter in the module: blip2 models have none, and none are loaded.
+    UnsupportedParam {
+        /// The parameter path.
+        path: String,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing { key } => write!(f, "missing: `{key}`"),
+            Self::Unexpected { key, file } => {
+                write!(f, "unexpected: `{key}` (in {})", file.display())
+            }
+            Self::ShapeMismatch {
+                key,
+                file,
+                expected,
+                found,
+            } => write!(
+                f,
+                "shape mismatch: `{key}` is {found:?} in {} but the model expects {expected:?}",
+                file.display()
+            ),
+            Self::WrongDtype { key, file, dtype } => write!(
+                f,
+                "wrong dtype: `{key}` in {} is {dtype}, a float tensor is expected",
+                file.display()
+            ),
+            Self::UnsupportedParam { path } => {
+                write!(f, "unsupported: `{path}` is an integer or bool parameter")
+            }
+        }
+    }
+}
+
+/// What a load did: the files read, the tensors loaded, tied fallbacks used, ignored keys, and the problems.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Where the checkpoint came from.
+    pub source: PathBuf,
+    /// Checkpoint keys loaded into parameters, in module order.
+    pub loaded: Vec<String>,
+    /// `(target, source)` pairs where the target was absent and the source was used.
+    pub tied: Vec<(String, String)>,
+    /// Unused checkpoint keys that the ignore list allowed.
+    pub ignored: Vec<String>,
+    /// Every disagreement; empty for a clean load.
+    pub problems: Vec<Problem>,
+}
+
+impl LoadReport {
+    /// Whether nothing is missing, unexpected or mismatched.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// Keys of the missing parameters.
+    pub fn missing(&self) -> Vec<&str> {
+        self.problems
+            .iter()
+            .filter_map(|p| match p {
+                Problem::Missing { key } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Keys of the unexpected tensors.
+    pub fn unexpected(&self) -> Vec<&str> {
+        self.problems
+            .iter()
+            .filter_map(|p| match p {
+                Problem::Unexpected { key, .. } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_clean() {
+            return write!(
+                f,
+                "loaded {} tensors from {}",
+                self.loaded.len(),
+                self.source.display()
+            );
+        }
+        write!(
+            f,
+            "checkpoint {} does not match the model ({} problem{}):",
+            self.source.display(),
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads every parameter of a freshly `init`ed `module` from `checkpoint`.
+///
+/// # Errors
+/// [`Error::UnsupportedDtype`] when the backend cannot hold `options.dtype`; [`Error::Incompatible`] with the
+/// full report when anything is missing, unexpected or mismatched; [`Error::Io`]-like errors from reading.
+pub fn load_module<B: Backend, M: Module<B>>(
+    module: M,
+    checkpoint: &Checkpoint,
+    options: &LoadOptions,
+    device: &B::Device,
+) -> Result<(M, LoadReport), Error> {
+    ensure_dtype_supported::<B>(device, options.dtype)?;
+    let mut applier = Applier {
+        checkpoint,
+        options,
+        path: Vec::new(),
+        consumed: BTreeSet::new(),
+        report: LoadReport {
+            source: checkpoint.source().to_path_buf(),
+            ..LoadReport::default()
+        },
+        failure: None,
+    };
+    let module = module.map(&mut applier);
+    let Applier {
+        consumed,
+        mut report,
+        failure,
+        ..
+    } = applier;
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    for key in checkpoint.keys() {
+        if consumed.contains(key) || !options.key_map.owns(key) {
+            continue;
+        }
+        if options.ignore.iter().any(|p| matches_pattern(p, key)) {
+            report.ignored.push(key.to_string());
+        } else {
+            report.problems.push(Problem::Unexpected {
+                key: key.to_string(),
+                file: checkpoint
+                    .file_of(key)
+                    .unwrap_or(checkpoint.source())
+                    .to_path_buf(),
+            });
+        }
+    }
+    if report.is_clean() {
+        Ok((module, report))
+    } else {
+        Err(Error::Incompatible(Box::new(report)))
+    }
+}
+
+struct Applier<'a> {
+    checkpoint: &'a Checkpoint,
+    options: &'a LoadOptions,
+    path: Vec<String>,
+    consumed: BTreeSet<String>,
+    report: LoadReport,
+    /// The first read error: it ends the load.
+    failure: Option<Error>,
+}
+
+impl Applier<'_> {
+    /// The checkpoint key holding the current parameter: its own key, else a tied source.
+    fn resolve(&mut self, key: &str) -> Option<String> {
+        if self.checkpoint.contains(key) {
+            return Some(key.to_string());
+        }
+        let (_, source) = self
+            .options
+            .tied
+            .iter()
+            .find(|(target, source)| target == key && self.checkpoint.contains(source))?;
+        self.report.tied.push((key.to_string(), source.clone()));
+        Some(source.clone())
+    }
+}
+
+impl<B: Backend> ModuleMapper<B> for Applier<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if self.failure.is_some() {
+            return param;
+        }
+        let key = self.options.key_map.to_file_key(&self.path.join("."));
+        let Some(stored) = self.resolve(&key) else {
+            self.report.problems.push(Problem::Missing { key });
+            return param;
+        };
+        self.consumed.insert(stored.clone());
+        let info = self
+            .checkpoint
+            .info(&stored)
+            .expect("resolve returns stored keys");
+        let file = || {
+            self.checkpoint
+                .file_of(&stored)
+                .expect("resolve returns stored keys")
+                .to_path_buf()
+        };
+        if !info.is_float() {
+            self.report.problems.push(Problem::WrongDtype {
+                key: stored.clone(),
+                file: file(),
+                dtype: format!("{:?}", info.dtype),
+            });
+            return param;
+        }
+        // The lazy shape of a `LinearLayout::Col` weight is PyTorch's [out, in], as stored.
+        let expected = param.lazy_shape().to_vec();
+        if info.shape != expected {
+            self.report.problems.push(Problem::ShapeMismatch {
+                key: stored.clone(),
+                file: file(),
+                expected,
+                found: info.shape.clone(),
+            });
+            return param;
+        }
+        let data = match self.checkpoint.read(&stored, self.options.dtype) {
+            Ok(data) => data,
+            Err(error) => {
+                self.failure = Some(error);
+                return param;
+            }
+        };
+        let device = param.lazy_device();
+        let tensor = Tensor::<B, D>::from_data(data, (&device, self.options.dtype.dtype()));
+        self.report.loaded.push(stored.clone());
+        let id = param.id;
+        // Applies the parameter's load mapper (the transpose of a Col-layout Linear) and keeps require_grad.
+        param.transform_for_load(tensor, id)
+    }
+
+    fn map_int<const D: usize>(
+        &mut self,
+        param: Param<Tensor<B, D, Int>>,
+    ) -> Param<Tensor<B, D, Int>> {
+        self.report.problems.push(Problem::UnsupportedParam {
+            path: self.path.join("."),
+        });
+        param
+    }
+
+    fn map_bool<const D: usize>(
+        &mut self,
+        param: Param<Tensor<B, D, Bool>>,
+    ) -> Param<Tensor<B, D, Bool>> {
+        self.report.problems.push(Problem::UnsupportedParam {
+            path: self.path.join("."),
+        });
+        param
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub(crate) fn matches_pattern(pattern: &str, key: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == key;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !key.starts_with(first) || !key[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &key[first.len()..key.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches_pattern;
+
+    #[test]
+    fn patterns() {
+        assert!(matches_pattern("a.b", "a.b"));
+        assert!(!matches_pattern("a.b", "a.bc"));
+        assert!(matches_pattern(
+            "*.rotary.inv_freq",
+            "layers.3.rotary.inv_freq"
+        ));
+        assert!(matches_pattern(
+            "decoder.block.0.*.relative_attention_bias.weight",
+            "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"
+        ));
+        assert!(!matches_pattern("x*y", "xy_"));
+        assert!(matches_pattern("*", "anything"));
+    }
+}

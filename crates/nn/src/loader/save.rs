@@ -1,0 +1,165 @@
+//! Saving a module back to safetensors with HF names and layouts, so that transformers can load it.
+//!
+//! Tensors are written one at a time (the header first, from the shapes alone), so saving needs host memory for
+//! one tensor, not for the model. The file is written next to the target and renamed over it at the end: an
+//! interrupted save never leaves a truncated checkpoint behind.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::{Backend, Tensor};
+use burn::tensor::TensorData;
+use half::{bf16, f16};
+
+use super::KeyMap;
+use crate::Error;
+use crate::backend::FloatDType;
+
+/// Writes every float parameter of `module` to the safetensors file `path`, keys mapped by `key_map` (the same
+/// map that loads it), values converted to `dtype`, `Linear` weights in PyTorch's `[out, in]` layout.
+///
+/// `metadata` goes into the header next to `"format": "pt"` (which transformers requires).
+///
+/// # Errors
+/// [`Error::Io`] naming the file; [`Error::DuplicateKey`] if two parameters map to one key.
+pub fn save_module<B: Backend, M: Module<B>>(
+    module: &M,
+    path: impl AsRef<Path>,
+    key_map: &KeyMap,
+    dtype: FloatDType,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let path = path.as_ref();
+    let mut collector = Collector::<B> {
+        key_map,
+        path: Vec::new(),
+        tensors: BTreeMap::new(),
+        duplicate: None,
+    };
+    module.visit(&mut collector);
+    if let Some(key) = collector.duplicate {
+        return Err(Error::DuplicateKey {
+            key,
+            first: path.to_path_buf(),
+            second: path.to_path_buf(),
+        });
+    }
+
+    let mut header = serde_json::Map::new();
+    let mut meta = serde_json::Map::new();
+    meta.insert("format".into(), "pt".into());
+    for (k, v) in metadata {
+        meta.insert(k.clone(), v.clone().into());
+    }
+    header.insert("__metadata__".into(), meta.into());
+    let mut offset = 0usize;
+    for (key, tensor) in &collector.tensors {
+        let shape = tensor.shape().to_vec();
+        let len = shape.iter().product::<usize>() * dtype.size();
+        header.insert(
+            key.clone(),
+            serde_json::json!({
+                "dtype": match dtype { FloatDType::F32 => "F32", FloatDType::F16 => "F16", FloatDType::BF16 => "BF16" },
+                "shape": shape,
+                "data_offsets": [offset, offset + len],
+            }),
+        );
+        offset += len;
+    }
+    let mut header = serde_json::to_vec(&serde_json::Value::Object(header))
+        .expect("a JSON map of strings and numbers serializes");
+    // Pad the header with spaces so the data starts 8-byte aligned, as the reference writer does.
+    header.resize(header.len().next_multiple_of(8), b' ');
+
+    let tmp = path.with_extension("safetensors.partial");
+    let write = || -> std::io::Result<()> {
+        let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
+        for tensor in collector.tensors.values() {
+            out.write_all(&to_le_bytes(tensor.to_data(), dtype))?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn to_le_bytes(data: TensorData, dtype: FloatDType) -> Vec<u8> {
+    let data = data.convert_dtype(dtype.dtype());
+    match dtype {
+        FloatDType::F32 => data
+            .to_vec::<f32>()
+            .expect("converted to f32")
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        FloatDType::F16 => data
+            .to_vec::<f16>()
+            .expect("converted to f16")
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        FloatDType::BF16 => data
+            .to_vec::<bf16>()
+            .expect("converted to bf16")
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+    }
+}
+
+struct Collector<'a, B: Backend> {
+    key_map: &'a KeyMap,
+    path: Vec<String>,
+    /// Sorted by key, which is the order of the header and of the data.
+    tensors: BTreeMap<String, ErasedTensor<B>>,
+    duplicate: Option<String>,
+}
+
+/// A parameter value of any rank, in the layout it is saved in.
+struct ErasedTensor<B: Backend> {
+    shape: Vec<usize>,
+    flat: Tensor<B, 1>,
+}
+
+impl<B: Backend> ErasedTensor<B> {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The values in row-major order of `shape` (all the file needs).
+    fn to_data(&self) -> TensorData {
+        self.flat.to_data()
+    }
+}
+
+impl<B: Backend> ModuleVisitor<B> for Collector<'_, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let key = self.key_map.to_file_key(&self.path.join("."));
+        // `transform_for_save` undoes the Col-layout transpose: the value is PyTorch's [out, in].
+        let value = param.transform_for_save().val();
+        let shape = value.shape().to_vec();
+        let flat = value.reshape([shape.iter().product::<usize>()]);
+        if self
+            .tensors
+            .insert(key.clone(), ErasedTensor { shape, flat })
+            .is_some()
+        {
+            self.duplicate.get_or_insert(key);
+        }
+    }
+}

@@ -1,0 +1,1412 @@
+#!/usr/bin/env python3
+"""Generate blip2's reference fixtures with HF transformers (the reference implementation).
+
+Every fixture is a tiny random-weight model built from a config (no hub access), saved as an ordinary HF model
+directory, reloaded from that directory, and run stage by stage in f32 with eager attention. The outputs go to
+`reference.safetensors`, described key by key in `reference.json`.
+
+    python scripts/make_fixtures.py --out fixtures            # (re)generate
+    python scripts/make_fixtures.py --out fixtures --check    # generate twice, compare bit for bit with each
+                                                              # other and with what is in --out
+
+Run it through `cargo xtask fixtures [--check]`, which makes the pinned venv (scripts/requirements.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+# Determinism: one thread everywhere, before torch/tokenizers start their pools.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+import numpy as np  # noqa: E402
+import PIL  # noqa: E402
+import safetensors  # noqa: E402
+import tokenizers  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
+from transformers import (  # noqa: E402
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2ForImageTextRetrieval,
+    Blip2Model,
+    Blip2Processor,
+    Blip2QFormerConfig,
+    Blip2TextModelWithProjection,
+    Blip2VisionConfig,
+    Blip2VisionModelWithProjection,
+    GenerationConfig,
+    OPTConfig,
+    OPTForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+from transformers.generation.logits_process import (  # noqa: E402
+    MinLengthLogitsProcessor,
+    MinNewTokensLengthLogitsProcessor,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.image_utils import PILImageResampling  # noqa: E402
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil  # noqa: E402
+from transformers.models.t5.modeling_t5 import T5Attention  # noqa: E402
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+transformers.logging.set_verbosity_error()
+
+FORMAT_VERSION = 1
+SEED = 20260401
+MAX_NEW_TOKENS = 8
+NUM_BEAMS = 3
+# A greedy step whose best and second-best logits are closer than this would make the expected ids depend on
+# rounding; the generator then tries the next seed (see `margin_ok`).
+MIN_GREEDY_MARGIN = 2e-3
+
+CORPUS = [
+    "a photo of a cat sitting on a red couch",
+    "two dogs playing in the grass near a tree",
+    "a small red house with a white door",
+    "a man riding a bike down the street",
+    "a bowl of fruit on a wooden table",
+    "the sky is blue and the sun is bright",
+    "a woman holding an umbrella in the rain",
+    "three birds flying over the sea at sunset",
+    "a plate of food with rice and green beans",
+    "a train stopping at a busy station",
+    "Question: what is on the table? Answer: a bowl of fruit",
+    "Question: how many cats are there? Answer: two",
+    "Question: what color is the sky? Answer: blue",
+    "Question: where is the dog? Answer: on the grass",
+    "describe the image in detail",
+    "an old car parked next to a stone wall",
+    "children playing football in a park",
+    "a cup of coffee and a book on a desk",
+    "a snowy mountain under a cloudy sky",
+    "a boat floating on a calm lake",
+    "a close up of a yellow flower",
+    "people walking on a beach with their dogs",
+    "a kitchen with a stove and a sink",
+    "a black and white photo of a city street",
+    "the cat is sleeping on the bed",
+    "Question: what is the man doing? Answer: riding a bike",
+    "Question: is it raining? Answer: yes",
+    "a giraffe standing next to a tall tree",
+    "a pizza with cheese and tomatoes",
+    "a laptop computer on a white desk\nnext to a lamp",
+]
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference store
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Refs:
+    """Reference tensors with a one-line description each; saved as reference.safetensors + reference.json."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.descriptions: dict[str, str] = {}
+
+    def add(self, key: str, value, description: str) -> None:
+        if key in self.tensors:
+            raise KeyError(f"duplicate reference key {key}")
+        t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+        t = t.detach().cpu()
+        if t.dtype.is_floating_point:
+            t = t.to(torch.float32)
+        elif t.dtype == torch.bool:
+            t = t.to(torch.uint8)
+        elif t.dtype != torch.uint8:
+            t = t.to(torch.int64)
+        self.tensors[key] = t.contiguous().clone()
+        self.descriptions[key] = description
+
+    def save(self, directory: Path, meta: dict) -> None:
+        save_file(self.tensors, str(directory / "reference.safetensors"), metadata={"format": "pt"})
+        names = {torch.float32: "F32", torch.int64: "I64", torch.uint8: "U8"}
+        manifest = dict(meta)
+        manifest["tensors"] = {
+            key: {
+                "shape": list(self.tensors[key].shape),
+                "dtype": names[self.tensors[key].dtype],
+                "description": self.descriptions[key],
+            }
+            for key in sorted(self.tensors)
+        }
+        write_json(directory / "reference.json", manifest)
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n")
+
+
+def versions() -> dict:
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__.split("+")[0],
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "safetensors": safetensors.__version__,
+        "pillow": PIL.__version__,
+        "numpy": np.__version__,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weights
+# ----------------------------------------------------------------------------------------------------------------
+
+NORM_HINTS = ("layernorm", "layer_norm", "LayerNorm")
+
+
+def init_weights(model: torch.nn.Module, seed: int) -> None:
+    """Overwrite HF's init with seeded, non-trivial values.
+
+    HF's default init zeroes `query_tokens` and makes the vision tower nearly constant, which would let a port with
+    a wrong query path or a skipped vision layer pass. Here every parameter is random and of a scale that keeps
+    activations O(1): linear/conv weights N(0, 1/fan_in), norm weights 1 + N(0, 0.2^2), biases N(0, 0.1^2)
+    (including the key third of the fused vision `qkv.bias`, which real checkpoints hold as zeros),
+    embeddings and position tables N(0, 0.5^2), query tokens N(0, 1).
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            if leaf == "weight" and any(h in name for h in NORM_HINTS):
+                value = 1.0 + 0.2 * noise
+            elif leaf == "bias":
+                value = 0.1 * noise
+            elif name.endswith("query_tokens"):
+                value = noise
+            elif name.endswith("patch_embedding.weight"):
+                value = noise / np.sqrt(np.prod(p.shape[1:]))
+            elif "embed" in name or "shared" in name or "relative_attention_bias" in name:
+                value = 0.5 * noise
+            elif p.dim() >= 2:
+                value = noise / np.sqrt(np.prod(p.shape[1:]))
+            else:
+                value = 0.5 * noise
+            p.copy_(value.to(p.dtype))
+
+
+def file_keys(directory: Path) -> dict[str, list[int]]:
+    out = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        if f.name == "reference.safetensors":
+            continue
+        for k, v in load_file(str(f)).items():
+            out[k] = list(v.shape)
+    return out
+
+
+def untie_t5_head(directory: Path, prefix: str, head: torch.Tensor) -> None:
+    """Make a saved T5 an untied, unscaled Flan-T5 as the hub files are.
+
+    transformers 5.24 ties T5's `lm_head` to `shared` when it builds a model, and only keeps them apart when a
+    checkpoint holds both with different values; `scale_decoder_outputs` comes from the config's
+    `tie_word_embeddings: false`. So the head must be in the file (written here if the save left it out), and the
+    config gets the hub's form.
+    """
+    path = directory / "model.safetensors"
+    tensors = load_file(str(path))
+    key = f"{prefix}lm_head.weight"
+    if key in tensors:
+        if not torch.equal(tensors[key], head.detach()):
+            raise AssertionError(f"{key} in the saved file is not the model's head")
+    else:
+        tensors[key] = head.detach().clone().contiguous()
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text())
+    text = config["text_config"] if "text_config" in config else config
+    text["tie_word_embeddings"] = False
+    text.pop("scale_decoder_outputs", None)
+    write_json(directory / "config.json", config)
+
+
+def give_own_head(lm, seed: int) -> None:
+    """Replace the in-memory T5 head (tied to `shared` by transformers 5.24) with its own random weights."""
+    g = torch.Generator().manual_seed(seed)
+    shape = lm.shared.weight.shape
+    lm.lm_head.weight = torch.nn.Parameter(torch.randn(shape, generator=g) / np.sqrt(shape[1]))
+    lm.config.scale_decoder_outputs = False
+
+
+def check_untied(lm) -> None:
+    if torch.equal(lm.lm_head.weight, lm.shared.weight) or lm.config.scale_decoder_outputs:
+        raise AssertionError("the Flan-T5 fixture did not load with an untied, unscaled lm_head")
+
+
+def legacy_processor_files(directory: Path, processor: Blip2Processor) -> None:
+    """The hub's older layout: image processor in preprocessor_config.json, processor_config.json holding only
+    num_query_tokens (the files of Salesforce/blip2-* look like this)."""
+    processor.image_processor.save_pretrained(directory)
+    write_json(directory / "processor_config.json",
+               {"num_query_tokens": processor.num_query_tokens, "processor_class": "Blip2Processor"})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def make_images(out: Path) -> dict[str, Path]:
+    """Small deterministic test images: RGB, RGBA, grayscale (8 and 16 bit), gray+alpha, palette with
+    transparency, PNG and JPEG, odd sizes for up- and downscaling."""
+    rng = np.random.default_rng(SEED + 1)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def pattern(h: int, w: int, channels: int, amplitude: float = 255.0) -> np.ndarray:
+        y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+        planes = [
+            x / max(w - 1, 1),
+            y / max(h - 1, 1),
+            0.5 + 0.5 * np.sin(x / 2.3 + y / 3.1),
+            ((x // 4 + y // 4) % 2) * 0.8 + 0.1,
+        ]
+        img = np.stack([planes[c % len(planes)] for c in range(channels)], axis=-1)
+        img = img + rng.normal(0.0, 0.12, size=img.shape)
+        return np.clip(np.round(img * amplitude), 0, amplitude)
+
+    paths = {}
+
+    def save(name: str, image: Image.Image, **kwargs) -> None:
+        path = out / name
+        image.save(path, **kwargs)
+        paths[Path(name).stem] = path
+
+    save("rgb_37x29.png", Image.fromarray(pattern(29, 37, 3).astype(np.uint8), "RGB"))
+    rgba = pattern(23, 31, 4).astype(np.uint8)
+    rgba[:5, :, 3] = 0  # fully transparent band: composited to white
+    rgba[-5:, :, 3] = 255  # opaque band
+    save("rgba_31x23.png", Image.fromarray(rgba, "RGBA"))
+    save("gray_19x41.png", Image.fromarray(pattern(41, 19, 1)[..., 0].astype(np.uint8), "L"))
+    save("gray_alpha_21x21.png", Image.fromarray(pattern(21, 21, 2).astype(np.uint8), "LA"))
+    gray16 = pattern(17, 23, 1, amplitude=65535.0)[..., 0].astype(np.uint16)
+    save("gray16_23x17.png", Image.fromarray(gray16))  # PIL mode I;16
+    pal = Image.fromarray(pattern(19, 25, 3).astype(np.uint8), "RGB").quantize(colors=16, dither=Image.Dither.NONE)
+    save("palette_25x19.png", pal, transparency=0)
+    save("photo_45x33.jpg", Image.fromarray(pattern(33, 45, 3).astype(np.uint8), "RGB"), quality=90)
+    save("large_97x71.png", Image.fromarray(pattern(71, 97, 3).astype(np.uint8), "RGB"))
+    save("gray_27x35.jpg", Image.fromarray(pattern(35, 27, 1)[..., 0].astype(np.uint8), "L"), quality=85)
+    return paths
+
+
+def load_image(path: Path) -> Image.Image:
+    image = Image.open(path)
+    image.load()
+    return image
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizers (trained here, so no hub access is needed)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE in OPT's style: <s>=0 <pad>=1 </s>=2 <unk>=3, BOS `</s>` prepended."""
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=330,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single="</s> $A", pair="</s> $A </s> $B", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+            ),
+        ]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="</s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="left",
+        model_max_length=64,
+    )
+
+
+def corpus_words() -> list[tuple[str, int]]:
+    """Words of the corpus with their counts, most frequent first (ties by the word): a deterministic order.
+    (The tokenizers crate's Unigram and WordPiece trainers iterate hash maps, so their output changes from run to
+    run; the vocabularies below are built by hand instead.)"""
+    counts: dict[str, int] = {}
+    for line in CORPUS:
+        for word in line.split():
+            counts[word] = counts.get(word, 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def unigram_tokenizer() -> PreTrainedTokenizerFast:
+    """Unigram in T5's style: <pad>=0 </s>=1 <unk>=2, `</s>` appended, Metaspace pre-tokenizer.
+
+    Pieces: every character, `▁`, the 60 most frequent words as `▁word`, and frequent word-initial and inner
+    fragments; scores are log relative frequencies, so the segmentation mixes whole words and pieces."""
+    words = corpus_words()
+    total = sum(c for _, c in words)
+    pieces: dict[str, float] = {}
+
+    def add(piece: str, count: int) -> None:
+        score = float(np.log(count / total)) - 0.5 * len(piece)
+        pieces[piece] = max(pieces.get(piece, -1e9), score)
+
+    for word, count in words[:60]:
+        add("▁" + word, count)
+    fragments: dict[str, int] = {}
+    for word, count in words:
+        for n in (2, 3):
+            fragments["▁" + word[:n]] = fragments.get("▁" + word[:n], 0) + count
+            for i in range(1, len(word) - n + 1):
+                fragments[word[i:i + n]] = fragments.get(word[i:i + n], 0) + count
+    for frag, count in sorted(fragments.items(), key=lambda kv: (-kv[1], kv[0]))[:50]:
+        add(frag, count)
+    chars = sorted({ch for line in CORPUS for ch in line if not ch.isspace()})
+    for ch in chars:
+        add(ch, 1)
+    add("▁", total)
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + sorted(pieces.items(), key=lambda kv: (-kv[1], kv[0]))
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace("\n", " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.add_special_tokens(["<pad>", "</s>", "<unk>"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="right",
+        model_max_length=64,
+    )
+
+
+def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
+    """WordPiece in BERT's style (the Q-Former's text tower): [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, plus the
+    `[DEC]` BOS token that LAVIS adds (which makes the real Q-Former vocabulary 30523).
+
+    Vocabulary: the specials, every character and its `##` continuation, the 70 most frequent words and a few
+    frequent word endings, so that words split into pieces too."""
+    words = [(w.lower().strip("?:"), c) for w, c in corpus_words()]
+    chars = sorted({ch for line in CORPUS for ch in line.lower() if not ch.isspace()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += chars + ["##" + ch for ch in chars if ch.isalnum()]
+    for word, _ in words[:70]:
+        if word and word not in vocab:
+            vocab.append(word)
+    for ending in ("##ing", "##ed", "##er", "##s", "##ly", "##en"):
+        if ending not in vocab:
+            vocab.append(ending)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        padding_side="right",
+        model_max_length=24,
+    )
+    fast.add_special_tokens({"bos_token": "[DEC]"})
+    return fast
+
+
+def check_tokenizer_file(directory: Path, hf_tokenizer, texts: list[str]) -> None:
+    """The Rust side reads tokenizer.json with the `tokenizers` crate: it must give what transformers gives."""
+    raw = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    for text in texts:
+        want = hf_tokenizer(text)["input_ids"]
+        got = raw.encode(text).ids
+        if want != got:
+            raise AssertionError(f"tokenizer.json disagrees with transformers on {text!r}: {got} vs {want}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared reference pieces
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def hooks(modules: dict[str, torch.nn.Module], store: dict[str, torch.Tensor]):
+    handles = []
+    for name, module in modules.items():
+
+        def hook(_m, _inp, out, name=name):
+            store[name] = (out[0] if isinstance(out, tuple) else out).detach().clone()
+
+        handles.append(module.register_forward_hook(hook))
+    return handles
+
+
+def remove(handles) -> None:
+    for h in handles:
+        h.remove()
+
+
+def margin_ok(step_logits: list[torch.Tensor]) -> float:
+    """Smallest gap between the best and second-best raw logit over all greedy steps and rows."""
+    gaps = []
+    for logits in step_logits:
+        top = torch.topk(logits.float(), 2, dim=-1).values
+        gaps.append((top[:, 0] - top[:, 1]).min().item())
+    return min(gaps)
+
+
+def add_processor_refs(refs: Refs, processor: Blip2Processor, images: dict[str, Path]) -> None:
+    ip = processor.image_processor
+    size = ip.size
+    for stem, path in images.items():
+        image = load_image(path)
+        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+        refs.add(
+            f"processor/pixel_values/{stem}",
+            pixel_values,
+            f"image processor output for images/{path.name} (mode {image.mode}, {image.width}x{image.height})",
+        )
+        # The uint8 image after RGB conversion and PIL bicubic resize, before rescale/normalize.
+        chw = ip.process_image(load_image(path), do_convert_rgb=True)
+        refs.add(
+            f"processor/rgb/{stem}",
+            torch.from_numpy(np.moveaxis(chw, 0, -1).copy()),
+            f"images/{path.name} converted to RGB as HF does (alpha over white), HWC uint8",
+        )
+        resized = ip.resize(image=chw, size=type(ip.size)(**size) if isinstance(size, dict) else size,
+                            resample=PILImageResampling.BICUBIC)
+        resized_hwc = torch.from_numpy(np.moveaxis(resized, 0, -1).copy())
+        refs.add(
+            f"processor/resized/{stem}",
+            resized_hwc,
+            f"images/{path.name} after PIL bicubic resize to the processor size, HWC uint8",
+        )
+        # The stored uint8 resize must be exactly what the pixel values were computed from.
+        mean = torch.tensor(CLIP_MEAN).view(1, 1, 3)
+        std = torch.tensor(CLIP_STD).view(1, 1, 3)
+        again = ((resized_hwc.double() / 255.0 - mean) / std).permute(2, 0, 1).float()
+        if not torch.allclose(again, pixel_values[0], atol=1e-5):
+            raise AssertionError(f"resized uint8 of {stem} does not reproduce pixel_values")
+
+
+def add_vision_refs(refs: Refs, vision: torch.nn.Module, pixel_values: torch.Tensor, prefix: str,
+                    interpolate: bool = False) -> None:
+    store: dict[str, torch.Tensor] = {}
+    modules = {"embeddings": vision.embeddings}
+    for i, layer in enumerate(vision.encoder.layers):
+        modules[f"layer.{i}"] = layer
+    handles = hooks(modules, store)
+    with torch.no_grad():
+        out = vision(pixel_values=pixel_values, interpolate_pos_encoding=interpolate)
+    remove(handles)
+    what = "interpolated-position run" if interpolate else "vision tower"
+    refs.add(f"{prefix}/embeddings", store["embeddings"], f"{what}: patch + class + position embeddings")
+    for i in range(len(vision.encoder.layers)):
+        refs.add(f"{prefix}/layer.{i}", store[f"layer.{i}"], f"{what}: output of encoder layer {i}")
+    refs.add(f"{prefix}/last_hidden_state", out.last_hidden_state, f"{what}: post_layernorm(encoder output)")
+    refs.add(f"{prefix}/pooler_output", out.pooler_output, f"{what}: post_layernorm applied again to the CLS row")
+
+
+def add_qformer_refs(refs: Refs, qformer: torch.nn.Module, call, prefix: str, what: str):
+    store: dict[str, torch.Tensor] = {}
+    modules = {"layernorm": qformer.layernorm}
+    for i, layer in enumerate(qformer.encoder.layer):
+        modules[f"layer.{i}"] = layer
+    handles = hooks(modules, store)
+    with torch.no_grad():
+        out = call()
+    remove(handles)
+    refs.add(f"{prefix}/layernorm", store["layernorm"], f"{what}: Q-Former input layernorm output")
+    for i in range(len(qformer.encoder.layer)):
+        cross = qformer.encoder.layer[i].has_cross_attention
+        refs.add(f"{prefix}/layer.{i}", store[f"layer.{i}"],
+                 f"{what}: Q-Former layer {i} output ({'with' if cross else 'no'} cross-attention)")
+    return out
+
+
+def tokens_of(tokenizer, ids) -> list[str]:
+    return tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# BLIP-2 with an LM (tiny-opt, tiny-t5)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def blip2_lm_fixture(out: Path, name: str, images: dict[str, Path], seed: int, spec: dict) -> None:
+    directory = out / name
+    directory.mkdir(parents=True)
+    is_t5 = spec["lm"] == "t5"
+    tokenizer = unigram_tokenizer() if is_t5 else bpe_tokenizer()
+    image_processor = BlipImageProcessorPil(
+        size={"height": spec["image_size"], "width": spec["image_size"]}, resample=PILImageResampling.BICUBIC
+    )
+    processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=spec["num_query_tokens"])
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    vocab = len(tokenizer)
+
+    vision_config = Blip2VisionConfig(**spec["vision"], image_size=spec["image_size"])
+    qformer_config = Blip2QFormerConfig(**spec["qformer"])
+    if is_t5:
+        text_config = T5Config(vocab_size=vocab, **spec["text"])
+    else:
+        text_config = OPTConfig(vocab_size=vocab, **spec["text"])
+    config = Blip2Config(
+        vision_config=vision_config.to_dict(),
+        qformer_config=qformer_config.to_dict(),
+        text_config=text_config.to_dict(),
+        num_query_tokens=spec["num_query_tokens"],
+        image_token_index=image_token,
+    )
+    config._attn_implementation = "eager"
+
+    for attempt in range(20):
+        model_seed = seed + 1000 * attempt
+        torch.manual_seed(model_seed)
+        model = Blip2ForConditionalGeneration(config).eval()
+        init_weights(model, model_seed)
+        if is_t5:
+            give_own_head(model.language_model, model_seed + 1)
+        result = try_blip2_lm(model, processor, tokenizer, images, spec, is_t5)
+        if result is not None:
+            break
+    else:
+        raise RuntimeError(f"{name}: no seed gave greedy margins >= {MIN_GREEDY_MARGIN}")
+    eos_extra, margin = result
+
+    # Final special tokens: OPT stops on one chosen token as the real checkpoints stop on "\n" (50118);
+    # T5 keeps `</s>` and adds the chosen token (several eos ids).
+    if is_t5:
+        eos = [tokenizer.eos_token_id, eos_extra]
+        model.config.text_config.eos_token_id = tokenizer.eos_token_id
+        gen = GenerationConfig(
+            decoder_start_token_id=0, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+        )
+    else:
+        eos = eos_extra
+        model.config.text_config.eos_token_id = eos
+        model.config.text_config.bos_token_id = tokenizer.bos_token_id
+        model.config.text_config.pad_token_id = tokenizer.pad_token_id
+        gen = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+        )
+    model.generation_config = gen
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    gen.save_pretrained(directory)
+    if spec["legacy_processor_files"]:
+        legacy_processor_files(directory, processor)
+    if is_t5:
+        untie_t5_head(directory, "language_model.", model.language_model.lm_head.weight)
+
+    # Everything below runs on the model reloaded from disk.
+    model = Blip2ForConditionalGeneration.from_pretrained(directory, attn_implementation="eager").eval()
+    processor = Blip2Processor.from_pretrained(directory)
+    if is_t5:
+        check_untied(model.language_model)
+    tokenizer = processor.tokenizer
+    check_tokenizer_file(directory, tokenizer, spec["prompts"]["batch"] + [spec["prompts"]["single"]])
+
+    refs = Refs()
+    add_processor_refs(refs, processor, images)
+    stems = spec["images"]
+    pixel_values = torch.cat([processor(images=load_image(images[s]), return_tensors="pt")["pixel_values"]
+                              for s in stems])
+    refs.add("pixel_values", pixel_values, f"processor output for images {stems} (the batch of two)")
+
+    # Vision tower, Q-Former, projection on the batch of two images.
+    add_vision_refs(refs, model.vision_model, pixel_values, "vision")
+    interp_size = spec["interpolate_size"]
+    interp_pixels = processor.image_processor(
+        [load_image(images[s]) for s in stems], size={"height": interp_size[0], "width": interp_size[1]},
+        return_tensors="pt")["pixel_values"]
+    refs.add("vision_interp/pixel_values", interp_pixels,
+             f"the two images processed at {interp_size[0]}x{interp_size[1]} (height x width)")
+    add_vision_refs(refs, model.vision_model, interp_pixels, "vision_interp", interpolate=True)
+
+    with torch.no_grad():
+        image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
+    queries = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
+    q_out = add_qformer_refs(
+        refs, model.qformer,
+        lambda: model.qformer(query_embeds=queries, encoder_hidden_states=image_embeds,
+                              encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long)),
+        "qformer", "queries reading the two images")
+    refs.add("qformer/last_hidden_state", q_out.last_hidden_state, "Q-Former last_hidden_state")
+    refs.add("qformer/pooler_output", q_out.pooler_output, "Q-Former pooler_output (row 0, no dense layer)")
+    with torch.no_grad():
+        projected = model.language_projection(q_out.last_hidden_state)
+    refs.add("language_projection", projected, "language_projection(Q-Former output): the LM soft prompt")
+
+    # Prompts through the processor, then the LM.
+    single = processor(images=load_image(images[stems[0]]), text=spec["prompts"]["single"], return_tensors="pt")
+    batch = processor(images=[load_image(images[s]) for s in stems], text=spec["prompts"]["batch"],
+                      padding=True, return_tensors="pt")
+    for tag, enc in (("single", single), ("batch", batch)):
+        refs.add(f"input_ids/{tag}", enc["input_ids"], f"processor input_ids for the {tag} prompt(s), "
+                 f"{spec['num_query_tokens']} <image> ids prepended, {tokenizer.padding_side}-padded")
+        refs.add(f"attention_mask/{tag}", enc["attention_mask"], f"processor attention_mask ({tag})")
+
+    lm_inputs: dict[str, dict] = {}
+
+    def capture_lm(_m, _args, kwargs):
+        lm_inputs["last"] = {k: v.detach().clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+
+    handle = model.language_model.register_forward_pre_hook(capture_lm, with_kwargs=True)
+    if is_t5:
+        targets = tokenizer(spec["prompts"]["labels"], padding=True, return_tensors="pt")
+        labels = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)
+        refs.add("labels/batch", labels, f"T5 labels for {spec['prompts']['labels']} (pads -> -100)")
+        with torch.no_grad():
+            out_single = model(pixel_values=pixel_values[:1], input_ids=single["input_ids"],
+                               attention_mask=single["attention_mask"], labels=labels[:1])
+        refs.add("labels/single", labels[:1], "T5 labels for the single prompt (row 0 of labels/batch)")
+        refs.add("lm/inputs_embeds/single", lm_inputs["last"]["inputs_embeds"],
+                 "T5 encoder inputs_embeds after the <image> rows were overwritten by the projected queries")
+        refs.add("lm/logits/single", out_single.logits, "teacher-forced decoder logits, labels row 0")
+        refs.add("lm/encoder_last_hidden_state/single", out_single.language_model_outputs.encoder_last_hidden_state,
+                 "T5 encoder output for the single prompt")
+    else:
+        with torch.no_grad():
+            out_single = model(pixel_values=pixel_values[:1], input_ids=single["input_ids"],
+                               attention_mask=single["attention_mask"])
+        refs.add("lm/inputs_embeds/single", lm_inputs["last"]["inputs_embeds"],
+                 "OPT inputs_embeds after the <image> rows were overwritten by the projected queries")
+        refs.add("lm/logits/single", out_single.logits, "OPT logits for every position of the single prompt")
+        labels = batch["input_ids"].masked_fill(
+            (batch["attention_mask"] == 0) | (batch["input_ids"] == image_token), -100)
+        refs.add("labels/batch", labels, "OPT labels: input_ids with pads and <image> positions -> -100")
+
+    model.zero_grad()
+    out_batch = model(pixel_values=pixel_values, input_ids=batch["input_ids"],
+                      attention_mask=batch["attention_mask"], labels=labels)
+    handle.remove()
+    refs.add("lm/inputs_embeds/batch", lm_inputs["last"]["inputs_embeds"], "LM inputs_embeds for the padded batch")
+    refs.add("lm/logits/batch", out_batch.logits,
+             "teacher-forced decoder logits (batch)" if is_t5 else "OPT logits for the padded batch")
+    if is_t5:
+        refs.add("lm/decoder_input_ids/batch", torch.cat(
+            [torch.zeros_like(labels[:, :1]), labels[:, :-1].masked_fill(labels[:, :-1] == -100, 0)], 1),
+            "labels shifted right with decoder_start_token_id 0 (-100 -> pad 0)")
+        refs.add("lm/encoder_last_hidden_state/batch", out_batch.language_model_outputs.encoder_last_hidden_state,
+                 "T5 encoder output for the batch")
+    refs.add("lm/loss/batch", out_batch.loss.reshape(1), "HF loss with labels/batch (mean over non-ignored tokens)")
+    out_batch.loss.backward()
+    for pname in spec["grad_params"]:
+        param = dict(model.named_parameters())[pname]
+        refs.add(f"grad/{pname}", param.grad, f"d loss/batch / d {pname}")
+    model.zero_grad()
+
+    # Generation.
+    gen_meta = {}
+    with torch.no_grad():
+        for tag, enc, px in (("single", single, pixel_values[:1]), ("batch", batch, pixel_values)):
+            g = model.generate(pixel_values=px, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                               max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=1,
+                               output_logits=True, return_dict_in_generate=True)
+            refs.add(f"gen/greedy/{tag}", g.sequences, "greedy ids as generate() returns them"
+                     + ("" if is_t5 else " (prompt ids followed by new ids)"))
+            refs.add(f"gen/greedy/{tag}/logits", torch.stack(g.logits),
+                     "raw logits of each greedy step with HF's cache [step, batch, vocab]")
+            b = model.generate(pixel_values=px, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                               max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=NUM_BEAMS,
+                               output_scores=True, return_dict_in_generate=True)
+            refs.add(f"gen/beam{NUM_BEAMS}/{tag}", b.sequences, f"{NUM_BEAMS}-beam ids")
+            refs.add(f"gen/beam{NUM_BEAMS}/{tag}/scores", b.sequences_scores, "beam sequences_scores")
+        b = model.generate(pixel_values=pixel_values[:1], input_ids=single["input_ids"],
+                           attention_mask=single["attention_mask"], max_new_tokens=MAX_NEW_TOKENS,
+                           num_beams=NUM_BEAMS, num_return_sequences=2, output_scores=True,
+                           return_dict_in_generate=True)
+        refs.add(f"gen/beam{NUM_BEAMS}_return2/single", b.sequences, "3 beams, num_return_sequences 2")
+        refs.add(f"gen/beam{NUM_BEAMS}_return2/single/scores", b.sequences_scores, "their sequences_scores")
+        if is_t5:
+            # HF 5.24 cannot caption without a prompt for T5; LAVIS feeds `</s>`: [<image> x n, </s>].
+            ids = torch.tensor([[image_token] * spec["num_query_tokens"] + [tokenizer.eos_token_id]])
+            g = model.generate(pixel_values=pixel_values[:1], input_ids=ids, max_new_tokens=MAX_NEW_TOKENS)
+            refs.add("gen/greedy/noprompt/input_ids", ids, "caption without prompt: [<image> x n, </s>]")
+        else:
+            g = model.generate(pixel_values=pixel_values[:1], max_new_tokens=MAX_NEW_TOKENS)
+            refs.add("gen/greedy/noprompt/input_ids",
+                     torch.tensor([[image_token] * spec["num_query_tokens"] + [tokenizer.bos_token_id]]),
+                     "caption without prompt: HF's [<image> x n, bos]")
+        refs.add("gen/greedy/noprompt", g, "greedy caption without a prompt, image 0")
+    gen_meta = {"max_new_tokens": MAX_NEW_TOKENS, "num_beams": NUM_BEAMS, "eos_token_id": eos,
+                "pad_token_id": tokenizer.pad_token_id, "min_greedy_margin": margin,
+                "decoded_greedy_batch": tokenizer.batch_decode(refs.tensors["gen/greedy/batch"],
+                                                               skip_special_tokens=True)}
+
+    # Blip2Model feature methods, loaded from the same directory.
+    base = Blip2Model.from_pretrained(directory, attn_implementation="eager").eval()
+    text_only = tokenizer(spec["prompts"]["batch"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        f = base.get_image_features(pixel_values=pixel_values)
+        refs.add("features/image/last_hidden_state", f.last_hidden_state, "Blip2Model.get_image_features")
+        refs.add("features/image/pooler_output", f.pooler_output, "Blip2Model.get_image_features pooler")
+        refs.add("features/qformer", base.get_qformer_features(pixel_values=pixel_values),
+                 "Blip2Model.get_qformer_features (Q-Former last_hidden_state)")
+        refs.add("features/text/input_ids", text_only["input_ids"], "text-only tokenization of the batch prompts")
+        refs.add("features/text/attention_mask", text_only["attention_mask"], "its attention mask")
+        refs.add("features/text", base.get_text_features(
+            input_ids=text_only["input_ids"], attention_mask=text_only["attention_mask"]).last_hidden_state,
+            "Blip2Model.get_text_features: " + ("T5 encoder output" if is_t5 else "OPT decoder output"))
+
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "fixture": name,
+        "what": f"Blip2ForConditionalGeneration with {'Flan-T5-style T5' if is_t5 else 'OPT'}",
+        "versions": versions(),
+        "seed": seed,
+        "model_seed": model_seed,
+        "attn_implementation": "eager",
+        "dtype": "float32",
+        "images": {s: images[s].name for s in stems},
+        "prompts": spec["prompts"],
+        "generation": gen_meta,
+        "image_token_index": image_token,
+        "checkpoint_keys": file_keys(directory),
+    }
+    refs.save(directory, meta)
+
+
+def try_blip2_lm(model, processor, tokenizer, images, spec, is_t5):
+    """Pick an extra eos token so that in the greedy batch row 0 stops early and row 1 runs to the end; reject
+    seeds whose greedy margins are too small. Returns (eos_token, margin) or None."""
+    stems = spec["images"]
+    batch = processor(images=[load_image(images[s]) for s in stems], text=spec["prompts"]["batch"],
+                      padding=True, return_tensors="pt")
+    single = processor(images=load_image(images[stems[0]]), text=spec["prompts"]["single"], return_tensors="pt")
+    model.generation_config = GenerationConfig(
+        eos_token_id=None, pad_token_id=tokenizer.pad_token_id, decoder_start_token_id=0 if is_t5 else None,
+        bos_token_id=None if is_t5 else tokenizer.bos_token_id)
+    margins = []
+    with torch.no_grad():
+        for enc in (single, batch):
+            g = model.generate(pixel_values=enc["pixel_values"], input_ids=enc["input_ids"],
+                               attention_mask=enc["attention_mask"], max_new_tokens=MAX_NEW_TOKENS,
+                               do_sample=False, output_logits=True, return_dict_in_generate=True)
+            margins.append(margin_ok(list(g.logits)))
+        new = g.sequences if is_t5 else g.sequences[:, batch["input_ids"].shape[1]:]
+    margin = min(margins)
+    if margin < MIN_GREEDY_MARGIN:
+        return None
+    specials = set(tokenizer.all_special_ids) | {tokenizer.convert_tokens_to_ids("<image>"), 0}
+    row0, row1 = new[0].tolist(), new[1].tolist()
+    start = 1 if is_t5 else 0  # T5 sequences start with decoder_start_token_id
+    for step in range(start + 2, start + 5):
+        t = row0[step]
+        if t not in specials and t not in row0[:step] and t not in row1:
+            return t, margin
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Retrieval (tiny-itm)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def itm_fixture(out: Path, name: str, images: dict[str, Path], seed: int, spec: dict) -> None:
+    directory = out / name
+    directory.mkdir(parents=True)
+    tokenizer = wordpiece_tokenizer()
+    image_processor = BlipImageProcessorPil(
+        size={"height": spec["image_size"], "width": spec["image_size"]}, resample=PILImageResampling.BICUBIC)
+    processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=spec["num_query_tokens"])
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    qformer_vocab = tokenizer.convert_tokens_to_ids("[DEC]") + 1  # `<image>` lies outside, as in the hub files
+    config = Blip2Config(
+        vision_config=Blip2VisionConfig(**spec["vision"], image_size=spec["image_size"]).to_dict(),
+        qformer_config=Blip2QFormerConfig(vocab_size=qformer_vocab, use_qformer_text_input=True,
+                                          **spec["qformer"]).to_dict(),
+        num_query_tokens=spec["num_query_tokens"],
+        image_text_hidden_size=spec["image_text_hidden_size"],
+        image_token_index=image_token,
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = Blip2ForImageTextRetrieval(config).eval()
+    init_weights(model, seed)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    if spec["legacy_processor_files"]:
+        legacy_processor_files(directory, processor)
+
+    model = Blip2ForImageTextRetrieval.from_pretrained(directory, attn_implementation="eager").eval()
+    processor = Blip2Processor.from_pretrained(directory)
+    tokenizer = processor.tokenizer
+    texts = spec["texts"]
+    check_tokenizer_file(directory, tokenizer, texts)
+
+    refs = Refs()
+    add_processor_refs(refs, processor, images)
+    stems = spec["images"]
+    enc = processor(images=[load_image(images[s]) for s in stems], text=texts, padding=True, return_tensors="pt")
+    pixel_values = enc["pixel_values"]
+    refs.add("pixel_values", pixel_values, f"processor output for images {stems}")
+    refs.add("input_ids", enc["input_ids"], "processor input_ids: <image> x n, then [CLS] text [SEP], right-padded")
+    refs.add("attention_mask", enc["attention_mask"], "processor attention_mask")
+    add_vision_refs(refs, model.vision_model, pixel_values, "vision")
+    with torch.no_grad():
+        image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
+    n = spec["num_query_tokens"]
+    text_ids, text_mask = enc["input_ids"][:, n:], enc["attention_mask"][:, n:]
+    refs.add("text/input_ids", text_ids, "the text part of input_ids (what the Q-Former text tower embeds)")
+    refs.add("text/attention_mask", text_mask, "the text part of attention_mask")
+
+    # ITM path: [queries; text] with cross-attention for the query rows.
+    queries = model.query_tokens.expand(pixel_values.shape[0], -1, -1)
+    with torch.no_grad():
+        embeds = model.embeddings(input_ids=text_ids, query_embeds=queries)
+    refs.add("itm/embeddings", embeds, "[query_tokens; word + position embeddings of the text]")
+    itm_out = add_qformer_refs(
+        refs, model.qformer,
+        lambda: model.qformer(query_embeds=embeds, query_length=n, attention_mask=enc["attention_mask"],
+                              encoder_hidden_states=image_embeds,
+                              encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long)),
+        "itm/qformer", "ITM path: queries + text reading the images")
+    refs.add("itm/qformer/last_hidden_state", itm_out.last_hidden_state, "ITM path Q-Former last_hidden_state")
+    refs.add("itm/qformer/pooler_output", itm_out.pooler_output, "ITM path Q-Former pooler_output")
+    with torch.no_grad():
+        itm = model(pixel_values=pixel_values, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    use_image_text_matching_head=True)
+    refs.add("itm/logits", itm.logits_per_image, "ITM logits: itm_head on query rows, mean over queries [B, 2]")
+
+    # ITC path: image side (queries only) and text side (text only, query_length 0).
+    q_img = add_qformer_refs(
+        refs, model.qformer,
+        lambda: model.qformer(query_embeds=queries, encoder_hidden_states=image_embeds,
+                              encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long)),
+        "itc/image_qformer", "ITC image side: queries reading the images")
+    refs.add("itc/image_qformer/last_hidden_state", q_img.last_hidden_state, "ITC image-side Q-Former output")
+    with torch.no_grad():
+        text_embeds_in = model.embeddings(input_ids=text_ids)
+    refs.add("itc/text_embeddings", text_embeds_in, "text word + position embeddings (no LayerNorm of their own)")
+    q_txt = add_qformer_refs(
+        refs, model.qformer,
+        lambda: model.qformer(query_embeds=text_embeds_in, query_length=0, attention_mask=text_mask),
+        "itc/text_qformer", "ITC text side: text alone")
+    refs.add("itc/text_qformer/last_hidden_state", q_txt.last_hidden_state, "ITC text-side Q-Former output")
+    refs.add("itc/text_qformer/pooler_output", q_txt.pooler_output, "ITC text-side pooler (row 0)")
+    with torch.no_grad():
+        itc = model(pixel_values=pixel_values, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    use_image_text_matching_head=False)
+    refs.add("itc/image_embeds", itc.image_embeds, "normalize(vision_projection(queries)) [B, n, D]")
+    refs.add("itc/text_embeds", itc.text_embeds, "normalize(text_projection(text CLS row)) [B, D]")
+    refs.add("itc/logits_per_image", itc.logits_per_image, "ITC: max over queries of the cosine [images, texts]")
+
+    text_model = Blip2TextModelWithProjection.from_pretrained(directory, attn_implementation="eager").eval()
+    vision_model = Blip2VisionModelWithProjection.from_pretrained(directory, attn_implementation="eager").eval()
+    with torch.no_grad():
+        t = text_model(input_ids=text_ids, attention_mask=text_mask)
+        v = vision_model(pixel_values=pixel_values)
+    refs.add("text_with_projection/text_embeds", t.text_embeds,
+             "Blip2TextModelWithProjection: normalize(text_projection(every text row)) [B, L, D]")
+    refs.add("vision_with_projection/image_embeds", v.image_embeds,
+             "Blip2VisionModelWithProjection: normalize(vision_projection(queries)) [B, n, D]")
+
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "fixture": name,
+        "what": "Blip2ForImageTextRetrieval (Q-Former text tower, use_qformer_text_input)",
+        "versions": versions(),
+        "seed": seed,
+        "attn_implementation": "eager",
+        "dtype": "float32",
+        "images": {s: images[s].name for s in stems},
+        "texts": texts,
+        "image_token_index": image_token,
+        "checkpoint_keys": file_keys(directory),
+    }
+    refs.save(directory, meta)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Standalone LMs (tiny-opt-lm*, tiny-t5-lm*)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def lm_generation_refs(refs: Refs, model, enc_single, enc_batch, is_t5: bool) -> float:
+    margins = []
+    with torch.no_grad():
+        for tag, enc in (("single", enc_single), ("batch", enc_batch)):
+            g = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=1,
+                               output_logits=True, return_dict_in_generate=True)
+            margins.append(margin_ok(list(g.logits)))
+            refs.add(f"gen/greedy/{tag}", g.sequences, "greedy ids as generate() returns them"
+                     + ("" if is_t5 else " (prompt followed by new ids)"))
+            refs.add(f"gen/greedy/{tag}/logits", torch.stack(g.logits), "raw logits per greedy step [step, B, V]")
+            b = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=NUM_BEAMS,
+                               output_scores=True, return_dict_in_generate=True)
+            refs.add(f"gen/beam{NUM_BEAMS}/{tag}", b.sequences, f"{NUM_BEAMS}-beam ids")
+            refs.add(f"gen/beam{NUM_BEAMS}/{tag}/scores", b.sequences_scores, "beam sequences_scores")
+    return min(margins)
+
+
+def opt_lm_fixture(out: Path, name: str, seed: int, spec: dict) -> None:
+    directory = out / name
+    directory.mkdir(parents=True)
+    tokenizer = bpe_tokenizer()
+    config = OPTConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **spec["config"])
+    config._attn_implementation = "eager"
+    prompts = spec["prompts"]
+    for attempt in range(20):
+        model_seed = seed + 1000 * attempt
+        torch.manual_seed(model_seed)
+        model = OPTForCausalLM(config).eval()
+        init_weights(model, model_seed)
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                         pad_token_id=config.pad_token_id).save_pretrained(directory)
+        model = OPTForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
+        tok = PreTrainedTokenizerFast.from_pretrained(directory)
+        check_tokenizer_file(directory, tok, prompts["batch"])
+        single = tok(prompts["single"], return_tensors="pt")
+        batch = tok(prompts["batch"], padding=True, return_tensors="pt")
+        refs = Refs()
+        for tag, enc in (("single", single), ("batch", batch)):
+            refs.add(f"input_ids/{tag}", enc["input_ids"], f"tokenized {tag} prompt(s), BOS </s> prepended, "
+                     "left-padded")
+            refs.add(f"attention_mask/{tag}", enc["attention_mask"], f"attention mask ({tag})")
+        store: dict[str, torch.Tensor] = {}
+        decoder = model.model.decoder
+        handles = hooks({f"layer.{i}": layer for i, layer in enumerate(decoder.layers)}, store)
+        with torch.no_grad():
+            out_single = model(**single)
+            refs.add("logits/single", out_single.logits, "logits for every position of the single prompt")
+            store.clear()
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            out_batch = model(**batch, labels=labels)
+        remove(handles)
+        for i in range(len(decoder.layers)):
+            refs.add(f"decoder/layer.{i}/batch", store[f"layer.{i}"], f"decoder layer {i} output (batch)")
+        refs.add("logits/batch", out_batch.logits, "logits for the left-padded batch")
+        refs.add("labels/batch", labels, "labels: input_ids with pads -> -100")
+        refs.add("loss/batch", out_batch.loss.reshape(1), "HF causal-LM loss with labels/batch")
+        margin = lm_generation_refs(refs, model, single, batch, is_t5=False)
+        if margin >= MIN_GREEDY_MARGIN:
+            break
+        shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+    else:
+        raise RuntimeError(f"{name}: no seed gave greedy margins >= {MIN_GREEDY_MARGIN}")
+    meta = {"format_version": FORMAT_VERSION, "fixture": name, "what": spec["what"], "versions": versions(),
+            "seed": seed, "model_seed": model_seed, "attn_implementation": "eager", "dtype": "float32",
+            "prompts": prompts,
+            "generation": {"max_new_tokens": MAX_NEW_TOKENS, "num_beams": NUM_BEAMS,
+                           "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
+                           "min_greedy_margin": margin},
+            "checkpoint_keys": file_keys(directory)}
+    refs.save(directory, meta)
+
+
+def t5_lm_fixture(out: Path, name: str, seed: int, spec: dict) -> None:
+    directory = out / name
+    directory.mkdir(parents=True)
+    tokenizer = unigram_tokenizer()
+    config = T5Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+                      **spec["config"])
+    config._attn_implementation = "eager"
+    prompts = spec["prompts"]
+    for attempt in range(20):
+        model_seed = seed + 1000 * attempt
+        torch.manual_seed(model_seed)
+        model = T5ForConditionalGeneration(config).eval()
+        init_weights(model, model_seed)
+        if not spec["tied"]:
+            give_own_head(model, model_seed + 1)
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        GenerationConfig(decoder_start_token_id=config.decoder_start_token_id, eos_token_id=config.eos_token_id,
+                         pad_token_id=config.pad_token_id).save_pretrained(directory)
+        if not spec["tied"]:
+            untie_t5_head(directory, "", model.lm_head.weight)
+        model = T5ForConditionalGeneration.from_pretrained(directory, attn_implementation="eager").eval()
+        if spec["tied"]:
+            if not model.config.scale_decoder_outputs:
+                raise AssertionError("the T5 v1.0 fixture must rescale its decoder output")
+        else:
+            check_untied(model)
+        tok = PreTrainedTokenizerFast.from_pretrained(directory)
+        check_tokenizer_file(directory, tok, prompts["batch"] + prompts["labels"])
+        single = tok(prompts["single"], return_tensors="pt")
+        batch = tok(prompts["batch"], padding=True, return_tensors="pt")
+        targets = tok(prompts["labels"], padding=True, return_tensors="pt")
+        labels = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)
+        refs = Refs()
+        for tag, enc in (("single", single), ("batch", batch)):
+            refs.add(f"input_ids/{tag}", enc["input_ids"], f"tokenized {tag} prompt(s), </s> appended, right-padded")
+            refs.add(f"attention_mask/{tag}", enc["attention_mask"], f"attention mask ({tag})")
+        refs.add("labels/batch", labels, "labels (pads -> -100)")
+        store: dict[str, torch.Tensor] = {}
+        modules = {f"encoder/block.{i}": b for i, b in enumerate(model.encoder.block)}
+        modules.update({f"decoder/block.{i}": b for i, b in enumerate(model.decoder.block)})
+        with torch.no_grad():
+            enc_single = model.get_encoder()(**single).last_hidden_state
+            refs.add("encoder/last_hidden_state/single", enc_single, "encoder output, single prompt")
+            handles = hooks(modules, store)
+            out_batch = model(**batch, labels=labels)
+            remove(handles)
+        for key in sorted(store):
+            refs.add(f"{key}/batch", store[key], f"{key} output (hidden states) for the batch")
+        refs.add("encoder/last_hidden_state/batch", out_batch.encoder_last_hidden_state, "encoder output, batch")
+        refs.add("decoder_input_ids/batch", model._shift_right(labels), "labels shifted right (start token 0)")
+        refs.add("logits/batch", out_batch.logits, "teacher-forced decoder logits")
+        refs.add("loss/batch", out_batch.loss.reshape(1), "HF loss with labels/batch")
+        rel = torch.arange(-40, 41)
+        nb, md = config.relative_attention_num_buckets, config.relative_attention_max_distance
+        refs.add("bucket/relative_position", rel, "relative positions (key - query) for the bucket references")
+        refs.add("bucket/bidirectional", T5Attention._relative_position_bucket(rel, True, nb, md),
+                 f"encoder buckets (bidirectional, {nb} buckets, max distance {md})")
+        refs.add("bucket/causal", T5Attention._relative_position_bucket(rel, False, nb, md),
+                 f"decoder buckets (causal, {nb} buckets, max distance {md})")
+        margin = lm_generation_refs(refs, model, single, batch, is_t5=True)
+        if margin >= MIN_GREEDY_MARGIN:
+            break
+        shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+    else:
+        raise RuntimeError(f"{name}: no seed gave greedy margins >= {MIN_GREEDY_MARGIN}")
+    meta = {"format_version": FORMAT_VERSION, "fixture": name, "what": spec["what"], "versions": versions(),
+            "seed": seed, "model_seed": model_seed, "attn_implementation": "eager", "dtype": "float32",
+            "prompts": prompts,
+            "generation": {"max_new_tokens": MAX_NEW_TOKENS, "num_beams": NUM_BEAMS,
+                           "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
+                           "decoder_start_token_id": config.decoder_start_token_id, "min_greedy_margin": margin},
+            "checkpoint_keys": file_keys(directory)}
+    refs.save(directory, meta)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Logits processors on fixed random logits
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def logits_processors_fixture(out: Path, seed: int) -> None:
+    directory = out / "logits-processors"
+    directory.mkdir(parents=True)
+    g = torch.Generator().manual_seed(seed)
+    vocab, batch, length = 40, 2, 10
+    scores = torch.randn(batch, vocab, generator=g) * 2.0
+    input_ids = torch.randint(10, 20, (batch, length), generator=g)
+    input_ids[0, 2:4] = torch.tensor([11, 12])
+    input_ids[0, 6:8] = torch.tensor([11, 12])  # a repeated bigram for no-repeat-ngram
+    input_ids[1, 8] = 6  # [.., 6] then bad word [6, 7] bans 7
+    input_ids[1, :2] = 1  # two left pads
+    attention_mask = torch.ones(batch, length, dtype=torch.long)
+    attention_mask[1, :2] = 0
+    eos = [3, 9]
+    refs = Refs()
+    refs.add("scores", scores, "raw logits [batch, vocab] that every processor below is applied to")
+    refs.add("input_ids", input_ids, "ids so far [batch, len] (row 1 is left-padded by two pad ids 1)")
+    refs.add("attention_mask", attention_mask, "attention mask of input_ids")
+    refs.add("eos_token_id", torch.tensor(eos), "eos ids used by bad-words and min-length processors")
+    pad_lengths = (attention_mask != 0).int().argmax(dim=1)
+    cases = {
+        "temperature/0.7": TemperatureLogitsWarper(0.7),
+        "top_k/8": TopKLogitsWarper(8),
+        "top_k/1": TopKLogitsWarper(1),
+        "top_p/0.8": TopPLogitsWarper(0.8),
+        "top_p/0.3/min_tokens_to_keep_2": TopPLogitsWarper(0.3, min_tokens_to_keep=2),
+        "repetition_penalty/1.3": RepetitionPenaltyLogitsProcessor(1.3),
+        "repetition_penalty/0.8": RepetitionPenaltyLogitsProcessor(0.8),
+        "repetition_penalty/1.3/ignore_pads": RepetitionPenaltyLogitsProcessor(1.3,
+                                                                               prompt_ignore_length=pad_lengths),
+        "no_repeat_ngram/2": NoRepeatNGramLogitsProcessor(2),
+        "no_repeat_ngram/3": NoRepeatNGramLogitsProcessor(3),
+        "bad_words": NoBadWordsLogitsProcessor([[5], [6, 7]], eos_token_id=eos),
+        "min_length/12": MinLengthLogitsProcessor(12, eos),
+        "min_length/10": MinLengthLogitsProcessor(10, eos),
+        "min_new_tokens/3_skip_8": MinNewTokensLengthLogitsProcessor(8, 3, eos),
+    }
+    descriptions = {
+        "temperature/0.7": "TemperatureLogitsWarper(0.7)",
+        "top_k/8": "TopKLogitsWarper(8): others -> -inf",
+        "top_k/1": "TopKLogitsWarper(1)",
+        "top_p/0.8": "TopPLogitsWarper(0.8)",
+        "top_p/0.3/min_tokens_to_keep_2": "TopPLogitsWarper(0.3, min_tokens_to_keep=2)",
+        "repetition_penalty/1.3": "RepetitionPenaltyLogitsProcessor(1.3) over all of input_ids",
+        "repetition_penalty/0.8": "RepetitionPenaltyLogitsProcessor(0.8) (a reward)",
+        "repetition_penalty/1.3/ignore_pads": "RepetitionPenaltyLogitsProcessor(1.3) ignoring the left pads, "
+                                              "as generate() sets it up from the attention mask",
+        "no_repeat_ngram/2": "NoRepeatNGramLogitsProcessor(2)",
+        "no_repeat_ngram/3": "NoRepeatNGramLogitsProcessor(3)",
+        "bad_words": "NoBadWordsLogitsProcessor([[5], [6, 7]])",
+        "min_length/12": "MinLengthLogitsProcessor(12): length 10 < 12, eos ids -> -inf",
+        "min_length/10": "MinLengthLogitsProcessor(10): length 10 reached, unchanged",
+        "min_new_tokens/3_skip_8": "MinNewTokensLengthLogitsProcessor(prompt 8, min_new_tokens 3): 2 new < 3",
+    }
+    for key, proc in cases.items():
+        refs.add(key, proc(input_ids.clone(), scores.clone()), descriptions[key])
+    # The chain in the order GenerationMixin._get_logits_processor builds it (transformers 5.24) for
+    # do_sample=True with every option below set.
+    chain_order = ["repetition_penalty/1.3/ignore_pads", "no_repeat_ngram/2", "bad_words", "min_length/12",
+                   "min_new_tokens/3_skip_8", "temperature/0.7", "top_k/8", "top_p/0.8"]
+    s = scores.clone()
+    for key in chain_order:
+        s = cases[key](input_ids.clone(), s)
+    refs.add("chain", s, "all of: " + " -> ".join(chain_order))
+    meta = {"format_version": FORMAT_VERSION, "fixture": "logits-processors", "versions": versions(),
+            "seed": seed, "chain_order": chain_order}
+    refs.save(directory, meta)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real checkpoints' key/shape sets, from the architectures built on the meta device (no weights)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def real_key_sets(out: Path) -> None:
+    directory = out / "real-keys"
+    directory.mkdir(parents=True)
+    qformer = Blip2QFormerConfig()
+    cases = {
+        "blip2-opt-2.7b": (Blip2ForConditionalGeneration, dict(
+            text_config=OPTConfig(vocab_size=50304, hidden_size=2560, num_hidden_layers=32, ffn_dim=10240,
+                                  num_attention_heads=32, word_embed_proj_dim=2560,
+                                  max_position_embeddings=2048).to_dict(),
+            image_token_index=50265)),
+        "blip2-opt-6.7b": (Blip2ForConditionalGeneration, dict(
+            text_config=OPTConfig(vocab_size=50304, hidden_size=4096, num_hidden_layers=32, ffn_dim=16384,
+                                  num_attention_heads=32, word_embed_proj_dim=4096,
+                                  max_position_embeddings=2048).to_dict(),
+            image_token_index=50265)),
+        "blip2-flan-t5-xl": (Blip2ForConditionalGeneration, dict(
+            text_config=T5Config(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24,
+                                 num_decoder_layers=24, num_heads=32, feed_forward_proj="gated-gelu",
+                                 dense_act_fn="gelu", tie_word_embeddings=False).to_dict(),
+            image_token_index=32100)),
+        "blip2-itm-vit-g": (Blip2ForImageTextRetrieval, dict(
+            qformer_config=Blip2QFormerConfig(vocab_size=30523, use_qformer_text_input=True).to_dict())),
+    }
+    for name, (cls, kwargs) in cases.items():
+        kwargs.setdefault("qformer_config", qformer.to_dict())
+        config = Blip2Config(vision_config=Blip2VisionConfig().to_dict(), num_query_tokens=32, **kwargs)
+        with torch.device("meta"):
+            model = cls(config)
+        state = model.state_dict()
+        tied = {}
+        for target, source in sorted(getattr(model, "all_tied_weights_keys", {}).items()):
+            tied[target] = source
+        if name.startswith("blip2-flan"):
+            # transformers 5.24 declares T5's head tied to `shared`, but Flan-T5 files hold their own lm_head
+            # (tie_word_embeddings false); only the encoder/decoder embed_tokens may be absent.
+            tied.pop("language_model.lm_head.weight", None)
+        write_json(directory / f"{name}.json", {
+            "format_version": FORMAT_VERSION,
+            "what": f"{cls.__name__} at the hub checkpoint's sizes, built on the meta device from the documented "
+                    "hyperparameters (not downloaded); keys in `tied` may be absent from the hub files",
+            "versions": versions(),
+            "keys": {k: list(v.shape) for k, v in sorted(state.items())},
+            "tied": tied,
+        })
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fixture specs
+# ----------------------------------------------------------------------------------------------------------------
+
+TINY_OPT = {
+    "lm": "opt",
+    "legacy_processor_files": True,
+    "image_size": 30,  # 30 is not a multiple of the patch (4): the last two pixel rows/columns are dropped
+    "num_query_tokens": 5,
+    "vision": dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3, patch_size=4),
+    "qformer": dict(hidden_size=36, intermediate_size=52, num_hidden_layers=3, num_attention_heads=3,
+                    cross_attention_frequency=2, max_position_embeddings=32),
+    "text": dict(hidden_size=40, ffn_dim=56, num_hidden_layers=2, num_attention_heads=5, max_position_embeddings=64,
+                 word_embed_proj_dim=40, do_layer_norm_before=True),
+    "images": ["rgb_37x29", "rgba_31x23"],
+    "interpolate_size": (38, 26),
+    "prompts": {"single": "Question: what is on the table? Answer:",
+                "batch": ["a photo of", "Question: how many cats are there? Answer:"]},
+    "grad_params": ["query_tokens", "qformer.encoder.layer.0.crossattention.attention.query.weight",
+                    "language_projection.weight", "vision_model.embeddings.patch_embedding.weight"],
+}
+
+TINY_T5 = {
+    "lm": "t5",
+    "legacy_processor_files": False,  # transformers 5.x layout: everything in processor_config.json
+    "image_size": 26,  # patch 6: 4x4 patches, two pixels dropped
+    "num_query_tokens": 6,
+    "vision": dict(hidden_size=20, intermediate_size=36, num_hidden_layers=2, num_attention_heads=5, patch_size=6,
+                   layer_norm_eps=1e-5),
+    "qformer": dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3,
+                    cross_attention_frequency=1, max_position_embeddings=32),
+    # Flan-T5 as BLIP-2 ships it: gated FFN with exact gelu, untied lm_head; encoder and decoder depths differ
+    # (decoder shallower: transformers 5.24 sizes the generation cache by `num_layers`, so a deeper decoder
+    # crashes generate()); few relative buckets so that short sequences reach the log buckets and the clamp.
+    "text": dict(d_model=32, d_kv=8, d_ff=44, num_layers=3, num_decoder_layers=2, num_heads=3,
+                 relative_attention_num_buckets=8, relative_attention_max_distance=12,
+                 feed_forward_proj="gated-gelu", dense_act_fn="gelu", tie_word_embeddings=False,
+                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
+    "images": ["photo_45x33", "gray_19x41"],
+    "interpolate_size": (32, 20),
+    "prompts": {"single": "Question: what color is the sky? Answer:",
+                "batch": ["describe the image", "Question: where is the dog? Answer:"],
+                "labels": ["a small red house with a white door near the sea", "on the grass"]},
+    "grad_params": ["query_tokens", "qformer.encoder.layer.0.crossattention.attention.query.weight",
+                    "language_projection.weight", "vision_model.embeddings.patch_embedding.weight"],
+}
+
+TINY_ITM = {
+    "legacy_processor_files": True,
+    "image_size": 24,  # patch 5: 4x4 patches, four pixels dropped
+    "num_query_tokens": 4,
+    "image_text_hidden_size": 12,
+    "vision": dict(hidden_size=16, intermediate_size=28, num_hidden_layers=2, num_attention_heads=2, patch_size=5),
+    "qformer": dict(hidden_size=30, intermediate_size=44, num_hidden_layers=3, num_attention_heads=5,
+                    cross_attention_frequency=2, max_position_embeddings=24),
+    "images": ["palette_25x19", "gray_alpha_21x21"],
+    "texts": ["a photo of a cat sitting on a red couch", "two dogs"],
+}
+
+TINY_OPT_LM = {
+    "what": "OPTForCausalLM, pre-LN",
+    "config": dict(hidden_size=24, ffn_dim=40, num_hidden_layers=2, num_attention_heads=3, max_position_embeddings=40,
+                   word_embed_proj_dim=24, do_layer_norm_before=True),
+    "prompts": {"single": "a photo of a cat", "batch": ["two dogs", "a bowl of fruit on a wooden table"]},
+}
+
+TINY_OPT_LM_350M = {
+    "what": "OPTForCausalLM like opt-350m: post-LN (do_layer_norm_before false, no final layer norm), "
+            "word_embed_proj_dim != hidden_size (project_in / project_out)",
+    "config": dict(hidden_size=24, ffn_dim=40, num_hidden_layers=2, num_attention_heads=3, max_position_embeddings=40,
+                   word_embed_proj_dim=16, do_layer_norm_before=False),
+    "prompts": {"single": "a photo of a cat", "batch": ["two dogs", "a bowl of fruit on a wooden table"]},
+}
+
+TINY_T5_LM = {
+    "what": "T5ForConditionalGeneration like Flan-T5: gated-gelu (gelu_new), untied lm_head",
+    "tied": False,
+    "config": dict(d_model=32, d_kv=8, d_ff=44, num_layers=3, num_decoder_layers=2, num_heads=3,
+                   relative_attention_num_buckets=8, relative_attention_max_distance=12,
+                   feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    "prompts": {"single": "describe the image in detail",
+                "batch": ["what is on the table", "a man riding a bike down the street next to a stone wall"],
+                "labels": ["a bowl of fruit on a wooden table near the sea", "a man"]},
+}
+
+TINY_T5_LM_V1 = {
+    "what": "T5ForConditionalGeneration like T5 v1.0: relu, non-gated, lm_head tied to shared with d_model^-0.5",
+    "tied": True,
+    "config": dict(d_model=32, d_kv=8, d_ff=44, num_layers=2, num_decoder_layers=2, num_heads=4,
+                   relative_attention_num_buckets=8, relative_attention_max_distance=12,
+                   feed_forward_proj="relu", tie_word_embeddings=True),
+    "prompts": TINY_T5_LM["prompts"],
+}
+
+
+def generate_all(out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    images = make_images(out / "images")
+    blip2_lm_fixture(out, "tiny-opt", images, SEED + 10, TINY_OPT)
+    blip2_lm_fixture(out, "tiny-t5", images, SEED + 20, TINY_T5)
+    itm_fixture(out, "tiny-itm", images, SEED + 30, TINY_ITM)
+    opt_lm_fixture(out, "tiny-opt-lm", SEED + 40, TINY_OPT_LM)
+    opt_lm_fixture(out, "tiny-opt-lm-350m", SEED + 50, TINY_OPT_LM_350M)
+    t5_lm_fixture(out, "tiny-t5-lm", SEED + 60, TINY_T5_LM)
+    t5_lm_fixture(out, "tiny-t5-lm-v1", SEED + 70, TINY_T5_LM_V1)
+    logits_processors_fixture(out, SEED + 80)
+    real_key_sets(out)
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    write_json(out / "MANIFEST.json", {
+        "format_version": FORMAT_VERSION,
+        "generator": "scripts/make_fixtures.py",
+        "versions": versions(),
+        "files": {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
+    })
+
+
+def compare_trees(a: Path, b: Path) -> list[str]:
+    problems = []
+    fa = {str(p.relative_to(a)) for p in a.rglob("*") if p.is_file()}
+    fb = {str(p.relative_to(b)) for p in b.rglob("*") if p.is_file()}
+    for only in sorted(fa - fb):
+        problems.append(f"only in {a}: {only}")
+    for only in sorted(fb - fa):
+        problems.append(f"only in {b}: {only}")
+    for rel in sorted(fa & fb):
+        if not filecmp.cmp(a / rel, b / rel, shallow=False):
+            problems.append(f"differs: {rel}")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="the fixtures directory")
+    parser.add_argument("--check", action="store_true",
+                        help="generate twice into temporary directories; compare them with each other and with --out")
+    args = parser.parse_args()
+    if not args.check:
+        generate_all(args.out)
+        total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
+        print(f"wrote {args.out} ({total / 1e6:.2f} MB)")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        first, second = Path(tmp) / "first", Path(tmp) / "second"
+        generate_all(first)
+        generate_all(second)
+        problems = compare_trees(first, second)
+        if problems:
+            print("NOT deterministic: two generations differ:\n  " + "\n  ".join(problems))
+            return 1
+        print("deterministic: two generations are identical, bit for bit")
+        problems = compare_trees(first, args.out)
+        if problems:
+            print(f"{args.out} differs from a fresh generation:\n  " + "\n  ".join(problems))
+            return 1
+        print(f"{args.out} equals a fresh generation")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+//! Workspace-level tests live next to this file (`dependency_rule.rs`, ...); the library is empty.

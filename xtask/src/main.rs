@@ -1,0 +1,98 @@
+//! Project tasks for blip2. `cargo xtask <task>`:
+//!
+//! - `fixtures`: regenerate `fixtures/` with the reference implementation (HF transformers), in a venv made
+//!   (once) from the pinned `scripts/requirements.txt`;
+//! - `fixtures --check`: generate twice in temporary directories and check that both generations are identical
+//!   bit for bit and equal the committed `fixtures/`.
+//!
+//! The venv lives in `.venv-fixtures/` (or `$BLIP2_FIXTURES_VENV`) and is rebuilt when the requirements change.
+//! It needs network access to PyPI the first time (about 6 GB: torch with its CUDA libraries).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask fixtures [--check]
+
+  fixtures          regenerate fixtures/ with scripts/make_fixtures.py
+  fixtures --check  generate twice; check determinism and that fixtures/ equals a fresh generation
+
+environment: BLIP2_FIXTURES_VENV (venv directory, default .venv-fixtures), PYTHON (default python3)";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["fixtures"] => fixtures(false),
+        ["fixtures", "--check"] => fixtures(true),
+        ["help" | "--help" | "-h"] | [] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => bail!("unknown task {args:?}\n\n{USAGE}"),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Makes (or reuses) the venv with the pinned reference implementation; returns its python.
+fn venv(root: &Path) -> Result<PathBuf> {
+    let dir = std::env::var_os("BLIP2_FIXTURES_VENV")
+        .map_or_else(|| root.join(".venv-fixtures"), PathBuf::from);
+    let requirements = root.join("scripts/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("cannot read {}", requirements.display()))?;
+    let stamp = dir.join("blip2-requirements.txt");
+    let python = dir.join("bin/python");
+    if python.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str())
+    {
+        return Ok(python);
+    }
+    eprintln!(
+        "making the reference venv in {} (pinned: scripts/requirements.txt)",
+        dir.display()
+    );
+    let base = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    run(Command::new(&base)
+        .args(["-m", "venv", "--clear"])
+        .arg(&dir))?;
+    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--upgrade", "pip"]))?;
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "-r"])
+        .arg(&requirements))?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
+    Ok(python)
+}
+
+fn fixtures(check: bool) -> Result<()> {
+    let root = root();
+    let python = venv(&root)?;
+    let mut cmd = Command::new(python);
+    cmd.current_dir(&root)
+        .arg("scripts/make_fixtures.py")
+        .args(["--out", "fixtures"]);
+    if check {
+        cmd.arg("--check");
+    }
+    run(&mut cmd)
+}
