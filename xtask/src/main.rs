@@ -8,6 +8,9 @@
 //! The venv lives in `.venv-fixtures/` (or `$BLIP2_FIXTURES_VENV`) and is rebuilt when the requirements change.
 //! It needs network access to PyPI the first time (about 6 GB: torch with its CUDA libraries).
 
+// A command-line tool: printing is its job (the print lints are for the library crates).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
