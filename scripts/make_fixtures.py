@@ -985,16 +985,39 @@ def lm_generation_refs(refs: Refs, model, enc_single, enc_batch, is_t5: bool) ->
     return min(margins)
 
 
+def first_good_seed(name: str, directory: Path, seed: int, attempt) -> tuple[int, Refs, float]:
+    """Runs `attempt(model_seed) -> (refs, min_greedy_margin)` with seed, seed + 1000, ... until the greedy margins
+    are safe (see MIN_GREEDY_MARGIN), starting each try from an empty directory."""
+    for k in range(20):
+        model_seed = seed + 1000 * k
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        refs, margin = attempt(model_seed)
+        if margin >= MIN_GREEDY_MARGIN:
+            return model_seed, refs, margin
+    raise RuntimeError(f"{name}: no seed gave greedy margins >= {MIN_GREEDY_MARGIN}")
+
+
+def lm_meta(name: str, spec: dict, seed: int, model_seed: int, config, margin: float, directory: Path) -> dict:
+    generation = {"max_new_tokens": MAX_NEW_TOKENS, "num_beams": NUM_BEAMS, "eos_token_id": config.eos_token_id,
+                  "pad_token_id": config.pad_token_id, "min_greedy_margin": margin}
+    if config.is_encoder_decoder:
+        generation["decoder_start_token_id"] = config.decoder_start_token_id
+    return {"format_version": FORMAT_VERSION, "fixture": name, "what": spec["what"], "versions": versions(),
+            "seed": seed, "model_seed": model_seed, "attn_implementation": "eager", "dtype": "float32",
+            "prompts": spec["prompts"], "generation": generation, "checkpoint_keys": file_keys(directory)}
+
+
 def opt_lm_fixture(out: Path, name: str, seed: int, spec: dict) -> None:
     directory = out / name
-    directory.mkdir(parents=True)
     tokenizer = bpe_tokenizer()
     config = OPTConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **spec["config"])
     config._attn_implementation = "eager"
     prompts = spec["prompts"]
-    for attempt in range(20):
-        model_seed = seed + 1000 * attempt
+
+    def attempt(model_seed: int) -> tuple[Refs, float]:
         torch.manual_seed(model_seed)
         model = OPTForCausalLM(config).eval()
         init_weights(model, model_seed)
@@ -1027,34 +1050,22 @@ def opt_lm_fixture(out: Path, name: str, seed: int, spec: dict) -> None:
         refs.add("logits/batch", out_batch.logits, "logits for the left-padded batch")
         refs.add("labels/batch", labels, "labels: input_ids with pads -> -100")
         refs.add("loss/batch", out_batch.loss.reshape(1), "HF causal-LM loss with labels/batch")
-        margin = lm_generation_refs(refs, model, single, batch, is_t5=False)
-        if margin >= MIN_GREEDY_MARGIN:
-            break
-        shutil.rmtree(directory)
-        directory.mkdir(parents=True)
-    else:
-        raise RuntimeError(f"{name}: no seed gave greedy margins >= {MIN_GREEDY_MARGIN}")
-    meta = {"format_version": FORMAT_VERSION, "fixture": name, "what": spec["what"], "versions": versions(),
-            "seed": seed, "model_seed": model_seed, "attn_implementation": "eager", "dtype": "float32",
-            "prompts": prompts,
-            "generation": {"max_new_tokens": MAX_NEW_TOKENS, "num_beams": NUM_BEAMS,
-                           "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
-                           "min_greedy_margin": margin},
-            "checkpoint_keys": file_keys(directory)}
-    refs.save(directory, meta)
+        return refs, lm_generation_refs(refs, model, single, batch, is_t5=False)
+
+    model_seed, refs, margin = first_good_seed(name, directory, seed, attempt)
+    refs.save(directory, lm_meta(name, spec, seed, model_seed, config, margin, directory))
 
 
 def t5_lm_fixture(out: Path, name: str, seed: int, spec: dict) -> None:
     directory = out / name
-    directory.mkdir(parents=True)
     tokenizer = unigram_tokenizer()
     config = T5Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
                       **spec["config"])
     config._attn_implementation = "eager"
     prompts = spec["prompts"]
-    for attempt in range(20):
-        model_seed = seed + 1000 * attempt
+
+    def attempt(model_seed: int) -> tuple[Refs, float]:
         torch.manual_seed(model_seed)
         model = T5ForConditionalGeneration(config).eval()
         init_weights(model, model_seed)
@@ -1105,21 +1116,10 @@ def t5_lm_fixture(out: Path, name: str, seed: int, spec: dict) -> None:
                  f"encoder buckets (bidirectional, {nb} buckets, max distance {md})")
         refs.add("bucket/causal", T5Attention._relative_position_bucket(rel, False, nb, md),
                  f"decoder buckets (causal, {nb} buckets, max distance {md})")
-        margin = lm_generation_refs(refs, model, single, batch, is_t5=True)
-        if margin >= MIN_GREEDY_MARGIN:
-            break
-        shutil.rmtree(directory)
-        directory.mkdir(parents=True)
-    else:
-        raise RuntimeError(f"{name}: no seed gave greedy margins >= {MIN_GREEDY_MARGIN}")
-    meta = {"format_version": FORMAT_VERSION, "fixture": name, "what": spec["what"], "versions": versions(),
-            "seed": seed, "model_seed": model_seed, "attn_implementation": "eager", "dtype": "float32",
-            "prompts": prompts,
-            "generation": {"max_new_tokens": MAX_NEW_TOKENS, "num_beams": NUM_BEAMS,
-                           "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
-                           "decoder_start_token_id": config.decoder_start_token_id, "min_greedy_margin": margin},
-            "checkpoint_keys": file_keys(directory)}
-    refs.save(directory, meta)
+        return refs, lm_generation_refs(refs, model, single, batch, is_t5=True)
+
+    model_seed, refs, margin = first_good_seed(name, directory, seed, attempt)
+    refs.save(directory, lm_meta(name, spec, seed, model_seed, config, margin, directory))
 
 
 # ----------------------------------------------------------------------------------------------------------------

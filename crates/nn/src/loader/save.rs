@@ -11,7 +11,6 @@ use std::path::Path;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::{Backend, Tensor};
 use burn::tensor::TensorData;
-use half::{bf16, f16};
 
 use super::KeyMap;
 use crate::Error;
@@ -90,28 +89,14 @@ pub fn save_module<B: Backend, M: Module<B>>(
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// The tensor's bytes in `dtype`, little-endian as safetensors stores them.
 fn to_le_bytes(data: TensorData, dtype: FloatDType) -> Vec<u8> {
-    let data = data.convert_dtype(dtype.dtype());
-    match dtype {
-        FloatDType::F32 => data
-            .to_vec::<f32>()
-            .expect("converted to f32")
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        FloatDType::F16 => data
-            .to_vec::<f16>()
-            .expect("converted to f16")
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        FloatDType::BF16 => data
-            .to_vec::<bf16>()
-            .expect("converted to bf16")
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-    }
+    // `TensorData` holds native-endian bytes; safetensors is little-endian.
+    const _: () = assert!(
+        cfg!(target_endian = "little"),
+        "blip2 supports little-endian hosts only"
+    );
+    data.convert_dtype(dtype.dtype()).into_bytes().to_vec()
 }
 
 struct Collector<'a, B: Backend> {
