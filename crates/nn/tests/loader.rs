@@ -756,7 +756,74 @@ fn save_into_missing_directory_fails_cleanly<B: Backend>(device: &B::Device) {
     }
 }
 
+/// A feed-forward that is one of two kinds, as T5's gated and plain FFNs will be: the variant does not show in
+/// the checkpoint keys.
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // built once per test; boxing would hide the variant from Burn's derive
+enum Ffn<B: Backend> {
+    Plain(Linear<B>),
+    Gated(Block<B>),
+}
+
+#[derive(Module, Debug)]
+struct WithEnum<B: Backend> {
+    ffn: Ffn<B>,
+}
+
+fn enum_variants_are_not_part_of_keys<B: Backend>(device: &B::Device) {
+    let dir = tmp();
+    let tensors = hf_tensors();
+    let file: BTreeMap<String, Stored> = [
+        ("ffn.dense.weight", "model.layer.0.dense.weight"),
+        ("ffn.dense.bias", "model.layer.0.dense.bias"),
+        ("ffn.LayerNorm.weight", "model.layer.0.LayerNorm.weight"),
+        ("ffn.LayerNorm.bias", "model.layer.0.LayerNorm.bias"),
+    ]
+    .into_iter()
+    .map(|(k, from)| (k.to_string(), tensors[from].clone()))
+    .collect();
+    write(&dir.path().join("model.safetensors"), &file);
+    let gated = || WithEnum::<B> {
+        ffn: Ffn::Gated(Block {
+            dense: LinearConfig::new(HIDDEN, HIDDEN)
+                .with_layout(LinearLayout::Col)
+                .init(device),
+            layer_norm: LayerNormConfig::new(HIDDEN).init(device),
+        }),
+    };
+    let options = LoadOptions::new(KeyMap::new().rename("layer_norm", "LayerNorm"));
+    let checkpoint = Checkpoint::open(dir.path()).unwrap();
+    let (model, report) = load_module(gated(), &checkpoint, &options, device).unwrap();
+    assert_eq!(report.loaded.len(), 4);
+    let out = tmp();
+    save_module(
+        &model,
+        out.path().join("model.safetensors"),
+        &options.key_map,
+        FloatDType::F32,
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let saved = Checkpoint::open(out.path()).unwrap();
+    assert_eq!(
+        saved.keys().collect::<Vec<_>>(),
+        file.keys().map(String::as_str).collect::<Vec<_>>()
+    );
+    // The other variant expects other keys, and says which.
+    let plain = WithEnum::<B> {
+        ffn: Ffn::Plain(
+            LinearConfig::new(HIDDEN, INNER)
+                .with_layout(LinearLayout::Col)
+                .init(device),
+        ),
+    };
+    let (report, _) = incompatible(load_module(plain, &checkpoint, &options, device));
+    assert_eq!(report.missing(), vec!["ffn.weight", "ffn.bias"], "{report}");
+    assert_eq!(report.unexpected().len(), 4, "{report}");
+}
+
 backend_tests!(
+    enum_variants_are_not_part_of_keys,
     pytorch_layout_loads_without_transpose,
     tied_key_present_in_file_is_used,
     keys_outside_the_prefix_belong_to_others,

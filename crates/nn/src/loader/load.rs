@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::{Backend, Bool, Int, Tensor};
 
-use super::{Checkpoint, KeyMap};
+use super::{Checkpoint, KeyMap, ModulePath};
 use crate::Error;
 use crate::backend::{FloatDType, ensure_dtype_supported};
 
@@ -217,7 +217,7 @@ pub fn load_module<B: Backend, M: Module<B>>(
     let mut applier = Applier {
         checkpoint,
         options,
-        path: Vec::new(),
+        path: ModulePath::default(),
         consumed: BTreeSet::new(),
         report: LoadReport {
             source: checkpoint.source().to_path_buf(),
@@ -261,7 +261,7 @@ pub fn load_module<B: Backend, M: Module<B>>(
 struct Applier<'a> {
     checkpoint: &'a Checkpoint,
     options: &'a LoadOptions,
-    path: Vec<String>,
+    path: ModulePath,
     consumed: BTreeSet<String>,
     report: LoadReport,
     /// The first read error: it ends the load.
@@ -285,19 +285,19 @@ impl Applier<'_> {
 }
 
 impl<B: Backend> ModuleMapper<B> for Applier<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+        self.path.exit();
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         if self.failure.is_some() {
             return param;
         }
-        let key = self.options.key_map.to_file_key(&self.path.join("."));
+        let key = self.options.key_map.to_file_key(&self.path.current());
         let Some(stored) = self.resolve(&key) else {
             self.report.problems.push(Problem::Missing { key });
             return param;
@@ -352,7 +352,7 @@ impl<B: Backend> ModuleMapper<B> for Applier<'_> {
         param: Param<Tensor<B, D, Int>>,
     ) -> Param<Tensor<B, D, Int>> {
         self.report.problems.push(Problem::UnsupportedParam {
-            path: self.path.join("."),
+            path: self.path.current(),
         });
         param
     }
@@ -362,7 +362,7 @@ impl<B: Backend> ModuleMapper<B> for Applier<'_> {
         param: Param<Tensor<B, D, Bool>>,
     ) -> Param<Tensor<B, D, Bool>> {
         self.report.problems.push(Problem::UnsupportedParam {
-            path: self.path.join("."),
+            path: self.path.current(),
         });
         param
     }

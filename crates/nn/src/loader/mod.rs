@@ -32,3 +32,27 @@ pub use keymap::KeyMap;
 pub use load::{LoadOptions, LoadReport, Problem, load_module};
 pub use safetensors::tensor::Dtype as FileDtype;
 pub use save::save_module;
+
+/// The dotted path of the parameter being visited, as Burn's visitors and mappers walk a module. Enum variants
+/// are left out: Burn reports them as modules (`Enum:` containers), but HF keys never name them, so a module may
+/// hold an enum (say, a gated or a plain feed-forward) without changing its checkpoint keys.
+#[derive(Debug, Default)]
+pub(crate) struct ModulePath {
+    segments: Vec<Option<String>>,
+}
+
+impl ModulePath {
+    pub(crate) fn enter(&mut self, name: &str, container_type: &str) {
+        self.segments
+            .push((!container_type.starts_with("Enum:")).then(|| name.to_string()));
+    }
+
+    pub(crate) fn exit(&mut self) {
+        self.segments.pop();
+    }
+
+    pub(crate) fn current(&self) -> String {
+        let named: Vec<&str> = self.segments.iter().flatten().map(String::as_str).collect();
+        named.join(".")
+    }
+}

@@ -12,7 +12,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::{Backend, Tensor};
 use burn::tensor::TensorData;
 
-use super::KeyMap;
+use super::{KeyMap, ModulePath};
 use crate::Error;
 use crate::backend::FloatDType;
 
@@ -33,7 +33,7 @@ pub fn save_module<B: Backend, M: Module<B>>(
     let path = path.as_ref();
     let mut collector = Collector::<B> {
         key_map,
-        path: Vec::new(),
+        path: ModulePath::default(),
         tensors: BTreeMap::new(),
         duplicate: None,
     };
@@ -101,7 +101,7 @@ fn to_le_bytes(data: TensorData, dtype: FloatDType) -> Vec<u8> {
 
 struct Collector<'a, B: Backend> {
     key_map: &'a KeyMap,
-    path: Vec<String>,
+    path: ModulePath,
     /// Sorted by key, which is the order of the header and of the data.
     tensors: BTreeMap<String, ErasedTensor<B>>,
     duplicate: Option<String>,
@@ -125,16 +125,16 @@ impl<B: Backend> ErasedTensor<B> {
 }
 
 impl<B: Backend> ModuleVisitor<B> for Collector<'_, B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+        self.path.exit();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let key = self.key_map.to_file_key(&self.path.join("."));
+        let key = self.key_map.to_file_key(&self.path.current());
         // `transform_for_save` undoes the Col-layout transpose: the value is PyTorch's [out, in].
         let value = param.transform_for_save().val();
         let shape = value.shape().to_vec();
