@@ -712,6 +712,11 @@ fn save_then_load_round_trips<B: Backend>(device: &B::Device) {
 
     let (again, report) = load::<B>(out.path(), &options(), device).unwrap();
     assert!(report.tied.is_empty(), "the head is in the saved file");
+    // Loading into a module that already holds values (not fresh from `init`) works too: non-square `[out, in]`
+    // weights are compared in the file's layout.
+    let checkpoint = Checkpoint::open(dir.path()).unwrap();
+    let (reloaded, _) = load_module(again, &checkpoint, &options(), device).unwrap();
+    let again = reloaded;
     let x = Tensor::<B, 2>::from_data(TensorData::new(values(HIDDEN * 3, 8), [3, HIDDEN]), device);
     assert_close(
         "round trip",

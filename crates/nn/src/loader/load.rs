@@ -1,7 +1,8 @@
 //! Strict loading of a Burn module from a [`Checkpoint`].
 //!
-//! The module must come straight from its config's `init` (parameters still lazy): loading replaces every
-//! parameter without running its initializer, so init + load costs about the time to read the bytes. Each
+//! Give it a module straight from its config's `init` (parameters still lazy): loading replaces every parameter
+//! without running its initializer, so init + load costs about the time to read the bytes. (A module that already
+//! holds values loads too, e.g. to restore fine-tuned weights; its old values are simply replaced.) Each
 //! parameter is read from the memory map, cast on the host to the requested dtype and placed on the module's
 //! device; `Linear`s built with `LinearLayout::Col` take PyTorch's `[out, in]` weights as they are.
 //!
@@ -321,8 +322,14 @@ impl<B: Backend> ModuleMapper<B> for Applier<'_> {
             });
             return param;
         }
-        // The lazy shape of a `LinearLayout::Col` weight is PyTorch's [out, in], as stored.
-        let expected = param.lazy_shape().to_vec();
+        // Shapes are compared in the checkpoint's layout: the lazy shape of a fresh `LinearLayout::Col` weight is
+        // PyTorch's [out, in]; an initialised one (reloading into a trained module) is a transposed view, and its
+        // save mapper gives the stored layout back without copying.
+        let expected = if param.is_initialized() {
+            param.transform_for_save().val().shape().to_vec()
+        } else {
+            param.lazy_shape().to_vec()
+        };
         if info.shape != expected {
             self.report.problems.push(Problem::ShapeMismatch {
                 key: stored.clone(),
