@@ -16,7 +16,7 @@ const LEAVES: &[&str] = &[
     "blip2-generation",
     "blip2-processor",
 ];
-const TOOLS: &[&str] = &["xtask", "blip2-workspace-tests"];
+const TOOLS: &[&str] = &["xtask", "blip2-workspace-tests", "blip2-benches"];
 
 fn metadata() -> serde_json::Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
