@@ -111,11 +111,20 @@ impl Tol {
         rel: 1e-3,
         abs: 1e-4,
     };
-    /// f16 / bf16 runs against the f32 reference.
+    /// f16 runs against the f32 reference (and bf16 runs of a single op).
     pub const HALF: Tol = Tol {
         name: "half precision",
         rel: 1e-2,
         abs: 1e-2,
+    };
+    /// bf16 runs of several layers against the f32 reference. bf16 keeps 8 significant bits (a rounding step of
+    /// 2^-8 relative), so drift through a few layers and LayerNorms passes [`Tol::HALF`]: transformers 5.24 itself,
+    /// run in bf16 on the fixtures' two-layer vision towers, differs from its own f32 output by up to 4.9e-2
+    /// (tiny-opt `last_hidden_state`, values up to 4), where f16 stays within 4.5e-3.
+    pub const BF16: Tol = Tol {
+        name: "bf16",
+        rel: 2e-2,
+        abs: 5e-2,
     };
     /// Bit-for-bit (ids, masks, integer data, uint8 pixels).
     pub const EXACT: Tol = Tol {
