@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -1197,6 +1198,115 @@ def logits_processors_fixture(out: Path, seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# PIL pixel references: bicubic resizes, alpha compositing, how PIL opens and converts other kinds of files
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def png_16bit(arr: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG written by hand (PIL cannot write 16-bit RGB, RGBA or LA): `arr` is [H, W, C] uint16."""
+    import struct
+    import zlib
+
+    height, width = arr.shape[:2]
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9))
+            + chunk(b"IEND", b""))
+
+
+def pil_image_fixture(out: Path, images: dict[str, Path], seed: int) -> None:
+    """PIL's own pixels, for blip2-processor: `Image.resize(..., BICUBIC)` at many sizes (up, down, odd,
+    non-square, 1 pixel, identity, large factors) of stored uint8 sources; `Image.alpha_composite` onto white
+    for every (value, alpha) pair; and HF `convert_to_rgb` of files in modes the shared images do not cover."""
+    from transformers.image_transforms import convert_to_rgb
+
+    directory = out / "pil-image"
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    refs = Refs()
+
+    y, x = np.mgrid[0:9, 0:16]
+    checker = np.where((x + y) % 2 == 0, 255, 0).astype(np.uint8)
+    sources = {
+        "large_97x71": (np.array(load_image(images["large_97x71"]).convert("RGB")), "images/large_97x71.png"),
+        # Full-range noise and a one-pixel checkerboard: the cubic's negative lobes overshoot, so both the
+        # intermediate and the final clamp to 0..255 are reached.
+        "noise_13x11": (rng.integers(0, 256, size=(11, 13, 3), dtype=np.uint8), "uniform random uint8"),
+        "checker_16x9": (np.stack([checker, 255 - checker, checker], axis=-1), "0/255 checkerboard, 1 px cells"),
+        "tall_11x41": (rng.integers(0, 256, size=(41, 11, 3), dtype=np.uint8), "uniform random uint8, tall"),
+    }
+    # Pillow 13 runs the vertical pass first when the height shrinks by more than twice as many pixels as the
+    # width (python-pillow/Pillow#9549); the intermediate uint8 rounding makes the order visible. Sizes on
+    # both sides of that rule and at its boundary (equality: horizontal first):
+    targets = {
+        "large_97x71": [(5, 5), (1, 1), (97, 71), (224, 224), (13, 71), (97, 13), (31, 17), (1, 71), (97, 1),
+                        (3, 50), (200, 150), (30, 30), (48, 35), (90, 50), (92, 61), (92, 60)],
+        "noise_13x11": [(37, 29), (5, 4), (1, 1), (26, 22), (12, 11), (13, 10), (2, 30), (14, 12)],
+        "checker_16x9": [(7, 5), (33, 19), (16, 4), (5, 9), (3, 2)],
+        "tall_11x41": [(30, 30), (9, 20), (5, 40), (6, 31), (7, 32), (11, 5), (3, 41), (24, 24)],
+    }
+    for name, (array, what) in sources.items():
+        refs.add(f"source/{name}", array, f"resize source, HWC uint8: {what}")
+        image = Image.fromarray(array, "RGB")
+        for width, height in targets[name]:
+            resized = image.resize((width, height), resample=Image.Resampling.BICUBIC, reducing_gap=None)
+            refs.add(f"resize/{name}/{width}x{height}", np.array(resized),
+                     f"PIL Image.resize(({width}, {height}), BICUBIC, reducing_gap=None) of source/{name}, HWC uint8")
+
+    # Every (value, alpha) pair: value varies along x, alpha along y; the red channel after convert_to_rgb.
+    value, alpha = np.mgrid[0:256, 0:256][::-1].astype(np.uint8)
+    rgba = np.stack([value, 255 - value, value, alpha], axis=-1)
+    over_white = convert_to_rgb(Image.fromarray(rgba, "RGBA"), return_numpy=True)
+    refs.add("alpha/over_white", over_white[..., 0],
+             "HF convert_to_rgb (PIL alpha_composite onto white) of value x (column) with alpha y (row): red channel")
+
+    # Files in modes the shared images do not cover, and HF convert_to_rgb of what PIL opens.
+    pattern = (rng.random((7, 13, 4)) * 65536).astype(np.uint16)
+    pattern[0, :4] = [0, 255, 256, 65535]
+    files = {}
+    for stem, color_type, channels in [("rgb16_13x7", 2, 3), ("rgba16_13x7", 6, 4), ("la16_13x7", 4, 2)]:
+        files[stem + ".png"] = png_16bit(pattern[..., :channels], color_type)
+    small = (rng.random((9, 11, 3)) * 256).astype(np.uint8)
+    small[2, 3] = small[5, 7] = (10, 20, 30)
+    keyed = Image.fromarray(small, "RGB")
+    gray = Image.fromarray(small[..., 0], "L")
+    palette = Image.fromarray(small, "RGB").quantize(colors=8, dither=Image.Dither.NONE)
+    frames = [Image.fromarray(small, "RGB").quantize(colors=8, dither=Image.Dither.NONE),
+              Image.fromarray(255 - small, "RGB").quantize(colors=8, dither=Image.Dither.NONE)]
+    rgba8 = np.concatenate([small, (small[..., :1] // 2 + 60)], axis=-1)
+    rgba8[0, :] = 0
+    savers = {
+        "rgb_key_11x9.png": lambda f: keyed.save(f, "PNG", transparency=(10, 20, 30)),
+        "gray_key_11x9.png": lambda f: gray.save(f, "PNG", transparency=int(small[5, 7, 0])),
+        "palette_alpha_11x9.png": lambda f: palette.save(f, "PNG", transparency=bytes([0, 64, 128, 200, 255, 255, 30, 90])),
+        "bilevel_11x9.png": lambda f: gray.convert("1", dither=Image.Dither.NONE).save(f, "PNG"),
+        "anim_11x9.gif": lambda f: frames[0].save(f, "GIF", save_all=True, append_images=frames[1:], transparency=2,
+                                                  duration=100, loop=0),
+        "rgba_11x9.webp": lambda f: Image.fromarray(rgba8, "RGBA").save(f, "WEBP", lossless=True),
+        "rgb_11x9.bmp": lambda f: keyed.save(f, "BMP"),
+        "rgba_11x9.tiff": lambda f: Image.fromarray(rgba8, "RGBA").save(f, "TIFF"),
+    }
+    for name, save in savers.items():
+        buffer = io.BytesIO()
+        save(buffer)
+        files[name] = buffer.getvalue()
+    for name, data in files.items():
+        path = directory / name
+        path.write_bytes(data)
+        image = load_image(path)
+        refs.add(f"rgb/{name}", convert_to_rgb(image, return_numpy=True),
+                 f"HF convert_to_rgb of pil-image/{name} as PIL opens it (mode {image.mode}), HWC uint8")
+
+    meta = {"format_version": FORMAT_VERSION, "fixture": "pil-image", "versions": versions(), "seed": seed,
+            "files": sorted(files)}
+    refs.save(directory, meta)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Real checkpoints' key/shape sets, from the architectures built on the meta device (no weights)
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -1355,6 +1465,7 @@ def generate_all(out: Path) -> None:
     t5_lm_fixture(out, "tiny-t5-lm", SEED + 60, TINY_T5_LM)
     t5_lm_fixture(out, "tiny-t5-lm-v1", SEED + 70, TINY_T5_LM_V1)
     logits_processors_fixture(out, SEED + 80)
+    pil_image_fixture(out, images, SEED + 90)
     real_key_sets(out)
     files = sorted(p for p in out.rglob("*") if p.is_file())
     write_json(out / "MANIFEST.json", {

@@ -1,0 +1,190 @@
+//! The error type of blip2-processor: processor configs, image files, limits, raw buffers and batches.
+
+use std::path::PathBuf;
+
+/// Where an image came from, as error messages name it: a file path, or `<memory>` for bytes, buffers and
+/// already-decoded images.
+pub const MEMORY: &str = "<memory>";
+
+/// Everything that can go wrong in blip2-processor. Messages are lowercase, name the file (or `<memory>`),
+/// the key or value, and say what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A model directory with neither `processor_config.json` (holding an `image_processor` object) nor
+    /// `preprocessor_config.json`.
+    #[error(
+        "no image processor config in {dir}: expected preprocessor_config.json, or processor_config.json \
+         with an `image_processor` object"
+    )]
+    NoConfig {
+        /// The directory.
+        dir: PathBuf,
+    },
+
+    /// A config file that is not valid JSON, or whose values have the wrong JSON type.
+    #[error("invalid image processor config {name}: {reason}")]
+    BadConfig {
+        /// The file, or `<memory>` for a JSON string.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A config value that blip2 does not support or that makes no sense.
+    #[error("unsupported value {value} for `{key}` in {name}: {reason}")]
+    UnsupportedConfig {
+        /// The file, or `<memory>`.
+        name: String,
+        /// The config key, as in the JSON file.
+        key: String,
+        /// The value found (as JSON).
+        value: String,
+        /// What is supported.
+        reason: String,
+    },
+
+    /// Bytes that are not an image in a supported format (PNG, JPEG, WebP, GIF, BMP, TIFF).
+    #[error(
+        "{name} is not an image in a supported format ({reason}); use PNG, JPEG, WebP, GIF, BMP or TIFF"
+    )]
+    UnsupportedFormat {
+        /// The file, or `<memory>`.
+        name: String,
+        /// What the decoder said.
+        reason: String,
+    },
+
+    /// A corrupt or truncated image file.
+    #[error("cannot decode {name}: {reason}; the file is corrupt or truncated, get a fresh copy")]
+    Decode {
+        /// The file, or `<memory>`.
+        name: String,
+        /// What the decoder said.
+        reason: String,
+    },
+
+    /// An image larger than the [`Limits`](crate::Limits) allow (a decompression bomb, or simply too big).
+    #[error(
+        "{name} is {width}x{height} pixels, over the limit of {limit} {what}; shrink the image or raise \
+         the limit in `Limits`"
+    )]
+    TooLarge {
+        /// The file, or `<memory>`.
+        name: String,
+        /// Image width in pixels.
+        width: u64,
+        /// Image height in pixels.
+        height: u64,
+        /// The limit that was exceeded.
+        limit: u64,
+        /// What the limit counts: `pixels`, `pixels of width`, `pixels of height` or `bytes of memory`.
+        what: &'static str,
+    },
+
+    /// The decoder needed more memory than [`Limits::max_alloc`](crate::Limits::max_alloc) allows.
+    #[error(
+        "decoding {name} needs more memory than allowed ({reason}); raise `Limits::max_alloc` if you trust it"
+    )]
+    DecoderLimit {
+        /// The file, or `<memory>`.
+        name: String,
+        /// What the decoder said.
+        reason: String,
+    },
+
+    /// An image with no pixels.
+    #[error("{name} has no pixels ({width}x{height}); pass a non-empty image")]
+    ZeroSize {
+        /// The file, or `<memory>`.
+        name: String,
+        /// Width in pixels.
+        width: u64,
+        /// Height in pixels.
+        height: u64,
+    },
+
+    /// A raw RGB buffer whose length is not `width * height * 3`.
+    #[error(
+        "raw RGB buffer of {found} bytes does not match {width}x{height} (expected {expected} bytes, \
+         3 per pixel, row-major)"
+    )]
+    BufferLength {
+        /// Width in pixels.
+        width: u64,
+        /// Height in pixels.
+        height: u64,
+        /// `width * height * 3`.
+        expected: u64,
+        /// The buffer's length.
+        found: u64,
+    },
+
+    /// A pixel format the processor cannot convert the way the reference does (e.g. 32-bit float images).
+    #[error(
+        "{name} has pixel format {format}, which is not supported; convert it to 8-bit RGB first"
+    )]
+    UnsupportedPixels {
+        /// The file, or `<memory>`.
+        name: String,
+        /// The decoded pixel format.
+        format: String,
+    },
+
+    /// A processor with `do_convert_rgb: false` was given an image that is not already RGB.
+    #[error(
+        "{name} has pixel format {format} but `do_convert_rgb` is false and the model needs 8-bit RGB: \
+         enable `do_convert_rgb` or convert the image first"
+    )]
+    NotRgb {
+        /// The file, or `<memory>`.
+        name: String,
+        /// The decoded pixel format (the `image` crate's `ColorType`).
+        format: String,
+    },
+
+    /// `preprocess` was given no images.
+    #[error("empty batch: pass at least one image")]
+    EmptyBatch,
+
+    /// Images of a batch that end up at different sizes (only possible with `size: {shortest_edge}`).
+    #[error(
+        "image {index} of the batch is {height}x{width} after resizing but image 0 is \
+         {expected_height}x{expected_width}; process them one at a time or use `size: {{height, width}}`"
+    )]
+    BatchSizeMismatch {
+        /// Position in the batch.
+        index: usize,
+        /// Its height after resizing.
+        height: u64,
+        /// Its width after resizing.
+        width: u64,
+        /// Height of image 0.
+        expected_height: u64,
+        /// Width of image 0.
+        expected_width: u64,
+    },
+
+    /// An error from blip2-nn.
+    #[error(transparent)]
+    Nn(#[from] blip2_nn::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
