@@ -20,7 +20,9 @@ use blip2_processor::{BlipImageProcessor, ImageProcessorConfig};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((source, images)) = args.split_first() else {
-        bail!("usage: preprocess <model dir | preprocessor_config.json | processor_config.json> <image>...");
+        bail!(
+            "usage: preprocess <model dir | preprocessor_config.json | processor_config.json> <image>..."
+        );
     };
     if images.is_empty() {
         bail!("no images given; pass one or more image files after the model directory or config");

@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use blip2_processor::{BlipImageProcessor, ImageProcessorConfig, Size};
-//! use burn::backend::Flex;
+//! use blip2_nn::backend::DefaultBackend;
 //!
 //! let config = ImageProcessorConfig::from_json_str(r#"{"size": {"height": 4, "width": 6}}"#)?;
 //! assert_eq!(config.size, Size::Fixed { height: 4, width: 6 });
@@ -21,7 +21,7 @@
 //! let image = processor.from_raw_rgb(3, 2, &[255; 3 * 2 * 3])?;
 //! let pixels = processor.preprocess(&[image])?;
 //! assert_eq!(pixels.shape, [1, 3, 4, 6]);
-//! let tensor = pixels.to_tensor::<Flex>(&Default::default());
+//! let tensor = pixels.to_tensor::<DefaultBackend>(&Default::default());
 //! assert_eq!(tensor.dims(), [1, 3, 4, 6]);
 //! // White, rescaled to 1.0 and normalized with CLIP's red mean and std.
 //! assert!((pixels.data[0] - (1.0 - 0.48145466) / 0.26862954).abs() < 1e-6);

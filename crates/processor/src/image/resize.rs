@@ -106,7 +106,9 @@ fn clip8(acc: i64) -> u8 {
 }
 
 /// PIL `Image.resize((width, height), Image.BICUBIC)` of an RGB image. Returns the image unchanged (a copy)
-/// when the size is the same. `width` and `height` must be at least 1; a zero gives an empty image.
+/// when the size is the same. `width` and `height` must be at least 1; a zero gives an empty image. No
+/// [`Limits`](crate::Limits) apply here: the output takes `width * height * 3` bytes
+/// ([`BlipImageProcessor::resize`](crate::BlipImageProcessor::resize) checks them first).
 pub fn resize_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     let (in_w, in_h) = (image.width() as usize, image.height() as usize);
     let (out_w, out_h) = (width as usize, height as usize);
