@@ -191,6 +191,9 @@ impl BlipImageProcessor {
     /// [`Error::EmptyBatch`]; [`Error::BatchSizeMismatch`] when the images end up at different sizes (only
     /// with `size: {shortest_edge}`, or `do_resize: false`); errors of [`resize`](Self::resize).
     pub fn preprocess(&self, images: &[RgbImage]) -> Result<PixelValues, Error> {
+        if images.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
         let mut data = Vec::new();
         let mut shape = [0, 3, 0, 0];
         for (index, image) in images.iter().enumerate() {
@@ -209,9 +212,6 @@ impl BlipImageProcessor {
                 });
             }
             data.extend(self.normalize(&resized));
-        }
-        if images.is_empty() {
-            return Err(Error::EmptyBatch);
         }
         shape[0] = images.len();
         Ok(PixelValues { data, shape })
