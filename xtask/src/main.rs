@@ -5,6 +5,10 @@
 //! - `fixtures --check`: generate twice in temporary directories and check that both generations are identical
 //!   bit for bit and equal the committed `fixtures/`.
 //!
+//! - `bench vision`: the ViT-g criterion bench (benches/vision.rs), then transformers' `Blip2VisionModel` on the
+//!   same config (scripts/bench_vision.py, 2 threads) in the same run; prints both and their ratio as a markdown
+//!   table for docs/performance.md (also written to `target/bench/vision.md`).
+//!
 //! The venv lives in `.venv-fixtures/` (or `$BLIP2_FIXTURES_VENV`) and is rebuilt when the requirements change.
 //! It needs network access to PyPI the first time (about 6 GB: torch with its CUDA libraries).
 
@@ -20,8 +24,10 @@ const USAGE: &str = "usage: cargo xtask fixtures [--check]
 
   fixtures          regenerate fixtures/ with scripts/make_fixtures.py
   fixtures --check  generate twice; check determinism and that fixtures/ equals a fresh generation
+  bench vision      ViT-g bench (criterion) and transformers on the same config, with the ratio
 
-environment: BLIP2_FIXTURES_VENV (venv directory, default .venv-fixtures), PYTHON (default python3)";
+environment: BLIP2_FIXTURES_VENV (venv directory, default .venv-fixtures), PYTHON (default python3),
+BLIP2_BENCH_LAYERS / BLIP2_BENCH_BATCHES / BLIP2_BENCH_DTYPES (bench size, for quick runs)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,6 +39,7 @@ fn main() -> Result<()> {
     {
         ["fixtures"] => fixtures(false),
         ["fixtures", "--check"] => fixtures(true),
+        ["bench", "vision"] => bench_vision(),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())
@@ -98,4 +105,62 @@ fn fixtures(check: bool) -> Result<()> {
         cmd.arg("--check");
     }
     run(&mut cmd)
+}
+
+/// The criterion bench, then the torch script, then a table of both.
+fn bench_vision() -> Result<()> {
+    let root = root();
+    let python = venv(&root)?;
+    run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "bench",
+        "-p",
+        "blip2-benches",
+        "--bench",
+        "vision",
+    ]))?;
+    let out = Command::new(python)
+        .current_dir(&root)
+        .arg("scripts/bench_vision.py")
+        .output()
+        .context("cannot run scripts/bench_vision.py")?;
+    if !out.status.success() {
+        bail!(
+            "scripts/bench_vision.py failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let torch: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .context("scripts/bench_vision.py did not print JSON")?;
+    let mut table = String::from(
+        "| ViT-g, 224 px | blip2 (flex), median | transformers (torch), median | speed-up |\n|---|---|---|---|\n",
+    );
+    for (id, theirs) in torch.as_object().into_iter().flatten() {
+        if id == "meta" {
+            continue;
+        }
+        let estimates = root
+            .join("target/criterion/vit_g")
+            .join(id)
+            .join("new/estimates.json");
+        let ours: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&estimates)
+                .with_context(|| format!("cannot read {}", estimates.display()))?,
+        )?;
+        let ours_s = ours["median"]["point_estimate"]
+            .as_f64()
+            .context("criterion median")?
+            / 1e9;
+        let theirs_s = theirs["median_s"].as_f64().context("torch median")?;
+        let (dtype, batch) = id.split_once('/').unwrap_or((id, "?"));
+        table.push_str(&format!(
+            "| {dtype}, batch {batch} | {ours_s:.3} s | {theirs_s:.3} s | {:.2}x |\n",
+            theirs_s / ours_s
+        ));
+    }
+    table.push_str(&format!("\ntransformers side: {}\n", torch["meta"]));
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("vision.md"), &table)?;
+    println!("\n{table}");
+    Ok(())
 }

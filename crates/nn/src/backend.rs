@@ -397,3 +397,30 @@ pub fn ensure_dtype_supported<B: Backend>(
         supported: supported_float_dtypes::<B>(device),
     })
 }
+
+/// Casts every float parameter of `module` to `dtype` (Burn 0.21 has no `Module::cast`); integer and bool
+/// tensors are left alone. Lazy parameters are initialised first. For a model read from disk, prefer loading
+/// straight into the wanted dtype ([`crate::loader::LoadOptions::with_dtype`]), which never holds two copies.
+///
+/// # Errors
+/// [`Error::UnsupportedDtype`] when the backend cannot hold `dtype` (ndarray: f32 only).
+pub fn cast_module<B: Backend, M: burn::module::Module<B>>(
+    module: M,
+    dtype: FloatDType,
+    device: &B::Device,
+) -> Result<M, Error> {
+    ensure_dtype_supported::<B>(device, dtype)?;
+    Ok(module.map(&mut CastParams(dtype.dtype())))
+}
+
+struct CastParams(DType);
+
+impl<B: Backend> burn::module::ModuleMapper<B> for CastParams {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::prelude::Tensor<B, D>>,
+    ) -> burn::module::Param<burn::prelude::Tensor<B, D>> {
+        let dtype = self.0;
+        param.map(move |tensor| tensor.cast(dtype))
+    }
+}

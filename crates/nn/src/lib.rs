@@ -7,6 +7,7 @@
 //! - [`loader`]: strict, memory-mapped safetensors loading into Burn modules under a key prefix, with dtype
 //!   casts, tied parameters and a full report of what did not match; and saving back with HF names;
 //! - [`Activation`]: the activation functions HF configs name;
+//! - [`linear_forward`]: a PyTorch-layout `Linear` on activations of any rank without copying its weight;
 //! - [`mask`]: padding and causal masks, boolean and additive;
 //! - [`KvCache`]: per-layer key/value caches for incremental decoding and beam search.
 //!
@@ -26,9 +27,11 @@ mod activation;
 pub mod backend;
 mod error;
 mod kv_cache;
+mod linear;
 pub mod loader;
 pub mod mask;
 
 pub use activation::Activation;
 pub use error::Error;
 pub use kv_cache::{KvCache, LayerCache};
+pub use linear::linear_forward;

@@ -7,6 +7,7 @@ use blip2_nn::backend::{
 };
 use blip2_testkit::{Flex, NdArray};
 use burn::prelude::*;
+use burn::tensor::DType;
 
 /// Generic work: reports the backend's name and the sum of a tensor computed on it.
 struct Probe;
@@ -156,4 +157,30 @@ fn dtype_names_parse() {
         Err(e @ Error::UnknownDtype { .. }) => assert!(e.to_string().contains("`f8`")),
         other => panic!("expected UnknownDtype, got {other:?}"),
     }
+}
+
+#[test]
+fn cast_module_casts_float_params_where_supported() {
+    use burn::nn::{Linear, LinearConfig};
+    let device = Default::default();
+    let linear: Linear<Flex> = LinearConfig::new(3, 2).init(&device);
+    let before: Vec<f32> = linear.weight.val().into_data().to_vec().unwrap();
+    let half = blip2_nn::backend::cast_module(linear, FloatDType::BF16, &device).unwrap();
+    assert_eq!(half.weight.val().dtype(), DType::BF16);
+    assert_eq!(half.bias.as_ref().unwrap().val().dtype(), DType::BF16);
+    let after: Vec<f32> = half
+        .weight
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap();
+    for (a, b) in before.iter().zip(&after) {
+        assert!((a - b).abs() <= a.abs() * 2f32.powi(-8), "{a} -> {b}");
+    }
+
+    let linear: Linear<NdArray> = LinearConfig::new(3, 2).init(&Default::default());
+    let err =
+        blip2_nn::backend::cast_module(linear, FloatDType::F16, &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedDtype { .. }), "{err}");
 }

@@ -133,7 +133,7 @@ impl Blip2VisionConfig {
                 return Err(Error::unsupported(key, value, "must be positive"));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::unsupported(
                 "num_attention_heads",
                 self.num_attention_heads,

@@ -1,0 +1,45 @@
+//! Shared set-up of blip2's benches: real-size models with random weights, built in memory (no downloads).
+//!
+//! Run them with `cargo bench -p blip2-benches`, or `cargo xtask bench vision` to time transformers on the same
+//! config in the same run and print the comparison for docs/performance.md.
+
+use blip2_nn::backend::{FloatDType, cast_module};
+use blip2_vision::{Blip2VisionConfig, Blip2VisionModel};
+use burn::prelude::*;
+
+/// The ViT-g of every BLIP-2 checkpoint (1408 hidden, 39 layers, 16 heads, MLP 6144, patch 14) at 224 px,
+/// with `BLIP2_BENCH_LAYERS` overriding the depth for a quick smoke run.
+pub fn vit_g_config() -> Blip2VisionConfig {
+    let mut config = Blip2VisionConfig::vit_g(224);
+    // Random weights of a useful scale (HF's 1e-10 would make every position embedding ~0).
+    config.initializer_range = 0.02;
+    if let Some(layers) = std::env::var("BLIP2_BENCH_LAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.num_hidden_layers = layers;
+    }
+    config
+}
+
+/// A random-weight vision tower in `dtype`, every parameter materialised (so the first timed call does not pay
+/// for initialisation).
+///
+/// # Panics
+/// When the backend cannot hold `dtype`: benches choose dtypes the backend has.
+pub fn random_vision<B: Backend>(
+    config: &Blip2VisionConfig,
+    dtype: FloatDType,
+    device: &B::Device,
+) -> Blip2VisionModel<B> {
+    let model = config.init::<B>(device).expect("the bench config is valid");
+    // Casting touches every parameter, which materialises the lazy ones; f32 -> f32 is a no-op cast.
+    cast_module(model, dtype, device).expect("the backend supports the bench dtype")
+}
+
+/// Deterministic pixel values `[batch, 3, size, size]` in the normalised range.
+pub fn pixels<B: Backend>(batch: usize, size: usize, device: &B::Device) -> Tensor<B, 4> {
+    let n = batch * 3 * size * size;
+    let values: Vec<f32> = (0..n).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect();
+    Tensor::from_data(TensorData::new(values, [batch, 3, size, size]), device)
+}

@@ -1,0 +1,48 @@
+//! ViT-g (BLIP-2's vision tower) at real size with random weights on the default CPU backend (flex):
+//! 224 px, batch 1 and 4, f32 and bf16. Throughput is in images.
+//!
+//! `cargo bench -p blip2-benches --bench vision`; `cargo xtask bench vision` runs this and transformers'
+//! `Blip2VisionModel` on the same config (scripts/bench_vision.py) and prints both with their ratio.
+//! Environment: `BLIP2_BENCH_LAYERS` (depth, default 39), `BLIP2_BENCH_BATCHES` (default `1,4`),
+//! `BLIP2_BENCH_DTYPES` (default `f32,bf16`).
+
+use std::time::Duration;
+
+use blip2_benches::{pixels, random_vision, vit_g_config};
+use blip2_nn::backend::{DefaultBackend, FloatDType};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+fn list<T: std::str::FromStr>(var: &str, default: &str) -> Vec<T> {
+    let text = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    text.split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+fn vit_g(c: &mut Criterion) {
+    let device = Default::default();
+    let config = vit_g_config();
+    let mut group = c.benchmark_group("vit_g");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(20));
+    for dtype in list::<FloatDType>("BLIP2_BENCH_DTYPES", "f32,bf16") {
+        let model = random_vision::<DefaultBackend>(&config, dtype, &device);
+        for batch in list::<usize>("BLIP2_BENCH_BATCHES", "1,4") {
+            let input = pixels::<DefaultBackend>(batch, config.image_size, &device);
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_with_input(BenchmarkId::new(dtype.name(), batch), &input, |b, input| {
+                b.iter(|| {
+                    let out = model.forward(input.clone(), false);
+                    // Wait for the result: the backend may be lazy.
+                    out.pooler_output.into_data()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, vit_g);
+criterion_main!(benches);
