@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use blip2_benches::{pixels, random_vision, vit_g_config};
+use blip2_benches::{pixels, random_vision, setup, vit_g_config};
 use blip2_nn::backend::{DefaultBackend, FloatDType};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -20,6 +20,7 @@ fn list<T: std::str::FromStr>(var: &str, default: &str) -> Vec<T> {
 }
 
 fn vit_g(c: &mut Criterion) {
+    setup();
     let device = Default::default();
     let config = vit_g_config();
     let mut group = c.benchmark_group("vit_g");

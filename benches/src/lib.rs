@@ -7,6 +7,12 @@ use blip2_nn::backend::{FloatDType, cast_module};
 use blip2_vision::{Blip2VisionConfig, Blip2VisionModel};
 use burn::prelude::*;
 
+/// What every bench binary calls first: the allocator settings the `blip2` CLI uses
+/// ([`blip2_nn::alloc::tune_malloc_for_inference`]).
+pub fn setup() {
+    blip2_nn::alloc::tune_malloc_for_inference();
+}
+
 /// The ViT-g of every BLIP-2 checkpoint (1408 hidden, 39 layers, 16 heads, MLP 6144, patch 14) at 224 px,
 /// with `BLIP2_BENCH_LAYERS` overriding the depth for a quick smoke run.
 pub fn vit_g_config() -> Blip2VisionConfig {

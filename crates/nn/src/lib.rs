@@ -9,7 +9,8 @@
 //! - [`Activation`]: the activation functions HF configs name;
 //! - [`linear_forward`]: a PyTorch-layout `Linear` on activations of any rank without copying its weight;
 //! - [`mask`]: padding and causal masks, boolean and additive;
-//! - [`KvCache`]: per-layer key/value caches for incremental decoding and beam search.
+//! - [`KvCache`]: per-layer key/value caches for incremental decoding and beam search;
+//! - [`alloc`]: opt-in allocator tuning for CPU inference in applications.
 //!
 //! ```
 //! use blip2_nn::{Activation, backend::DefaultBackend};
@@ -24,6 +25,7 @@
 //! ```
 
 mod activation;
+pub mod alloc;
 pub mod backend;
 mod error;
 mod kv_cache;

@@ -6,7 +6,7 @@
 //! - [`compare`] / [`assert_close`]: element-wise comparison reporting shape, max abs diff, its index and a few
 //!   value pairs; [`assert_ids_eq`] for token ids, which must match exactly.
 //! - [`backend_tests!`]: writes a generic test once and runs it on every CPU backend (flex, ndarray; plus wgpu
-//!   with the `wgpu` feature).
+//!   and CUDA with the `wgpu` and `cuda` features).
 //!
 //! ```
 //! use blip2_testkit::{Tol, compare};
@@ -29,12 +29,16 @@ use burn::tensor::{DType, TensorData};
 pub type Flex = burn::backend::Flex;
 /// The f32-only CPU backend in tests.
 pub type NdArray = burn::backend::NdArray;
+/// CUDA (with the `cuda` feature).
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda;
 /// wgpu (with the `wgpu` feature).
 #[cfg(feature = "wgpu")]
 pub type Wgpu = burn::backend::Wgpu;
 
 /// Writes `#[test]` wrappers that run the generic functions `fn name<B: Backend>(device: &B::Device)` on every
-/// test backend: one module per backend (`flex::name`, `ndarray::name`, and `wgpu::name` with the feature).
+/// test backend: one module per backend (`flex::name`, `ndarray::name`, and `wgpu::name` / `cuda::name` with the
+/// features).
 ///
 /// ```
 /// use burn::prelude::*;
@@ -62,6 +66,7 @@ macro_rules! backend_tests {
             $( #[test] fn $name() { super::$name::<$crate::NdArray>(&::core::default::Default::default()); } )+
         }
         $crate::__wgpu_tests!($($name),+);
+        $crate::__cuda_tests!($($name),+);
     };
 }
 
@@ -80,6 +85,24 @@ macro_rules! __wgpu_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __wgpu_tests {
+    ($($name:ident),+) => {};
+}
+
+#[cfg(feature = "cuda")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cuda_tests {
+    ($($name:ident),+) => {
+        mod cuda {
+            $( #[test] fn $name() { super::$name::<$crate::Cuda>(&::core::default::Default::default()); } )+
+        }
+    };
+}
+
+#[cfg(not(feature = "cuda"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cuda_tests {
     ($($name:ident),+) => {};
 }
 
@@ -294,9 +317,13 @@ pub fn assert_ids_eq(name: &str, got: &[Vec<i64>], want: &[Vec<i64>]) {
 // Fixtures
 // ------------------------------------------------------------------------------------------------------------
 
-/// The committed fixtures directory (`<workspace>/fixtures`).
+/// The committed fixtures directory (`<workspace>/fixtures`), or `$BLIP2_FIXTURES` when set (a test binary run
+/// on another machine than the one that built it).
 pub fn fixtures_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    match std::env::var_os("BLIP2_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"),
+    }
 }
 
 /// The names of every fixture directory that has a `reference.json`.

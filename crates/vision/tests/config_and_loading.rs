@@ -249,3 +249,35 @@ fn mismatched_checkpoints_list_every_problem() {
         .unwrap_err();
     assert!(err.to_string().contains("no weights"), "{err}");
 }
+
+/// The hub checkpoints' `vision_model.*` keys and shapes (fixtures/real-keys, built by transformers on the meta
+/// device) are exactly what a ViT-g at 224 px reads: the real files load without renaming.
+#[test]
+fn vit_g_expects_exactly_the_hub_keys() {
+    let device = Default::default();
+    let model = Blip2VisionConfig::vit_g(224).init::<Flex>(&device).unwrap(); // lazy: nothing allocated
+    let ours = blip2_nn::loader::expected_keys(&model, &KeyMap::under(VISION_PREFIX));
+    assert_eq!(
+        ours.len(),
+        4 + 39 * 12 + 2,
+        "embeddings, 39 layers of 12 tensors, post_layernorm"
+    );
+    for name in [
+        "blip2-opt-2.7b",
+        "blip2-opt-6.7b",
+        "blip2-flan-t5-xl",
+        "blip2-itm-vit-g",
+    ] {
+        let path = blip2_testkit::fixtures_root().join(format!("real-keys/{name}.json"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let theirs: std::collections::BTreeMap<String, Vec<usize>> = json["keys"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(key, _)| key.starts_with("vision_model."))
+            .map(|(key, shape)| (key.clone(), serde_json::from_value(shape.clone()).unwrap()))
+            .collect();
+        assert_eq!(ours, theirs, "{name}");
+    }
+}

@@ -23,11 +23,13 @@
 //! ```
 
 mod checkpoint;
+mod expected;
 mod keymap;
 mod load;
 mod save;
 
 pub use checkpoint::{Checkpoint, INDEX_FILE, TensorInfo, WEIGHTS_FILE};
+pub use expected::expected_keys;
 pub use keymap::KeyMap;
 pub use load::{LoadOptions, LoadReport, Problem, load_module};
 pub use safetensors::tensor::Dtype as FileDtype;
