@@ -4,6 +4,24 @@
 //! config in the same run and print the comparison for docs/performance.md.
 
 use blip2_nn::backend::{FloatDType, cast_module};
+
+/// The backend the benches run on: flex by default, CUDA or wgpu with the crate's features.
+#[cfg(feature = "cuda")]
+pub type BenchBackend = blip2_nn::backend::Cuda;
+/// The backend the benches run on: flex by default, CUDA or wgpu with the crate's features.
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+pub type BenchBackend = blip2_nn::backend::Wgpu;
+/// The backend the benches run on: flex by default, CUDA or wgpu with the crate's features.
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+pub type BenchBackend = blip2_nn::backend::DefaultBackend;
+
+/// Seconds of measurement per bench (`BLIP2_BENCH_SECS`, default 20; GPUs need far less).
+pub fn measurement_secs() -> u64 {
+    std::env::var("BLIP2_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
 use blip2_vision::{Blip2VisionConfig, Blip2VisionModel};
 use burn::prelude::*;
 
