@@ -5,9 +5,10 @@
 //! - `fixtures --check`: generate twice in temporary directories and check that both generations are identical
 //!   bit for bit and equal the committed `fixtures/`.
 //!
-//! - `bench vision`: the ViT-g criterion bench (benches/vision.rs), then transformers' `Blip2VisionModel` on the
-//!   same config (scripts/bench_vision.py, 2 threads) in the same run; prints both and their ratio as a markdown
-//!   table for docs/performance.md (also written to `target/bench/vision.md`).
+//! - `bench vision` / `bench qformer`: the criterion bench (benches/vision.rs, benches/qformer.rs), then
+//!   transformers on the same config (scripts/bench_vision.py, scripts/bench_qformer.py; 2 threads) in the same
+//!   run; prints both and their ratio as a markdown table for docs/performance.md (also written to
+//!   `target/bench/<name>.md`).
 //!
 //! The venv lives in `.venv-fixtures/` (or `$BLIP2_FIXTURES_VENV`) and is rebuilt when the requirements change.
 //! It needs network access to PyPI the first time (about 6 GB: torch with its CUDA libraries).
@@ -25,6 +26,7 @@ const USAGE: &str = "usage: cargo xtask fixtures [--check]
   fixtures          regenerate fixtures/ with scripts/make_fixtures.py
   fixtures --check  generate twice; check determinism and that fixtures/ equals a fresh generation
   bench vision      ViT-g bench (criterion) and transformers on the same config, with the ratio
+  bench qformer     the same for the Q-Former
 
 environment: BLIP2_FIXTURES_VENV (venv directory, default .venv-fixtures), PYTHON (default python3),
 BLIP2_BENCH_LAYERS / BLIP2_BENCH_BATCHES / BLIP2_BENCH_DTYPES (bench size, for quick runs)";
@@ -39,7 +41,12 @@ fn main() -> Result<()> {
     {
         ["fixtures"] => fixtures(false),
         ["fixtures", "--check"] => fixtures(true),
-        ["bench", "vision"] => bench_vision(),
+        ["bench", "vision"] => bench("vision", "vit_g", "ViT-g, 224 px"),
+        ["bench", "qformer"] => bench(
+            "qformer",
+            "qformer",
+            "Q-Former, 32 queries on 257 image tokens",
+        ),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())
@@ -107,8 +114,8 @@ fn fixtures(check: bool) -> Result<()> {
     run(&mut cmd)
 }
 
-/// The criterion bench, then the torch script, then a table of both.
-fn bench_vision() -> Result<()> {
+/// The criterion bench `name` (criterion group `group`), then `scripts/bench_<name>.py`, then a table of both.
+fn bench(name: &str, group: &str, what: &str) -> Result<()> {
     let root = root();
     let python = venv(&root)?;
     run(Command::new(env!("CARGO")).current_dir(&root).args([
@@ -116,30 +123,29 @@ fn bench_vision() -> Result<()> {
         "-p",
         "blip2-benches",
         "--bench",
-        "vision",
+        name,
     ]))?;
+    let script = format!("scripts/bench_{name}.py");
     let out = Command::new(python)
         .current_dir(&root)
-        .arg("scripts/bench_vision.py")
+        .arg(&script)
         .output()
-        .context("cannot run scripts/bench_vision.py")?;
+        .with_context(|| format!("cannot run {script}"))?;
     if !out.status.success() {
-        bail!(
-            "scripts/bench_vision.py failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
     let torch: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .context("scripts/bench_vision.py did not print JSON")?;
-    let mut table = String::from(
-        "| ViT-g, 224 px | blip2 (flex), median | transformers (torch), median | speed-up |\n|---|---|---|---|\n",
+        .with_context(|| format!("{script} did not print JSON"))?;
+    let mut table = format!(
+        "| {what} | blip2 (flex), median | transformers (torch), median | speed-up |\n|---|---|---|---|\n"
     );
     for (id, theirs) in torch.as_object().into_iter().flatten() {
         if id == "meta" {
             continue;
         }
         let estimates = root
-            .join("target/criterion/vit_g")
+            .join("target/criterion")
+            .join(group)
             .join(id)
             .join("new/estimates.json");
         let ours: serde_json::Value = serde_json::from_str(
@@ -153,14 +159,16 @@ fn bench_vision() -> Result<()> {
         let theirs_s = theirs["median_s"].as_f64().context("torch median")?;
         let (dtype, batch) = id.split_once('/').unwrap_or((id, "?"));
         table.push_str(&format!(
-            "| {dtype}, batch {batch} | {ours_s:.3} s | {theirs_s:.3} s | {:.2}x |\n",
+            "| {dtype}, batch {batch} | {:.2} ms | {:.2} ms | {:.2}x |\n",
+            ours_s * 1e3,
+            theirs_s * 1e3,
             theirs_s / ours_s
         ));
     }
     table.push_str(&format!("\ntransformers side: {}\n", torch["meta"]));
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("vision.md"), &table)?;
+    std::fs::write(dir.join(format!("{name}.md")), &table)?;
     println!("\n{table}");
     Ok(())
 }
