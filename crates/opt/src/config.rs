@@ -1,0 +1,228 @@
+//! `OptConfig`: HF's `OPTConfig`, read from a `config.json` as it is (a standalone OPT, or the `text_config` of a
+//! BLIP-2 config). HF field names and defaults; unknown keys ignored; values this port cannot run are rejected
+//! with the key named.
+
+use std::path::{Path, PathBuf};
+
+use blip2_nn::Activation;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// One token id or several (HF allows both for `eos_token_id`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    /// A single id.
+    One(u32),
+    /// Several ids.
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    /// The ids as a list.
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            Self::One(id) => vec![*id],
+            Self::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+/// OPT's hyper-parameters (HF `OPTConfig`; field names as in `config.json`). `Default` is HF's (opt-125m sizes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OptConfig {
+    /// Vocabulary (`vocab`): 50272, 50304 in BLIP-2 (resized for `<image>`).
+    pub vocab_size: usize,
+    /// Width of the decoder (`hidden`).
+    pub hidden_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Feed-forward width.
+    pub ffn_dim: usize,
+    /// Positions; the table has two more rows (HF's offset of 2).
+    pub max_position_embeddings: usize,
+    /// Pre-LN (true for every size but opt-350m).
+    pub do_layer_norm_before: bool,
+    /// Width of the token embeddings when it differs from `hidden_size` (opt-350m: 512 with `project_in`/`out`);
+    /// `None` means `hidden_size`.
+    pub word_embed_proj_dim: Option<usize>,
+    /// Feed-forward activation, an HF name (`relu`).
+    pub activation_function: String,
+    /// Biases on the attention and feed-forward projections.
+    pub enable_bias: bool,
+    /// LayerNorms with weight and bias (false: plain normalisation).
+    pub layer_norm_elementwise_affine: bool,
+    /// Drops the decoder's `final_layer_norm` (old OPT checkpoints).
+    #[serde(rename = "_remove_final_layer_norm")]
+    pub remove_final_layer_norm: bool,
+    /// Whether `lm_head` shares `embed_tokens`' weight (true for every OPT).
+    pub tie_word_embeddings: bool,
+    /// Beginning of sequence (`</s>`, 2).
+    pub bos_token_id: Option<u32>,
+    /// End of sequence (2; 50118, `"\n"`, in BLIP-2's OPT).
+    pub eos_token_id: Option<TokenIds>,
+    /// Padding (1).
+    pub pad_token_id: Option<u32>,
+    /// Dropout on hidden states (training only).
+    pub dropout: f64,
+    /// Dropout on attention probabilities (training only).
+    pub attention_dropout: f64,
+    /// Std of the init of fresh weights.
+    pub init_std: f64,
+}
+
+impl Default for OptConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 50272,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            ffn_dim: 3072,
+            max_position_embeddings: 2048,
+            do_layer_norm_before: true,
+            word_embed_proj_dim: None,
+            activation_function: "relu".into(),
+            enable_bias: true,
+            layer_norm_elementwise_affine: true,
+            remove_final_layer_norm: false,
+            tie_word_embeddings: true,
+            bos_token_id: Some(2),
+            eos_token_id: Some(TokenIds::One(2)),
+            pad_token_id: Some(1),
+            dropout: 0.1,
+            attention_dropout: 0.0,
+            init_std: 0.02,
+        }
+    }
+}
+
+impl OptConfig {
+    /// OPT-2.7b as BLIP-2 uses it (vocabulary 50304, eos 50118).
+    pub fn opt_2_7b_blip2() -> Self {
+        Self {
+            vocab_size: 50304,
+            hidden_size: 2560,
+            num_hidden_layers: 32,
+            num_attention_heads: 32,
+            ffn_dim: 10240,
+            eos_token_id: Some(TokenIds::One(50118)),
+            ..Self::default()
+        }
+    }
+
+    /// Parses JSON text: an OPT config, or a BLIP-2 config whose `text_config` is OPT. `source` names the text in
+    /// errors.
+    ///
+    /// # Errors
+    /// [`Error::Json`], [`Error::NotAnOptConfig`], [`Error::UnsupportedConfig`].
+    pub fn from_json_str(json: &str, source: impl Into<PathBuf>) -> Result<Self, Error> {
+        let path = source.into();
+        let json_error = |source| Error::Json {
+            path: path.clone(),
+            source,
+        };
+        let value: serde_json::Value = serde_json::from_str(json).map_err(json_error)?;
+        let section = value.get("text_config").unwrap_or(&value);
+        if section.get("model_type").and_then(|t| t.as_str()) != Some("opt") {
+            return Err(Error::NotAnOptConfig { path });
+        }
+        let mut section = section.clone();
+        // BLIP-2 configs may state tie_word_embeddings at the top level only.
+        if let (Some(tie), Some(obj)) = (value.get("tie_word_embeddings"), section.as_object_mut())
+        {
+            obj.entry("tie_word_embeddings").or_insert(tie.clone());
+        }
+        let config: Self = serde_json::from_value(section).map_err(json_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `path`: a `config.json` file, or a model directory holding one.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be read, and those of [`Self::from_json_str`].
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let mut path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            path.push("config.json");
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// Checks that this port can run the config.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedConfig`] naming the first offending key.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.activation()?;
+        for (key, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("ffn_dim", self.ffn_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("word_embed_proj_dim", self.embed_dim()),
+        ] {
+            if value == 0 {
+                return Err(Error::unsupported(key, value, "must be positive"));
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(Error::unsupported(
+                "num_attention_heads",
+                self.num_attention_heads,
+                format!("must divide hidden_size ({})", self.hidden_size),
+            ));
+        }
+        if !self.layer_norm_elementwise_affine {
+            return Err(Error::unsupported(
+                "layer_norm_elementwise_affine",
+                false,
+                "LayerNorms without weight and bias are not implemented (no released OPT uses them)",
+            ));
+        }
+        for (key, p) in [
+            ("dropout", self.dropout),
+            ("attention_dropout", self.attention_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(Error::unsupported(key, p, "must be in [0, 1)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The feed-forward activation.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedConfig`] for a name blip2 does not implement.
+    pub fn activation(&self) -> Result<Activation, Error> {
+        Activation::parse("activation_function", &self.activation_function).map_err(|e| match e {
+            blip2_nn::Error::UnsupportedConfig { key, value, reason } => Error::UnsupportedConfig {
+                key,
+                value: format!("{value:?}"),
+                reason,
+            },
+            other => Error::Nn(other),
+        })
+    }
+
+    /// Width of the token embeddings (`word_embed_proj_dim`, else `hidden_size`).
+    pub fn embed_dim(&self) -> usize {
+        self.word_embed_proj_dim.unwrap_or(self.hidden_size)
+    }
+
+    /// Whether the decoder has its final LayerNorm (`do_layer_norm_before` and not `_remove_final_layer_norm`).
+    pub fn has_final_layer_norm(&self) -> bool {
+        self.do_layer_norm_before && !self.remove_final_layer_norm
+    }
+}

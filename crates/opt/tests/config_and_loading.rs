@@ -1,0 +1,279 @@
+//! OPT configs as HF writes them, rejected values naming their key, the hub's BLIP-2 OPT key sets, loading
+//! (standalone and BLIP-2 prefixes, `lm_head.weight` absent or present, any on-disk dtype) and input checks.
+
+use std::collections::BTreeMap;
+
+use blip2_nn::backend::FloatDType;
+use blip2_nn::loader::{Checkpoint, KeyMap, expected_keys, save_module};
+use blip2_opt::{Error, LogitsFor, OptConfig, OptForCausalLm, OptInput, TokenIds};
+use blip2_testkit::{Fixture, Flex, Tol, assert_tensor_close};
+use burn::prelude::*;
+use burn::tensor::DType;
+
+fn parse(json: &str) -> Result<OptConfig, Error> {
+    OptConfig::from_json_str(json, "config.json")
+}
+
+#[test]
+fn reads_standalone_and_blip2_configs() {
+    let standalone = OptConfig::from_file(Fixture::open("tiny-opt-lm-350m").dir()).unwrap();
+    assert_eq!((standalone.embed_dim(), standalone.hidden_size), (16, 24));
+    assert!(!standalone.do_layer_norm_before && !standalone.has_final_layer_norm());
+    let blip2 = OptConfig::from_file(Fixture::open("tiny-opt").dir()).unwrap();
+    assert_eq!(
+        (blip2.vocab_size, blip2.eos_token_id.clone()),
+        (331, Some(TokenIds::One(47)))
+    );
+    let many = parse(r#"{"model_type": "opt", "eos_token_id": [2, 50118]}"#).unwrap();
+    assert_eq!(many.eos_token_id.unwrap().to_vec(), vec![2, 50118]);
+    let removed = parse(r#"{"model_type": "opt", "_remove_final_layer_norm": true}"#).unwrap();
+    assert!(!removed.has_final_layer_norm());
+}
+
+#[test]
+fn unsupported_values_name_their_key() {
+    for (json, key) in [
+        (
+            r#"{"model_type": "opt", "activation_function": "gelu_10"}"#,
+            "activation_function",
+        ),
+        (
+            r#"{"model_type": "opt", "hidden_size": 100}"#,
+            "num_attention_heads",
+        ),
+        (
+            r#"{"model_type": "opt", "layer_norm_elementwise_affine": false}"#,
+            "layer_norm_elementwise_affine",
+        ),
+        (
+            r#"{"model_type": "opt", "word_embed_proj_dim": 0}"#,
+            "word_embed_proj_dim",
+        ),
+        (r#"{"model_type": "opt", "dropout": 2.0}"#, "dropout"),
+    ] {
+        match parse(json) {
+            Err(Error::UnsupportedConfig { key: k, .. }) => assert_eq!(k, key, "{json}"),
+            other => panic!("{json}: expected an unsupported-config error, got {other:?}"),
+        }
+    }
+    let err = parse(r#"{"model_type": "t5"}"#).unwrap_err();
+    assert!(matches!(err, Error::NotAnOptConfig { .. }), "{err}");
+    let err = parse(r#"{"model_type": "opt", "ffn_dim": "wide"}"#).unwrap_err();
+    assert!(
+        matches!(err, Error::Json { .. }) && err.to_string().contains("config.json"),
+        "{err}"
+    );
+}
+
+/// blip2-opt-2.7b's and -6.7b's `language_model.*` keys (fixtures/real-keys) are what the configs build, with
+/// the tied `lm_head.weight` the one key that may be missing.
+#[test]
+fn blip2_opt_configs_expect_the_hub_keys() {
+    let device = Default::default();
+    for (name, config) in [
+        ("blip2-opt-2.7b", OptConfig::opt_2_7b_blip2()),
+        (
+            "blip2-opt-6.7b",
+            OptConfig {
+                hidden_size: 4096,
+                ffn_dim: 16384,
+                ..OptConfig::opt_2_7b_blip2()
+            },
+        ),
+    ] {
+        let lm = config.init::<Flex>(&device).unwrap(); // lazy: nothing allocated
+        let ours = expected_keys(&lm, &KeyMap::under("language_model"));
+        let path = blip2_testkit::fixtures_root().join(format!("real-keys/{name}.json"));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut theirs: BTreeMap<String, Vec<usize>> = json["keys"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(key, _)| key.starts_with("language_model."))
+            .map(|(key, shape)| (key.clone(), serde_json::from_value(shape.clone()).unwrap()))
+            .collect();
+        assert!(
+            json["tied"]["language_model.lm_head.weight"].is_string(),
+            "{name}: lm_head is tied"
+        );
+        theirs.remove("language_model.lm_head.weight");
+        assert_eq!(ours, theirs, "{name}");
+    }
+}
+
+#[test]
+fn loads_with_or_without_lm_head_in_any_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let fixture = Fixture::open("tiny-opt-lm");
+    let lm =
+        OptForCausalLm::<Flex>::from_pretrained(fixture.dir(), FloatDType::F32, &device).unwrap();
+    let ids = || fixture.int_tensor::<Flex, 2>("input_ids/batch", &device);
+    let mask = || fixture.int_tensor::<Flex, 2>("attention_mask/batch", &device);
+    let want = fixture.data("logits/batch");
+    std::fs::copy(
+        fixture.dir().join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let file = dir.path().join("model.safetensors");
+
+    // Saved with an explicit lm_head.weight (as some exports do): accepted, and the head stays tied.
+    let embed = lm.model.decoder.embed_tokens.weight.val().into_data();
+    save_module(
+        &lm,
+        &file,
+        &KeyMap::new(),
+        FloatDType::F32,
+        &Default::default(),
+    )
+    .unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut all: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors.tensors();
+    let head = all
+        .iter()
+        .find(|(k, _)| k == "model.decoder.embed_tokens.weight")
+        .unwrap()
+        .1
+        .clone();
+    all.push(("lm_head.weight".into(), head));
+    std::fs::write(&file, safetensors::serialize(all, None).unwrap()).unwrap();
+    let checkpoint = Checkpoint::open(&file).unwrap();
+    let config = OptConfig::from_file(dir.path()).unwrap();
+    let (again, report) =
+        OptForCausalLm::<Flex>::load(&config, &checkpoint, FloatDType::F32, &device).unwrap();
+    assert_eq!(report.ignored, vec!["lm_head.weight".to_string()]);
+    assert_eq!(
+        again.model.decoder.embed_tokens.weight.val().into_data(),
+        embed
+    );
+    let logits = again.forward(OptInput::Ids(ids()), Some(mask()), None, LogitsFor::All);
+    assert_tensor_close("with lm_head", &logits, want, Tol::LOGITS);
+
+    // A bf16 file loads into f32 (exactly: widening) and into bf16; the two runs hold the same weights, so they
+    // differ only by bf16 arithmetic. (Not compared with an in-memory `cast_module` of the f32 model: Burn's
+    // f32 -> bf16 cast on flex rounded one of tiny-opt-lm's 7920 embedding values, -0.026916511, to the farther
+    // neighbour -0.026855469 where round-to-nearest-even, which the loader does, gives -0.026977539.)
+    save_module(
+        &lm,
+        &file,
+        &KeyMap::new(),
+        FloatDType::BF16,
+        &Default::default(),
+    )
+    .unwrap();
+    let widened =
+        OptForCausalLm::<Flex>::from_pretrained(dir.path(), FloatDType::F32, &device).unwrap();
+    let want = widened
+        .forward(OptInput::Ids(ids()), Some(mask()), None, LogitsFor::All)
+        .into_data();
+    let half =
+        OptForCausalLm::<Flex>::from_pretrained(dir.path(), FloatDType::BF16, &device).unwrap();
+    let logits = half.forward(OptInput::Ids(ids()), Some(mask()), None, LogitsFor::All);
+    assert_eq!(logits.dtype(), DType::BF16);
+    // bf16 arithmetic through two layers, the final LayerNorm and the 330-way head: transformers' own bf16 run
+    // differs from its f32 run on the same bf16 weights by up to 7.2e-2 here (6 values outside `Tol::BF16`), ours
+    // by 9.4e-2 (10 values). The bound is twice torch's drift.
+    const BF16_OPT_LOGITS: Tol = Tol {
+        name: "bf16 OPT logits, twice transformers' own bf16 drift",
+        rel: 0.0,
+        abs: 0.15,
+    };
+    assert_tensor_close("bf16 run", &logits.cast(DType::F32), &want, BF16_OPT_LOGITS);
+    let stored = Checkpoint::open(&file)
+        .unwrap()
+        .read("model.decoder.embed_tokens.weight", FloatDType::F32)
+        .unwrap();
+    assert_eq!(
+        widened.model.decoder.embed_tokens.weight.val().into_data(),
+        stored
+    );
+
+    // A BLIP-2 directory without its language model: every key is named as missing.
+    let vision_only = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Fixture::open("tiny-opt").dir().join("config.json"),
+        vision_only.path().join("config.json"),
+    )
+    .unwrap();
+    let tiny = Fixture::open("tiny-opt");
+    let qformer_file = Checkpoint::open(tiny.dir()).unwrap();
+    let kept: Vec<(String, Vec<u8>, Vec<usize>)> = qformer_file
+        .keys()
+        .filter(|k| !k.starts_with("language_model.model.decoder.layers.1."))
+        .map(|k| {
+            let data = qformer_file.read(k, FloatDType::F32).unwrap();
+            (k.to_string(), data.as_bytes().to_vec(), data.shape.to_vec())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = kept
+        .iter()
+        .map(|(k, b, s)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        vision_only.path().join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let err = OptForCausalLm::<Flex>::from_pretrained(vision_only.path(), FloatDType::F32, &device)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("language_model.model.decoder.layers.1.fc1.weight"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("vision_model"),
+        "other parts are not the language model's business: {text}"
+    );
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let device = Default::default();
+    let lm = OptForCausalLm::<Flex>::from_pretrained(
+        Fixture::open("tiny-opt-lm").dir(),
+        FloatDType::F32,
+        &device,
+    )
+    .unwrap();
+    let ids = Tensor::<Flex, 2, Int>::from_ints([[2, 5, 7]], &device);
+    let cases: Vec<(OptInput<Flex>, Option<Tensor<Flex, 2, Int>>, &str)> = vec![
+        (
+            OptInput::Ids(Tensor::from_ints([[2, 5, 999]], &device)),
+            None,
+            "token id 999",
+        ),
+        (
+            OptInput::Embeds(Tensor::zeros([1, 3, 7], &device)),
+            None,
+            "7 wide",
+        ),
+        (
+            OptInput::Ids(ids.clone()),
+            Some(Tensor::ones([1, 4], &device)),
+            "must cover",
+        ),
+        (
+            OptInput::Ids(Tensor::ones([1, 41], &device)),
+            None,
+            "max_position_embeddings (40)",
+        ),
+        (OptInput::Ids(Tensor::zeros([1, 0], &device)), None, "empty"),
+    ];
+    for (input, mask, says) in cases {
+        let err = lm.check(&input, mask.as_ref(), None).unwrap_err();
+        assert!(
+            matches!(err, Error::BadInput { .. }) && err.to_string().contains(says),
+            "{says}: {err}"
+        );
+    }
+}
