@@ -246,7 +246,8 @@ fn bad_inputs_are_errors_not_panics() {
     )
     .unwrap();
     let ids = Tensor::<Flex, 2, Int>::from_ints([[2, 5, 7]], &device);
-    let cases: Vec<(OptInput<Flex>, Option<Tensor<Flex, 2, Int>>, &str)> = vec![
+    type Case = (OptInput<Flex>, Option<Tensor<Flex, 2, Int>>, &'static str);
+    let cases: Vec<Case> = vec![
         (
             OptInput::Ids(Tensor::from_ints([[2, 5, 999]], &device)),
             None,
