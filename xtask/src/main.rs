@@ -5,7 +5,7 @@
 //! - `fixtures --check`: generate twice in temporary directories and check that both generations are identical
 //!   bit for bit and equal the committed `fixtures/`.
 //!
-//! - `bench vision` / `bench qformer`: the criterion bench (benches/vision.rs, benches/qformer.rs), then
+//! - `bench vision` / `bench qformer` / `bench opt`: the criterion bench (benches/vision.rs, benches/qformer.rs), then
 //!   transformers on the same config (scripts/bench_vision.py, scripts/bench_qformer.py; 2 threads) in the same
 //!   run; prints both and their ratio as a markdown table for docs/performance.md (also written to
 //!   `target/bench/<name>.md`).
@@ -27,6 +27,7 @@ const USAGE: &str = "usage: cargo xtask fixtures [--check]
   fixtures --check  generate twice; check determinism and that fixtures/ equals a fresh generation
   bench vision      ViT-g bench (criterion) and transformers on the same config, with the ratio
   bench qformer     the same for the Q-Former
+  bench opt         the same for OPT-2.7b: a 32-token prefill and one decode step
 
 environment: BLIP2_FIXTURES_VENV (venv directory, default .venv-fixtures), PYTHON (default python3),
 BLIP2_BENCH_LAYERS / BLIP2_BENCH_BATCHES / BLIP2_BENCH_DTYPES (bench size, for quick runs)";
@@ -42,6 +43,7 @@ fn main() -> Result<()> {
         ["fixtures"] => fixtures(false),
         ["fixtures", "--check"] => fixtures(true),
         ["bench", "vision"] => bench("vision", "vit_g", "ViT-g, 224 px"),
+        ["bench", "opt"] => bench("opt", "opt", "OPT-2.7b (BLIP-2 sizes), batch 1"),
         ["bench", "qformer"] => bench(
             "qformer",
             "qformer",
@@ -157,9 +159,13 @@ fn bench(name: &str, group: &str, what: &str) -> Result<()> {
             .context("criterion median")?
             / 1e9;
         let theirs_s = theirs["median_s"].as_f64().context("torch median")?;
-        let (dtype, batch) = id.split_once('/').unwrap_or((id, "?"));
+        let (dtype, case) = id.split_once('/').unwrap_or((id, "?"));
+        let case = match case.parse::<usize>() {
+            Ok(batch) => format!("batch {batch}"),
+            Err(_) => case.to_string(),
+        };
         table.push_str(&format!(
-            "| {dtype}, batch {batch} | {:.2} ms | {:.2} ms | {:.2}x |\n",
+            "| {dtype}, {case} | {:.2} ms | {:.2} ms | {:.2}x |\n",
             ours_s * 1e3,
             theirs_s * 1e3,
             theirs_s / ours_s
