@@ -1,0 +1,234 @@
+//! `T5Config`: HF's `T5Config`, read from a `config.json` as it is (a standalone T5/Flan-T5, or the `text_config`
+//! of a BLIP-2 config). HF field names and defaults; unknown keys ignored; unsupported values rejected with the
+//! key named.
+//!
+//! Two derived settings follow HF exactly:
+//! - the feed-forward: `feed_forward_proj` is `"<act>"` (plain `wo(act(wi x))`) or `"gated-<act>"`
+//!   (`wo(act(wi_0 x) * wi_1 x)`); the activation is `dense_act_fn` when the file states it (the BLIP-2 Flan-T5
+//!   configs say exact `"gelu"`), else the one `feed_forward_proj` names, with `gated-gelu` meaning `gelu_new`;
+//! - the head: a config with `tie_word_embeddings: false` (T5 v1.1, Flan-T5) has its own `lm_head` and no output
+//!   scaling; otherwise (original T5) logits use `shared`'s weight on decoder outputs scaled by `d_model^-0.5`.
+
+use std::path::{Path, PathBuf};
+
+use blip2_nn::Activation;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// One token id or several (HF allows both for `eos_token_id`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    /// A single id.
+    One(u32),
+    /// Several ids.
+    Many(Vec<u32>),
+}
+
+/// T5's hyper-parameters (HF `T5Config`; field names as in `config.json`). `Default` is HF's (t5-small sizes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct T5Config {
+    /// Vocabulary (`vocab`): 32128.
+    pub vocab_size: usize,
+    /// Width (`hidden`).
+    pub d_model: usize,
+    /// Per-head width (`head_dim`); heads * d_kv may differ from d_model.
+    pub d_kv: usize,
+    /// Feed-forward width.
+    pub d_ff: usize,
+    /// Encoder blocks.
+    pub num_layers: usize,
+    /// Decoder blocks (`None`: `num_layers`).
+    pub num_decoder_layers: Option<usize>,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Relative position buckets.
+    pub relative_attention_num_buckets: usize,
+    /// Distance beyond which relative positions share the last bucket.
+    pub relative_attention_max_distance: usize,
+    /// Dropout (training only).
+    pub dropout_rate: f64,
+    /// RMS norm epsilon.
+    pub layer_norm_epsilon: f64,
+    /// `relu`, `gated-gelu`, `gated-silu`, ...
+    pub feed_forward_proj: String,
+    /// The feed-forward activation when stated (see the module doc).
+    pub dense_act_fn: Option<String>,
+    /// Whether the head is tied to `shared` (and decoder outputs scaled by `d_model^-0.5`); absent means tied.
+    pub tie_word_embeddings: Option<bool>,
+    /// First decoder input (the pad id, 0).
+    pub decoder_start_token_id: Option<u32>,
+    /// Padding (0).
+    pub pad_token_id: Option<u32>,
+    /// End of sequence (1).
+    pub eos_token_id: Option<TokenIds>,
+}
+
+impl Default for T5Config {
+    fn default() -> Self {
+        Self {
+            vocab_size: 32128,
+            d_model: 512,
+            d_kv: 64,
+            d_ff: 2048,
+            num_layers: 6,
+            num_decoder_layers: None,
+            num_heads: 8,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            dropout_rate: 0.1,
+            layer_norm_epsilon: 1e-6,
+            feed_forward_proj: "relu".into(),
+            dense_act_fn: None,
+            tie_word_embeddings: None,
+            decoder_start_token_id: Some(0),
+            pad_token_id: Some(0),
+            eos_token_id: Some(TokenIds::One(1)),
+        }
+    }
+}
+
+impl T5Config {
+    /// Flan-T5-XL as BLIP-2 uses it (exact gelu, untied head).
+    pub fn flan_t5_xl_blip2() -> Self {
+        Self {
+            d_model: 2048,
+            d_kv: 64,
+            d_ff: 5120,
+            num_layers: 24,
+            num_decoder_layers: Some(24),
+            num_heads: 32,
+            feed_forward_proj: "gated-gelu".into(),
+            dense_act_fn: Some("gelu".into()),
+            tie_word_embeddings: Some(false),
+            ..Self::default()
+        }
+    }
+
+    /// Parses JSON text: a T5 config, or a BLIP-2 config whose `text_config` is T5. `source` names the text in
+    /// errors.
+    ///
+    /// # Errors
+    /// [`Error::Json`], [`Error::NotAT5Config`], [`Error::UnsupportedConfig`].
+    pub fn from_json_str(json: &str, source: impl Into<PathBuf>) -> Result<Self, Error> {
+        let path = source.into();
+        let json_error = |source| Error::Json {
+            path: path.clone(),
+            source,
+        };
+        let value: serde_json::Value = serde_json::from_str(json).map_err(json_error)?;
+        let section = value.get("text_config").unwrap_or(&value);
+        if section.get("model_type").and_then(|t| t.as_str()) != Some("t5") {
+            return Err(Error::NotAT5Config { path });
+        }
+        let config: Self = serde_json::from_value(section.clone()).map_err(json_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `path`: a `config.json` file, or a model directory holding one.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be read, and those of [`Self::from_json_str`].
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let mut path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            path.push("config.json");
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// Checks that this port can run the config.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedConfig`] naming the first offending key.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.activation()?;
+        for (key, value) in [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("d_kv", self.d_kv),
+            ("d_ff", self.d_ff),
+            ("num_heads", self.num_heads),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
+        ] {
+            if value == 0 {
+                return Err(Error::unsupported(key, value, "must be positive"));
+            }
+        }
+        if self.relative_attention_num_buckets < 4
+            || self.relative_attention_max_distance * 2 < self.relative_attention_num_buckets
+        {
+            return Err(Error::unsupported(
+                "relative_attention_max_distance",
+                self.relative_attention_max_distance,
+                "needs at least 4 buckets and a max distance of at least half the buckets",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout_rate) {
+            return Err(Error::unsupported(
+                "dropout_rate",
+                self.dropout_rate,
+                "must be in [0, 1)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the feed-forward is gated (`feed_forward_proj` `gated-<act>`).
+    pub fn is_gated(&self) -> bool {
+        self.feed_forward_proj.starts_with("gated-")
+    }
+
+    /// The feed-forward activation (see the module doc).
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedConfig`] for a malformed `feed_forward_proj` or an activation blip2 lacks.
+    pub fn activation(&self) -> Result<Activation, Error> {
+        let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
+        let named = match parts.as_slice() {
+            [act] => *act,
+            ["gated", "gelu"] => "gelu_new",
+            ["gated", act] => *act,
+            _ => {
+                return Err(Error::unsupported(
+                    "feed_forward_proj",
+                    format!("{:?}", self.feed_forward_proj),
+                    "expected `<activation>` or `gated-<activation>`",
+                ));
+            }
+        };
+        let (key, name) = match &self.dense_act_fn {
+            Some(stated) => ("dense_act_fn", stated.as_str()),
+            None => ("feed_forward_proj", named),
+        };
+        Activation::parse(key, name).map_err(|e| match e {
+            blip2_nn::Error::UnsupportedConfig { key, value, reason } => Error::UnsupportedConfig {
+                key,
+                value: format!("{value:?}"),
+                reason,
+            },
+            other => Error::Nn(other),
+        })
+    }
+
+    /// Decoder blocks.
+    pub fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+
+    /// Whether `lm_head` is `shared` with decoder outputs scaled by `d_model^-0.5` (HF's `scale_decoder_outputs`:
+    /// every config but those stating `tie_word_embeddings: false`).
+    pub fn tied_head(&self) -> bool {
+        self.tie_word_embeddings != Some(false)
+    }
+}
