@@ -5,7 +5,7 @@
 //! - `fixtures --check`: generate twice in temporary directories and check that both generations are identical
 //!   bit for bit and equal the committed `fixtures/`.
 //!
-//! - `bench vision` / `bench qformer` / `bench opt`: the criterion bench (benches/vision.rs, benches/qformer.rs), then
+//! - `bench vision` / `qformer` / `opt` / `t5`: the criterion bench (benches/vision.rs, benches/qformer.rs), then
 //!   transformers on the same config (scripts/bench_vision.py, scripts/bench_qformer.py; 2 threads) in the same
 //!   run; prints both and their ratio as a markdown table for docs/performance.md (also written to
 //!   `target/bench/<name>.md`).
@@ -28,6 +28,7 @@ const USAGE: &str = "usage: cargo xtask fixtures [--check]
   bench vision      ViT-g bench (criterion) and transformers on the same config, with the ratio
   bench qformer     the same for the Q-Former
   bench opt         the same for OPT-2.7b: a 32-token prefill and one decode step
+  bench t5          the same for Flan-T5-XL: one decode step
 
 environment: BLIP2_FIXTURES_VENV (venv directory, default .venv-fixtures), PYTHON (default python3),
 BLIP2_BENCH_LAYERS / BLIP2_BENCH_BATCHES / BLIP2_BENCH_DTYPES (bench size, for quick runs)";
@@ -44,6 +45,7 @@ fn main() -> Result<()> {
         ["fixtures", "--check"] => fixtures(true),
         ["bench", "vision"] => bench("vision", "vit_g", "ViT-g, 224 px"),
         ["bench", "opt"] => bench("opt", "opt", "OPT-2.7b (BLIP-2 sizes), batch 1"),
+        ["bench", "t5"] => bench("t5", "t5", "Flan-T5-XL (BLIP-2 sizes), batch 1"),
         ["bench", "qformer"] => bench(
             "qformer",
             "qformer",
