@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use blip2_benches::{BenchBackend, measurement_secs, setup};
+use blip2_benches::{BenchBackend, env_list, env_value, measurement_secs, setup};
 use blip2_nn::backend::{FloatDType, cast_module};
 use blip2_opt::{LogitsFor, OptConfig, OptInput};
 use burn::prelude::*;
@@ -22,17 +22,10 @@ fn opt(c: &mut Criterion) {
     setup();
     let device = Default::default();
     let mut config = OptConfig::opt_2_7b_blip2();
-    if let Some(layers) = std::env::var("BLIP2_BENCH_LAYERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(layers) = env_value("BLIP2_BENCH_LAYERS") {
         config.num_hidden_layers = layers;
     }
-    let dtypes: Vec<FloatDType> = std::env::var("BLIP2_BENCH_DTYPES")
-        .unwrap_or_else(|_| "f32,bf16".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let dtypes: Vec<FloatDType> = env_list("BLIP2_BENCH_DTYPES", "f32,bf16");
     let mut group = c.benchmark_group("opt");
     group
         .sample_size(10)

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use blip2_benches::{BenchBackend, measurement_secs, setup};
+use blip2_benches::{BenchBackend, env_list, measurement_secs, setup};
 use blip2_nn::backend::{FloatDType, cast_module};
 use blip2_qformer::{QFormerConfig, QFormerInput};
 use burn::prelude::*;
@@ -24,11 +24,7 @@ fn qformer(c: &mut Criterion) {
         .expect("the hub config is valid");
     // Casting f32 -> f32 touches every parameter: the lazy ones are materialised outside the timings.
     let model = cast_module(model, FloatDType::F32, &device).expect("f32 is supported");
-    let batches: Vec<usize> = std::env::var("BLIP2_BENCH_BATCHES")
-        .unwrap_or_else(|_| "1,4".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let batches: Vec<usize> = env_list("BLIP2_BENCH_BATCHES", "1,4");
     let mut group = c.benchmark_group("qformer");
     group
         .sample_size(20)

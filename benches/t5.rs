@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use blip2_benches::{BenchBackend, measurement_secs, setup};
+use blip2_benches::{BenchBackend, env_list, env_value, measurement_secs, setup};
 use blip2_nn::backend::{FloatDType, cast_module};
 use blip2_t5::{LogitsFor, T5Config, T5Input};
 use burn::prelude::*;
@@ -23,18 +23,11 @@ fn t5(c: &mut Criterion) {
     setup();
     let device = Default::default();
     let mut config = T5Config::flan_t5_xl_blip2();
-    if let Some(layers) = std::env::var("BLIP2_BENCH_LAYERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(layers) = env_value("BLIP2_BENCH_LAYERS") {
         config.num_layers = layers;
         config.num_decoder_layers = Some(layers);
     }
-    let dtypes: Vec<FloatDType> = std::env::var("BLIP2_BENCH_DTYPES")
-        .unwrap_or_else(|_| "f32,bf16".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let dtypes: Vec<FloatDType> = env_list("BLIP2_BENCH_DTYPES", "f32,bf16");
     let mut group = c.benchmark_group("t5");
     group
         .sample_size(10)

@@ -8,16 +8,11 @@
 
 use std::time::Duration;
 
-use blip2_benches::{BenchBackend, measurement_secs, pixels, random_vision, setup, vit_g_config};
+use blip2_benches::{
+    BenchBackend, env_list, measurement_secs, pixels, random_vision, setup, vit_g_config,
+};
 use blip2_nn::backend::FloatDType;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-
-fn list<T: std::str::FromStr>(var: &str, default: &str) -> Vec<T> {
-    let text = std::env::var(var).unwrap_or_else(|_| default.to_string());
-    text.split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect()
-}
 
 fn vit_g(c: &mut Criterion) {
     setup();
@@ -28,9 +23,9 @@ fn vit_g(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(measurement_secs()));
-    for dtype in list::<FloatDType>("BLIP2_BENCH_DTYPES", "f32,bf16") {
+    for dtype in env_list::<FloatDType>("BLIP2_BENCH_DTYPES", "f32,bf16") {
         let model = random_vision::<BenchBackend>(&config, dtype, &device);
-        for batch in list::<usize>("BLIP2_BENCH_BATCHES", "1,4") {
+        for batch in env_list::<usize>("BLIP2_BENCH_BATCHES", "1,4") {
             let input = pixels::<BenchBackend>(batch, config.image_size, &device);
             if cfg!(any(feature = "cuda", feature = "wgpu")) {
                 // GPU backends compile and autotune their kernels on first use: keep that out of the samples.

@@ -15,12 +15,22 @@ pub type BenchBackend = blip2_nn::backend::Wgpu;
 #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
 pub type BenchBackend = blip2_nn::backend::DefaultBackend;
 
+/// A number from the environment variable `var`, if set and valid.
+pub fn env_value<T: std::str::FromStr>(var: &str) -> Option<T> {
+    std::env::var(var).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// A comma-separated list from `var`, or from `default` when it is unset (invalid items are skipped).
+pub fn env_list<T: std::str::FromStr>(var: &str, default: &str) -> Vec<T> {
+    let text = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    text.split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
 /// Seconds of measurement per bench (`BLIP2_BENCH_SECS`, default 20; GPUs need far less).
 pub fn measurement_secs() -> u64 {
-    std::env::var("BLIP2_BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
+    env_value("BLIP2_BENCH_SECS").unwrap_or(20)
 }
 use blip2_vision::{Blip2VisionConfig, Blip2VisionModel};
 use burn::prelude::*;
@@ -37,10 +47,7 @@ pub fn vit_g_config() -> Blip2VisionConfig {
     let mut config = Blip2VisionConfig::vit_g(224);
     // Random weights of a useful scale (HF's 1e-10 would make every position embedding ~0).
     config.initializer_range = 0.02;
-    if let Some(layers) = std::env::var("BLIP2_BENCH_LAYERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(layers) = env_value("BLIP2_BENCH_LAYERS") {
         config.num_hidden_layers = layers;
     }
     config

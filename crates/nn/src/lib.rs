@@ -10,7 +10,8 @@
 //! - [`linear_forward`]: a PyTorch-layout `Linear` on activations of any rank without copying its weight;
 //! - [`mask`]: padding and causal masks, boolean and additive;
 //! - [`KvCache`]: per-layer key/value caches for incremental decoding and beam search;
-//! - [`alloc`]: opt-in allocator tuning for CPU inference in applications.
+//! - [`alloc`]: opt-in allocator tuning for CPU inference in applications;
+//! - [`config`]: finding and reading a model's `config.json`.
 //!
 //! ```
 //! use blip2_nn::{Activation, backend::DefaultBackend};
@@ -27,6 +28,7 @@
 mod activation;
 pub mod alloc;
 pub mod backend;
+pub mod config;
 mod error;
 mod kv_cache;
 mod linear;

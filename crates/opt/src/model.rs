@@ -9,7 +9,7 @@
 //! left padding (and BLIP-2's pads between the image tokens and BOS) does not shift real tokens; with a cache
 //! they continue from the cached length. No embedding scale.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use blip2_nn::backend::FloatDType;
 use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, load_module};
@@ -338,10 +338,7 @@ impl<B: Backend> OptForCausalLm<B> {
         dtype: FloatDType,
         device: &B::Device,
     ) -> Result<Self, Error> {
-        let dir: PathBuf = match path.as_ref() {
-            p if p.is_dir() => p.to_path_buf(),
-            p => p.parent().map(Path::to_path_buf).unwrap_or_default(),
-        };
+        let dir = blip2_nn::config::model_dir(path.as_ref());
         let config = OptConfig::from_file(path.as_ref())?;
         let checkpoint = Checkpoint::open(&dir)?;
         let (model, _report) = Self::load(&config, &checkpoint, dtype, device)?;

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `layer_norm` | `LayerNorm` (in `attention.output`, `crossattention.output`, `output`, `output_query`) |
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use blip2_nn::backend::FloatDType;
 use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, load_module};
@@ -255,10 +255,7 @@ impl<B: Backend> QFormer<B> {
     /// Reading or parsing the config, opening the weights, and [`blip2_nn::Error::Incompatible`] listing every
     /// missing, unexpected or mis-shaped key.
     pub fn from_pretrained(path: impl AsRef<Path>, device: &B::Device) -> Result<Self, Error> {
-        let dir: PathBuf = match path.as_ref() {
-            p if p.is_dir() => p.to_path_buf(),
-            p => p.parent().map(Path::to_path_buf).unwrap_or_default(),
-        };
+        let dir = blip2_nn::config::model_dir(path.as_ref());
         let config = QFormerConfig::from_file(path.as_ref())?;
         let checkpoint = Checkpoint::open(&dir)?;
         let (model, _report) = Self::load(&config, &checkpoint, FloatDType::F32, device)?;

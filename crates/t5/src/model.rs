@@ -6,7 +6,7 @@
 //! absent). `encoder.embed_tokens.weight` / `decoder.embed_tokens.weight` are copies of `shared` when present and
 //! are ignored, as is transformers' unused `decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use blip2_nn::backend::FloatDType;
 use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, load_module};
@@ -428,10 +428,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         dtype: FloatDType,
         device: &B::Device,
     ) -> Result<Self, Error> {
-        let dir: PathBuf = match path.as_ref() {
-            p if p.is_dir() => p.to_path_buf(),
-            p => p.parent().map(Path::to_path_buf).unwrap_or_default(),
-        };
+        let dir = blip2_nn::config::model_dir(path.as_ref());
         let config = T5Config::from_file(path.as_ref())?;
         let checkpoint = Checkpoint::open(&dir)?;
         let (model, _report) = Self::load(&config, &checkpoint, dtype, device)?;

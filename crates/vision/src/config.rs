@@ -105,14 +105,8 @@ impl Blip2VisionConfig {
     /// # Errors
     /// [`Error::Io`] when the file cannot be read, and those of [`Self::from_json_str`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
-        let mut path = path.as_ref().to_path_buf();
-        if path.is_dir() {
-            path.push("config.json");
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let (path, text) = blip2_nn::config::read_config(path.as_ref())
+            .map_err(|(path, source)| Error::Io { path, source })?;
         Self::from_json_str(&text, path)
     }
 

@@ -6,7 +6,7 @@
 //! Deliberate choice (matches HF): the pooler output is `post_layernorm` applied to the CLS row of
 //! `last_hidden_state`, which has already been through `post_layernorm`: the same LayerNorm twice.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use blip2_nn::backend::FloatDType;
 use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, load_module};
@@ -193,10 +193,7 @@ impl<B: Backend> Blip2VisionModel<B> {
         dtype: FloatDType,
         device: &B::Device,
     ) -> Result<Self, Error> {
-        let dir: PathBuf = match path.as_ref() {
-            p if p.is_dir() => p.to_path_buf(),
-            p => p.parent().map(Path::to_path_buf).unwrap_or_default(),
-        };
+        let dir = blip2_nn::config::model_dir(path.as_ref());
         let config = Blip2VisionConfig::from_file(path.as_ref())?;
         let checkpoint = Checkpoint::open(&dir)?;
         let (model, _report) = Self::load(&config, &checkpoint, dtype, device)?;
