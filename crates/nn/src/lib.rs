@@ -10,6 +10,7 @@
 //! - [`linear_forward`]: a PyTorch-layout `Linear` on activations of any rank without copying its weight;
 //! - [`mask`]: padding and causal masks, boolean and additive;
 //! - [`KvCache`]: per-layer key/value caches for incremental decoding and beam search;
+//! - [`lm`]: the step traits a language model implements so that a decoding loop can drive it;
 //! - [`alloc`]: opt-in allocator tuning for CPU inference in applications;
 //! - [`config`]: finding and reading a model's `config.json`.
 //!
@@ -32,6 +33,7 @@ pub mod config;
 mod error;
 mod kv_cache;
 mod linear;
+pub mod lm;
 pub mod loader;
 pub mod mask;
 

@@ -38,6 +38,7 @@ mod config;
 mod decoder;
 mod error;
 mod model;
+mod step;
 
 pub use config::{OptConfig, TokenIds};
 pub use decoder::{OptAttention, OptDecoderLayer};

@@ -39,6 +39,7 @@ mod config;
 mod error;
 mod layers;
 mod model;
+mod step;
 
 pub use config::{T5Config, TokenIds};
 pub use error::Error;
@@ -49,3 +50,4 @@ pub use layers::{
 pub use model::{
     LogitsFor, T5Cache, T5Decoder, T5Encoder, T5ForConditionalGeneration, T5Input, t5_key_map,
 };
+pub use step::T5Encoded;

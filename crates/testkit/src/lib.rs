@@ -149,6 +149,12 @@ impl Tol {
         rel: 2e-2,
         abs: 5e-2,
     };
+    /// Beam search's `sequences_scores` (sums of a few f32 log-probabilities, length-normalised).
+    pub const BEAM_SCORES: Tol = Tol {
+        name: "beam scores",
+        rel: 0.0,
+        abs: 1e-4,
+    };
     /// Bit-for-bit (ids, masks, integer data, uint8 pixels).
     pub const EXACT: Tol = Tol {
         name: "exact",

@@ -1,0 +1,646 @@
+//! The loops: [`Generator`] runs greedy decoding, sampling and beam search over a [`DecoderOnlyLm`] or an
+//! [`EncoderDecoderLm`]; [`TokenStream`] yields the tokens of greedy decoding and sampling as they are chosen.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use blip2_nn::lm::{DecoderOnlyLm, EncoderDecoderLm, LmPrompt};
+use burn::prelude::{Backend, Int, Tensor};
+use burn::tensor::TensorData;
+
+use crate::beam::{BeamSearch, beam_search};
+use crate::processors::{LogitsProcessor, ProcessorContext, ProcessorList, RowIds};
+use crate::sampling::{Rng, argmax, sample};
+use crate::session::{Session, Started, repeat_indices, start_decoder_only, start_encoder_decoder};
+use crate::{Error, GenerationConfig};
+
+/// What generation starts from.
+///
+/// For a decoder-only model the returned sequences begin with the prompt's ids (as transformers returns them),
+/// and the ids are what the repetition and n-gram processors look at. A prompt of embeddings has no ids unless
+/// they are given with [`Prompt::with_input_ids`] (BLIP-2 passes the ids its embeddings were made from,
+/// `<image>` tokens included, as transformers does); without them only new tokens are returned. For an
+/// encoder-decoder model the prompt is the encoder's input and the sequences begin with the decoder start token.
+#[derive(Debug, Clone)]
+pub struct Prompt<B: Backend> {
+    /// Token ids `[batch, len]` or embeddings `[batch, len, dim]`.
+    pub input: LmPrompt<B>,
+    /// `[batch, len]`, 1 for tokens and 0 for padding (left padding for decoder-only models); all ones when
+    /// `None`.
+    pub attention_mask: Option<Tensor<B, 2, Int>>,
+    /// The ids of an embeddings prompt, `[batch, len]` (decoder-only models).
+    pub input_ids: Option<Tensor<B, 2, Int>>,
+}
+
+impl<B: Backend> Prompt<B> {
+    /// A prompt of token ids `[batch, len]`.
+    pub fn ids(ids: Tensor<B, 2, Int>) -> Self {
+        Self {
+            input: LmPrompt::Ids(ids),
+            attention_mask: None,
+            input_ids: None,
+        }
+    }
+
+    /// A prompt of embeddings `[batch, len, dim]`.
+    pub fn embeds(embeds: Tensor<B, 3>) -> Self {
+        Self {
+            input: LmPrompt::Embeds(embeds),
+            attention_mask: None,
+            input_ids: None,
+        }
+    }
+
+    /// With a padding mask `[batch, len]`.
+    pub fn with_attention_mask(mut self, mask: Tensor<B, 2, Int>) -> Self {
+        self.attention_mask = Some(mask);
+        self
+    }
+
+    /// With the ids behind an embeddings prompt `[batch, len]`.
+    pub fn with_input_ids(mut self, ids: Tensor<B, 2, Int>) -> Self {
+        self.input_ids = Some(ids);
+        self
+    }
+}
+
+/// A caller's reason to stop a row, checked after every new token (beside eos, the length limit and
+/// `max_time`).
+pub trait StoppingCriterion: Send {
+    /// Whether the row holding `ids` (prompt ids, then generated ones) is done; `prompt_len` ids are the
+    /// prompt's.
+    fn should_stop(&mut self, ids: &[u32], prompt_len: usize) -> bool;
+}
+
+impl<F: FnMut(&[u32], usize) -> bool + Send> StoppingCriterion for F {
+    fn should_stop(&mut self, ids: &[u32], prompt_len: usize) -> bool {
+        self(ids, prompt_len)
+    }
+}
+
+/// What a generation run returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationOutput {
+    /// `[batch * num_return_sequences]` rows of equal length, as transformers' `sequences`: the prompt ids
+    /// (decoder-only) or the start token (encoder-decoder), the new ids, then the pad id after a row ended.
+    pub sequences: Vec<Vec<u32>>,
+    /// Beam search: each returned hypothesis's length-normalised log-probability.
+    pub sequences_scores: Option<Vec<f32>>,
+    /// How many leading ids of every row are not generated.
+    pub prompt_len: usize,
+    /// Rows per prompt.
+    pub num_return_sequences: usize,
+}
+
+impl GenerationOutput {
+    /// Row `i` without its leading prompt ids.
+    pub fn new_tokens(&self, i: usize) -> &[u32] {
+        &self.sequences[i][self.prompt_len..]
+    }
+
+    /// The sequences as i64 rows (transformers' dtype).
+    pub fn to_i64_rows(&self) -> Vec<Vec<i64>> {
+        self.sequences
+            .iter()
+            .map(|row| row.iter().map(|&t| i64::from(t)).collect())
+            .collect()
+    }
+
+    /// The sequences as a `[rows, len]` tensor.
+    pub fn to_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+        let rows = self.sequences.len();
+        let len = self.sequences.first().map_or(0, Vec::len);
+        let data: Vec<i64> = self.to_i64_rows().into_iter().flatten().collect();
+        Tensor::from_data(TensorData::new(data, [rows, len]), device)
+    }
+}
+
+/// Tokens chosen at one step of greedy decoding or sampling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTokens {
+    /// 0 for the first new token.
+    pub step: usize,
+    /// One entry per row: the new id, or `None` for a row that had already ended (it is filled with pad).
+    pub tokens: Vec<Option<u32>>,
+}
+
+/// Runs generation with one [`GenerationConfig`], plus a caller's processors and stopping criteria.
+///
+/// See the crate documentation for a complete example.
+#[derive(Default)]
+pub struct Generator {
+    config: GenerationConfig,
+    processors: Vec<Arc<dyn LogitsProcessor>>,
+    stopping: Vec<Box<dyn StoppingCriterion>>,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("config", &self.config)
+            .field("processors", &self.processors)
+            .field("stopping", &self.stopping.len())
+            .finish()
+    }
+}
+
+/// Lengths and ids resolved against a prompt.
+pub(crate) struct Plan {
+    pub rows: Vec<Vec<u32>>,
+    pub padding: Vec<usize>,
+    pub prompt_len: usize,
+    pub max_total: usize,
+    pub processors: ProcessorList,
+    pub fill: Option<u32>,
+}
+
+fn read_ids<B: Backend>(ids: Tensor<B, 2, Int>, what: &str) -> Result<Vec<Vec<u32>>, Error> {
+    let [batch, len] = ids.dims();
+    let values: Vec<i64> = ids
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .map_err(|e| Error::Readback(format!("{e:?}")))?;
+    if let Some(bad) = values.iter().find(|&&v| v < 0 || v > i64::from(u32::MAX)) {
+        return Err(Error::bad_prompt(format!(
+            "{what} holds {bad}, not a token id"
+        )));
+    }
+    let mut rows = vec![Vec::with_capacity(len); batch];
+    for (i, v) in values.into_iter().enumerate() {
+        rows[i / len.max(1)].push(v as u32);
+    }
+    Ok(rows)
+}
+
+impl Generator {
+    /// A generator for `config` (validated).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`].
+    pub fn new(config: GenerationConfig) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            processors: Vec::new(),
+            stopping: Vec::new(),
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &GenerationConfig {
+        &self.config
+    }
+
+    /// Adds a processor, run after the built-in ones and before the sampling warpers (transformers' place for
+    /// a caller's processors).
+    pub fn with_logits_processor(mut self, processor: impl LogitsProcessor + 'static) -> Self {
+        self.processors.push(Arc::new(processor));
+        self
+    }
+
+    /// Adds a stopping criterion.
+    pub fn with_stopping_criterion(mut self, criterion: impl StoppingCriterion + 'static) -> Self {
+        self.stopping.push(Box::new(criterion));
+        self
+    }
+
+    /// Rows per prompt: beams, or independent samples.
+    fn expand(&self) -> usize {
+        if self.config.num_beams > 1 {
+            self.config.num_beams
+        } else {
+            self.config.num_return_sequences
+        }
+    }
+
+    fn mask<B: Backend>(prompt: &Prompt<B>) -> Result<Tensor<B, 2, Int>, Error> {
+        let [batch, len] = prompt.input.dims();
+        if batch == 0 || len == 0 {
+            return Err(Error::bad_prompt(format!(
+                "the prompt is empty ([{batch}, {len}]): give at least one position per row"
+            )));
+        }
+        match &prompt.attention_mask {
+            Some(mask) if mask.dims() != [batch, len] => Err(Error::bad_prompt(format!(
+                "attention_mask is {:?}, the prompt [{batch}, {len}]",
+                mask.dims()
+            ))),
+            Some(mask) => Ok(mask.clone()),
+            None => Ok(Tensor::ones([batch, len], &prompt.input.device())),
+        }
+    }
+
+    fn plan(
+        &self,
+        rows: Vec<Vec<u32>>,
+        padding: Vec<usize>,
+        prompt_len: usize,
+        positions: usize,
+        max_new_default: usize,
+        vocab: usize,
+    ) -> Result<Plan, Error> {
+        let config = &self.config;
+        let hidden = positions - prompt_len;
+        let max_new = match (config.max_new_tokens, config.max_length) {
+            (Some(n), _) => n,
+            (None, Some(max_length)) => match max_length.checked_sub(positions) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    return Err(Error::invalid(
+                        &["max_length"],
+                        format!(
+                            "max_length {max_length} leaves no room after the prompt's {positions} positions: raise it or set max_new_tokens"
+                        ),
+                    ));
+                }
+            },
+            (None, None) => max_new_default,
+        };
+        if let Some(bad) = config
+            .bad_words_ids
+            .iter()
+            .flatten()
+            .flatten()
+            .find(|&&id| id as usize >= vocab)
+        {
+            return Err(Error::invalid(
+                &["bad_words_ids"],
+                format!("token {bad} is outside the vocabulary (0..{vocab})"),
+            ));
+        }
+        let processors = ProcessorList::from_config(
+            config,
+            ProcessorContext {
+                prompt_len,
+                hidden_prompt_len: hidden,
+            },
+            &self.processors,
+        );
+        let expand = self.expand();
+        let rows: Vec<Vec<u32>> = repeat_indices(rows.len(), expand)
+            .into_iter()
+            .map(|r| rows[r].clone())
+            .collect();
+        let padding = repeat_indices(padding.len(), expand)
+            .into_iter()
+            .map(|r| padding[r])
+            .collect();
+        let fill = config.fill_token_id();
+        if fill.is_none() && rows.len() > 1 && !self.stopping.is_empty() {
+            return Err(Error::invalid(
+                &["pad_token_id", "eos_token_id"],
+                "a row stopped by a stopping criterion is filled with pad_token_id (or the eos id): set one",
+            ));
+        }
+        Ok(Plan {
+            rows,
+            padding,
+            prompt_len,
+            max_total: prompt_len + max_new,
+            processors,
+            fill,
+        })
+    }
+
+    fn plan_decoder_only<B: Backend, L: DecoderOnlyLm<B>>(
+        &self,
+        lm: &L,
+        prompt: &Prompt<B>,
+        mask: &Tensor<B, 2, Int>,
+    ) -> Result<Plan, Error> {
+        let [batch, len] = prompt.input.dims();
+        let mask_rows = read_ids(mask.clone(), "attention_mask")?;
+        // transformers: the first non-zero mask position (0 for a row of zeros).
+        let padding = mask_rows
+            .iter()
+            .map(|row| row.iter().position(|&m| m != 0).unwrap_or(0))
+            .collect();
+        let rows = match (&prompt.input, &prompt.input_ids) {
+            (LmPrompt::Ids(ids), _) => read_ids(ids.clone(), "the prompt")?,
+            (LmPrompt::Embeds(_), Some(ids)) => {
+                if ids.dims() != [batch, len] {
+                    return Err(Error::bad_prompt(format!(
+                        "input_ids are {:?}, the embeddings [{batch}, {len}, ..]",
+                        ids.dims()
+                    )));
+                }
+                read_ids(ids.clone(), "input_ids")?
+            }
+            (LmPrompt::Embeds(_), None) => vec![Vec::new(); batch],
+        };
+        let prompt_len = rows[0].len();
+        // transformers' default: 20 new tokens, within the position table.
+        let max_new_default = lm
+            .max_positions()
+            .map_or(20, |p| 20.min(p.saturating_sub(len)).max(1));
+        self.plan(
+            rows,
+            padding,
+            prompt_len,
+            len,
+            max_new_default,
+            lm.vocab_size(),
+        )
+    }
+
+    fn start_token<B: Backend, L: EncoderDecoderLm<B>>(&self, lm: &L) -> Result<u32, Error> {
+        self.config
+            .decoder_start_token_id
+            .or_else(|| lm.decoder_start_token_id())
+            .or(self.config.bos_token_id)
+            .ok_or_else(|| {
+                Error::invalid(
+                    &["decoder_start_token_id", "bos_token_id"],
+                    "an encoder-decoder model needs a decoder start token: set decoder_start_token_id",
+                )
+            })
+    }
+
+    /// Generates from a decoder-only model (greedy, sampling or beam search, as the config says).
+    ///
+    /// # Errors
+    /// A bad prompt, a config that does not fit the prompt, the model's errors, NaN logits.
+    pub fn generate<B: Backend, L: DecoderOnlyLm<B>>(
+        &mut self,
+        lm: &L,
+        prompt: Prompt<B>,
+    ) -> Result<GenerationOutput, Error> {
+        if self.config.num_beams > 1 {
+            let mask = Self::mask(&prompt)?;
+            let plan = self.plan_decoder_only(lm, &prompt, &mask)?;
+            let started = start_decoder_only(lm, prompt.input, mask, self.config.num_beams)?;
+            self.run_beams(plan, started)
+        } else {
+            self.stream(lm, prompt)?.finish()
+        }
+    }
+
+    /// Generates from an encoder-decoder model (greedy, sampling or beam search, as the config says).
+    ///
+    /// # Errors
+    /// As [`Self::generate`], and a missing decoder start token.
+    pub fn generate_seq2seq<B: Backend, L: EncoderDecoderLm<B>>(
+        &mut self,
+        lm: &L,
+        prompt: Prompt<B>,
+    ) -> Result<GenerationOutput, Error> {
+        if self.config.num_beams > 1 {
+            let (plan, started) = self.start_seq2seq(lm, prompt)?;
+            self.run_beams(plan, started)
+        } else {
+            self.stream_seq2seq(lm, prompt)?.finish()
+        }
+    }
+
+    fn start_seq2seq<'a, B: Backend, L: EncoderDecoderLm<B>>(
+        &self,
+        lm: &'a L,
+        prompt: Prompt<B>,
+    ) -> Result<(Plan, Started<'a, B>), Error> {
+        let mask = Self::mask(&prompt)?;
+        let start = self.start_token(lm)?;
+        let batch = mask.dims()[0];
+        let plan = self.plan(
+            vec![vec![start]; batch],
+            vec![0; batch],
+            1,
+            1,
+            20,
+            lm.vocab_size(),
+        )?;
+        let started = start_encoder_decoder(lm, prompt.input, mask, self.expand(), start)?;
+        Ok((plan, started))
+    }
+
+    fn run_beams<B: Backend>(
+        &mut self,
+        plan: Plan,
+        started: Started<'_, B>,
+    ) -> Result<GenerationOutput, Error> {
+        let rng = self
+            .config
+            .seed
+            .map_or_else(Rng::from_entropy, Rng::seed_from);
+        beam_search(BeamSearch {
+            config: &self.config,
+            plan,
+            started,
+            stopping: &mut self.stopping,
+            rng,
+        })
+    }
+
+    fn check_streamable(&self) -> Result<(), Error> {
+        if self.config.num_beams > 1 {
+            return Err(Error::invalid(
+                &["num_beams"],
+                "beam search settles its tokens only at the end, so it cannot stream: use generate",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Greedy decoding or sampling from a decoder-only model, one step per iteration.
+    ///
+    /// # Errors
+    /// As [`Self::generate`], and beam search (which cannot stream).
+    pub fn stream<'a, B: Backend, L: DecoderOnlyLm<B>>(
+        &'a mut self,
+        lm: &'a L,
+        prompt: Prompt<B>,
+    ) -> Result<TokenStream<'a, B>, Error> {
+        self.check_streamable()?;
+        let mask = Self::mask(&prompt)?;
+        let plan = self.plan_decoder_only(lm, &prompt, &mask)?;
+        let started = start_decoder_only(lm, prompt.input, mask, self.expand())?;
+        Ok(TokenStream::new(self, plan, started))
+    }
+
+    /// Greedy decoding or sampling from an encoder-decoder model, one step per iteration.
+    ///
+    /// # Errors
+    /// As [`Self::generate_seq2seq`], and beam search (which cannot stream).
+    pub fn stream_seq2seq<'a, B: Backend, L: EncoderDecoderLm<B>>(
+        &'a mut self,
+        lm: &'a L,
+        prompt: Prompt<B>,
+    ) -> Result<TokenStream<'a, B>, Error> {
+        self.check_streamable()?;
+        let (plan, started) = self.start_seq2seq(lm, prompt)?;
+        Ok(TokenStream::new(self, plan, started))
+    }
+}
+
+/// Whether `ids` ends a row: eos, the length limit, a caller's criterion.
+pub(crate) fn row_stops(
+    ids: &[u32],
+    plan: &Plan,
+    eos: &[u32],
+    stopping: &mut [Box<dyn StoppingCriterion>],
+) -> bool {
+    let mut stop = ids.len() >= plan.max_total || ids.last().is_some_and(|t| eos.contains(t));
+    for criterion in stopping.iter_mut() {
+        stop |= criterion.should_stop(ids, plan.prompt_len);
+    }
+    stop
+}
+
+/// Greedy decoding or sampling as an iterator: each item is the step's new token per row. Drop it to stop
+/// early; [`TokenStream::finish`] runs to the end and returns the sequences.
+pub struct TokenStream<'a, B: Backend> {
+    session: Box<dyn Session<B> + 'a>,
+    plan: Plan,
+    config: &'a GenerationConfig,
+    stopping: &'a mut [Box<dyn StoppingCriterion>],
+    vocab: usize,
+    logits: Option<Vec<f32>>,
+    to_feed: Option<Vec<u32>>,
+    finished: Vec<bool>,
+    rng: Rng,
+    started: Instant,
+    step: usize,
+    done: bool,
+}
+
+impl<B: Backend> std::fmt::Debug for TokenStream<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStream")
+            .field("step", &self.step)
+            .field("rows", &self.plan.rows.len())
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<'a, B: Backend> TokenStream<'a, B> {
+    fn new(generator: &'a mut Generator, plan: Plan, started: Started<'a, B>) -> Self {
+        let config = &generator.config;
+        let rows = plan.rows.len();
+        Self {
+            session: started.session,
+            plan,
+            config,
+            stopping: &mut generator.stopping,
+            vocab: started.vocab,
+            logits: Some(started.logits),
+            to_feed: None,
+            finished: vec![false; rows],
+            rng: config.seed.map_or_else(Rng::from_entropy, Rng::seed_from),
+            started: Instant::now(),
+            step: 0,
+            done: false,
+        }
+    }
+
+    /// The ids of every row so far.
+    pub fn sequences(&self) -> &[Vec<u32>] {
+        &self.plan.rows
+    }
+
+    /// Leading prompt ids of every row.
+    pub fn prompt_len(&self) -> usize {
+        self.plan.prompt_len
+    }
+
+    /// Runs the remaining steps and returns what was generated.
+    ///
+    /// # Errors
+    /// As the steps.
+    pub fn finish(mut self) -> Result<GenerationOutput, Error> {
+        for step in self.by_ref() {
+            step?;
+        }
+        Ok(GenerationOutput {
+            sequences: self.plan.rows,
+            sequences_scores: None,
+            prompt_len: self.plan.prompt_len,
+            num_return_sequences: self.config.num_return_sequences,
+        })
+    }
+
+    fn next_step(&mut self) -> Result<NewTokens, Error> {
+        if let Some(tokens) = self.to_feed.take() {
+            self.logits = Some(self.session.step(&tokens)?);
+        }
+        let logits = self.logits.take().expect("logits after feeding");
+        let vocab = self.vocab;
+        let mut chosen = Vec::with_capacity(self.plan.rows.len());
+        let mut feed = Vec::with_capacity(self.plan.rows.len());
+        for (r, scores) in logits.chunks(vocab).enumerate() {
+            if self.finished[r] {
+                let fill = self.plan.fill.expect("finished rows imply a fill token");
+                self.plan.rows[r].push(fill);
+                chosen.push(None);
+                feed.push(fill);
+                continue;
+            }
+            let mut scores = scores.to_vec();
+            self.plan.processors.process(
+                &RowIds::with_padding(&self.plan.rows[r], self.plan.padding[r]),
+                &mut scores,
+            );
+            if scores.iter().any(|s| s.is_nan()) {
+                return Err(Error::NanLogits {
+                    step: self.step,
+                    row: r,
+                });
+            }
+            let token = if self.config.do_sample {
+                sample(&scores, &mut self.rng).ok_or_else(|| Error::NothingToSample {
+                    step: self.step,
+                    row: r,
+                    available: 0,
+                    needed: 1,
+                })?
+            } else {
+                argmax(&scores)
+            } as u32;
+            self.plan.rows[r].push(token);
+            chosen.push(Some(token));
+            feed.push(token);
+        }
+        let timed_out = self
+            .config
+            .max_time
+            .is_some_and(|t| self.started.elapsed().as_secs_f64() > t);
+        for r in 0..self.plan.rows.len() {
+            if !self.finished[r] {
+                self.finished[r] = timed_out
+                    || row_stops(
+                        &self.plan.rows[r],
+                        &self.plan,
+                        &self.config.eos_token_id,
+                        self.stopping,
+                    );
+            }
+        }
+        if self.plan.fill.is_none() && self.finished.iter().any(|&f| f) {
+            // Without a fill id a row cannot wait for the others (only possible with one row per run).
+            self.finished.iter_mut().for_each(|f| *f = true);
+        }
+        self.done = self.finished.iter().all(|&f| f);
+        self.to_feed = Some(feed);
+        let step = self.step;
+        self.step += 1;
+        Ok(NewTokens {
+            step,
+            tokens: chosen,
+        })
+    }
+}
+
+impl<B: Backend> Iterator for TokenStream<'_, B> {
+    type Item = Result<NewTokens, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let step = self.next_step();
+        if step.is_err() {
+            self.done = true;
+        }
+        Some(step)
+    }
+}
