@@ -983,7 +983,57 @@ def lm_generation_refs(refs: Refs, model, enc_single, enc_batch, is_t5: bool) ->
                                output_scores=True, return_dict_in_generate=True)
             refs.add(f"gen/beam{NUM_BEAMS}/{tag}", b.sequences, f"{NUM_BEAMS}-beam ids")
             refs.add(f"gen/beam{NUM_BEAMS}/{tag}/scores", b.sequences_scores, "beam sequences_scores")
+        refs.generation_variants = generation_variant_refs(refs, model, enc_batch, is_t5)
     return min(margins)
+
+
+# Options of generate() beyond greedy / 3 beams, each run on the left-padded batch with more new tokens so that
+# beams reach eos and the early-stopping modes part ways. The bad words are picked from the greedy output so
+# that banning them changes it.
+VARIANT_NEW_TOKENS = 12
+
+
+def generation_variant_refs(refs: Refs, model, enc, is_t5: bool) -> dict:
+    def new_ids(key: str) -> torch.Tensor:
+        ids = refs.tensors[key]
+        return ids[:, 1:] if is_t5 else ids[:, enc["input_ids"].shape[1]:]
+
+    greedy, beams = new_ids("gen/greedy/batch"), new_ids(f"gen/beam{NUM_BEAMS}/batch")
+    bad = [[int(greedy[0, 1])], [int(greedy[1, 2]), int(greedy[1, 3])]]
+    # Two eos ids the beams meet early, so that hypotheses end at different steps and the stopping rules differ.
+    eos = [int(beams[0, 2]), int(beams[1, 3])]
+    processors = {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "bad_words_ids": bad, "min_new_tokens": 4}
+    variants = {
+        "beam3_early_true": {"num_beams": 3, "early_stopping": True},
+        "beam3_never_lp2": {"num_beams": 3, "early_stopping": "never", "length_penalty": 2.0},
+        "beam3_lp0": {"num_beams": 3, "length_penalty": 0.0},
+        "beam4_return3_lpneg": {"num_beams": 4, "num_return_sequences": 3, "length_penalty": -1.0},
+        "greedy_processors": dict(processors),
+        "beam3_processors": {"num_beams": 3, **processors},
+        "greedy_max_length": {"max_new_tokens": None, "max_length": enc["input_ids"].shape[1] + 5},
+        "beam3_eos_heuristic": {"num_beams": 3, "eos_token_id": eos},
+        "beam3_eos_early_true": {"num_beams": 3, "eos_token_id": eos, "early_stopping": True},
+        "beam3_eos_never_lp2": {"num_beams": 3, "eos_token_id": eos, "early_stopping": "never",
+                                "length_penalty": 2.0},
+        "beam3_eos_never_lpneg": {"num_beams": 3, "eos_token_id": eos, "early_stopping": "never",
+                                  "length_penalty": -0.5},
+        "greedy_eos": {"eos_token_id": eos},
+    }
+    meta = {}
+    with torch.no_grad():
+        for name, options in variants.items():
+            kwargs = {"max_new_tokens": VARIANT_NEW_TOKENS, "do_sample": False, **options}
+            if kwargs["max_new_tokens"] is None:
+                del kwargs["max_new_tokens"]
+            beams = kwargs.get("num_beams", 1) > 1
+            out = model.generate(**enc, **kwargs, return_dict_in_generate=True, output_scores=True)
+            refs.add(f"gen/variant/{name}", out.sequences, f"generate(**batch, {json.dumps(kwargs)})")
+            if beams:
+                refs.add(f"gen/variant/{name}/scores", out.sequences_scores, "their sequences_scores")
+                meta[name] = {"kwargs": kwargs}
+            else:
+                meta[name] = {"kwargs": kwargs, "min_margin": margin_ok(list(out.scores))}
+    return meta
 
 
 def first_good_seed(name: str, directory: Path, seed: int, attempt) -> tuple[int, Refs, float]:
@@ -1000,9 +1050,11 @@ def first_good_seed(name: str, directory: Path, seed: int, attempt) -> tuple[int
     raise RuntimeError(f"{name}: no seed gave greedy margins >= {MIN_GREEDY_MARGIN}")
 
 
-def lm_meta(name: str, spec: dict, seed: int, model_seed: int, config, margin: float, directory: Path) -> dict:
+def lm_meta(name: str, spec: dict, seed: int, model_seed: int, config, margin: float, directory: Path,
+            refs: Refs) -> dict:
     generation = {"max_new_tokens": MAX_NEW_TOKENS, "num_beams": NUM_BEAMS, "eos_token_id": config.eos_token_id,
-                  "pad_token_id": config.pad_token_id, "min_greedy_margin": margin}
+                  "pad_token_id": config.pad_token_id, "min_greedy_margin": margin,
+                  "variants": refs.generation_variants}
     if config.is_encoder_decoder:
         generation["decoder_start_token_id"] = config.decoder_start_token_id
     return {"format_version": FORMAT_VERSION, "fixture": name, "what": spec["what"], "versions": versions(),
@@ -1054,7 +1106,7 @@ def opt_lm_fixture(out: Path, name: str, seed: int, spec: dict) -> None:
         return refs, lm_generation_refs(refs, model, single, batch, is_t5=False)
 
     model_seed, refs, margin = first_good_seed(name, directory, seed, attempt)
-    refs.save(directory, lm_meta(name, spec, seed, model_seed, config, margin, directory))
+    refs.save(directory, lm_meta(name, spec, seed, model_seed, config, margin, directory, refs))
 
 
 def t5_lm_fixture(out: Path, name: str, seed: int, spec: dict) -> None:
@@ -1120,7 +1172,7 @@ def t5_lm_fixture(out: Path, name: str, seed: int, spec: dict) -> None:
         return refs, lm_generation_refs(refs, model, single, batch, is_t5=True)
 
     model_seed, refs, margin = first_good_seed(name, directory, seed, attempt)
-    refs.save(directory, lm_meta(name, spec, seed, model_seed, config, margin, directory))
+    refs.save(directory, lm_meta(name, spec, seed, model_seed, config, margin, directory, refs))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -179,6 +179,40 @@ fn batch_rows_match_single_runs<B: Backend>(
     }
 }
 
+/// Every `gen/variant/*` of a standalone fixture: its `generate()` options (early-stopping modes, length
+/// penalties, several eos ids, `num_return_sequences`, the logits processors inside the loops, `max_length`),
+/// merged over the fixture's `generation_config.json` and run on the left-padded batch.
+fn variants<B: Backend>(fixture: &Fixture, lm: &impl Lm<B>, device: &B::Device) {
+    let variants = fixture.manifest()["generation"]["variants"]
+        .as_object()
+        .expect("generation variants");
+    assert!(
+        variants.len() >= 10,
+        "{}: {} variants",
+        fixture.name(),
+        variants.len()
+    );
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture.dir().join("generation_config.json")).unwrap(),
+    )
+    .unwrap();
+    for (name, variant) in variants {
+        let mut options = file.as_object().unwrap().clone();
+        for (k, v) in variant["kwargs"].as_object().unwrap() {
+            options.insert(k.clone(), v.clone());
+        }
+        let config =
+            GenerationConfig::from_json_str(&serde_json::Value::Object(options).to_string())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut generator = Generator::new(config).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out = lm.run(
+            &mut generator,
+            prompt(fixture, Source::Ids, "batch", device),
+        );
+        check(fixture, &format!("gen/variant/{name}"), &out);
+    }
+}
+
 fn opt<B: Backend>(name: &str, device: &B::Device) -> (Fixture, OptForCausalLm<B>) {
     let fixture = Fixture::open(name);
     let lm = OptForCausalLm::from_pretrained(fixture.dir(), FloatDType::F32, device).unwrap();
@@ -197,6 +231,7 @@ fn opt_standalone<B: Backend>(device: &B::Device) {
         let (fixture, lm) = opt::<B>(name, device);
         parity(&fixture, &lm, Source::Ids, device);
         batch_rows_match_single_runs(&fixture, &lm, Source::Ids, device);
+        variants(&fixture, &lm, device);
     }
 }
 
@@ -211,6 +246,7 @@ fn t5_standalone<B: Backend>(device: &B::Device) {
         let (fixture, lm) = t5::<B>(name, device);
         parity(&fixture, &lm, Source::Ids, device);
         batch_rows_match_single_runs(&fixture, &lm, Source::Ids, device);
+        variants(&fixture, &lm, device);
     }
 }
 
