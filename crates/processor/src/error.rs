@@ -1,4 +1,5 @@
-//! The error type of blip2-processor: processor configs, image files, limits, raw buffers and batches.
+//! The error type of blip2-processor: processor configs, image files, limits, raw buffers and batches;
+//! tokenizer files and configs, prompts, lengths and token ids.
 
 use std::path::PathBuf;
 
@@ -173,6 +174,165 @@ pub enum Error {
         expected_height: u64,
         /// Width of image 0.
         expected_width: u64,
+    },
+
+    /// A model directory without `tokenizer.json`.
+    #[error(
+        "no tokenizer.json in {dir}: blip2 reads the `tokenizers` serialization only; save the tokenizer \
+         with transformers (`AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`) to write one"
+    )]
+    NoTokenizer {
+        /// The directory.
+        dir: PathBuf,
+    },
+
+    /// A `tokenizer.json` that the `tokenizers` crate cannot read (not JSON, truncated, or of an unknown
+    /// layout).
+    #[error(
+        "cannot load tokenizer {name}: {reason}; the file is corrupt or not a tokenizer.json, get a fresh copy"
+    )]
+    BadTokenizer {
+        /// The file, or `<memory>`.
+        name: String,
+        /// What the `tokenizers` crate said.
+        reason: String,
+    },
+
+    /// A text-side config file (`tokenizer_config.json`, `special_tokens_map.json`, `processor_config.json`,
+    /// `config.json`) that is not valid JSON or not a JSON object.
+    #[error("invalid config {name}: {reason}")]
+    BadTextConfig {
+        /// The file, or `<memory>`.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A text-side config value of the wrong type or out of range.
+    #[error("invalid value {value} for `{key}` in {name}: {reason}")]
+    BadTextConfigValue {
+        /// The file, or `<memory>`.
+        name: String,
+        /// The key, as in the JSON file.
+        key: String,
+        /// The value found (as JSON).
+        value: String,
+        /// What is expected.
+        reason: String,
+    },
+
+    /// No `num_query_tokens` in `processor_config.json` nor in `config.json`.
+    #[error(
+        "no `num_query_tokens` in {dir}: expected it in processor_config.json (or config.json); \
+         BLIP-2 checkpoints use 32"
+    )]
+    NoNumQueryTokens {
+        /// The directory.
+        dir: PathBuf,
+    },
+
+    /// A special token the operation needs is not configured (e.g. `pad_token` to pad a batch).
+    #[error(
+        "the tokenizer {name} has no `{key}`, which {needed_for} needs; set `{key}` in tokenizer_config.json"
+    )]
+    MissingSpecialToken {
+        /// The tokenizer file, or `<memory>`.
+        name: String,
+        /// The special token's attribute (`pad_token`, `bos_token`, ...).
+        key: String,
+        /// What needed it.
+        needed_for: &'static str,
+    },
+
+    /// A special-token attribute name that the tokenizer does not know.
+    #[error(
+        "unknown special token `{key}` for tokenizer {name}; known: bos_token, eos_token, unk_token, \
+         sep_token, pad_token, cls_token, mask_token, image_token"
+    )]
+    UnknownSpecialToken {
+        /// The tokenizer file, or `<memory>`.
+        name: String,
+        /// The name asked for.
+        key: String,
+    },
+
+    /// No prompts were given.
+    #[error(
+        "empty prompt list: pass at least one prompt (use `caption_inputs` to caption without a prompt)"
+    )]
+    EmptyPrompts,
+
+    /// A prompt longer than `max_length` while truncation is off.
+    #[error(
+        "prompt {index} is {length} tokens long (special and <image> tokens included), over max_length \
+         {limit}; enable truncation, shorten the prompt or raise max_length"
+    )]
+    PromptTooLong {
+        /// Position in the batch.
+        index: usize,
+        /// Its length in tokens.
+        length: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// A `max_length` that cannot hold the tokens that are always there.
+    #[error(
+        "max_length {max_length} is too small: the <image> tokens and the tokenizer's special tokens \
+         alone take {needed}; raise max_length"
+    )]
+    MaxLengthTooSmall {
+        /// The `max_length` asked for.
+        max_length: usize,
+        /// How many tokens are always there.
+        needed: usize,
+    },
+
+    /// Padding or truncation to a maximum length with none given and no `model_max_length` in the
+    /// tokenizer config.
+    #[error(
+        "{what} needs a maximum length but none was given and the tokenizer {name} has no \
+         model_max_length; set `max_length`"
+    )]
+    NoMaxLength {
+        /// The tokenizer file, or `<memory>`.
+        name: String,
+        /// What needed it.
+        what: &'static str,
+    },
+
+    /// Rows of different lengths where a rectangular batch is needed (a batch encoded without padding).
+    #[error(
+        "row {index} of the batch has {length} tokens but row 0 has {expected}; encode with padding to \
+         make a tensor"
+    )]
+    RaggedBatch {
+        /// Position in the batch.
+        index: usize,
+        /// Its length.
+        length: usize,
+        /// The length of row 0.
+        expected: usize,
+    },
+
+    /// A token id that cannot be one (negative, or past `u32`), e.g. a `-100` label left in.
+    #[error(
+        "invalid token id {id} at position {index}: ids are 0..2^32; drop ignored (-100) positions first"
+    )]
+    InvalidTokenId {
+        /// The id.
+        id: i64,
+        /// Its position.
+        index: usize,
+    },
+
+    /// The `tokenizers` crate failed to encode or decode.
+    #[error("tokenizer {name} failed: {reason}")]
+    Tokenize {
+        /// The tokenizer file, or `<memory>`.
+        name: String,
+        /// What the `tokenizers` crate said.
+        reason: String,
     },
 
     /// An error from blip2-nn.

@@ -33,10 +33,16 @@
 
 mod error;
 mod image;
+mod text;
 
 pub use crate::error::{Error, MEMORY};
 pub use crate::image::{
     BlipImageProcessor, ImageProcessorConfig, Limits, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
     PixelValues, Resample, Size, convert_to_rgb, decode_bytes, decode_file, over_white,
     resize_bicubic,
+};
+pub use crate::text::{
+    BatchEncoding, Blip2Processor, Blip2Tokenizer, DEFAULT_IMAGE_TOKEN, EncodeOptions, Padding,
+    PaddingSide, SpecialToken, SpecialTokens, TokenizerConfig, TruncationSide,
+    clean_up_tokenization, num_query_tokens_from_model_dir, vqa_prompt, vqa_prompt_with_context,
 };
