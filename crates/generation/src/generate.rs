@@ -269,7 +269,7 @@ impl Generator {
                 format!("token {bad} is outside the vocabulary (0..{vocab})"),
             ));
         }
-        let processors = ProcessorList::from_config(
+        let processors = ProcessorList::build(
             config,
             ProcessorContext {
                 prompt_len,

@@ -382,9 +382,22 @@ impl ProcessorList {
         }
     }
 
+    /// The list a run with `config` applies, for rows that start with `prompt_len` prompt ids (transformers'
+    /// `_get_logits_processor` for the options blip2 implements, in its order).
+    pub fn from_config(config: &GenerationConfig, prompt_len: usize) -> Self {
+        Self::build(
+            config,
+            ProcessorContext {
+                prompt_len,
+                hidden_prompt_len: 0,
+            },
+            &[],
+        )
+    }
+
     /// transformers' list for `config`, with `extra` after the built-in processors and before the sampling
     /// warpers.
-    pub(crate) fn from_config(
+    pub(crate) fn build(
         config: &GenerationConfig,
         context: ProcessorContext,
         extra: &[std::sync::Arc<dyn LogitsProcessor>],
