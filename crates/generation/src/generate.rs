@@ -497,6 +497,7 @@ pub struct TokenStream<'a, B: Backend> {
     logits: Option<Vec<f32>>,
     to_feed: Option<Vec<u32>>,
     finished: Vec<bool>,
+    active: Vec<usize>,
     rng: Rng,
     started: Instant,
     step: usize,
@@ -526,6 +527,7 @@ impl<'a, B: Backend> TokenStream<'a, B> {
             logits: Some(started.logits),
             to_feed: None,
             finished: vec![false; rows],
+            active: (0..rows).collect(),
             rng: config.seed.map_or_else(Rng::from_entropy, Rng::seed_from),
             started: Instant::now(),
             step: 0,
@@ -565,16 +567,10 @@ impl<'a, B: Backend> TokenStream<'a, B> {
         }
         let logits = self.logits.take().expect("logits after feeding");
         let vocab = self.vocab;
-        let mut chosen = Vec::with_capacity(self.plan.rows.len());
-        let mut feed = Vec::with_capacity(self.plan.rows.len());
-        for (r, scores) in logits.chunks(vocab).enumerate() {
-            if self.finished[r] {
-                let fill = self.plan.fill.expect("finished rows imply a fill token");
-                self.plan.rows[r].push(fill);
-                chosen.push(None);
-                feed.push(fill);
-                continue;
-            }
+        let rows = self.plan.rows.len();
+        let mut chosen = vec![None; rows];
+        // The model holds the running rows only (`active`, in its row order); ended rows are filled here.
+        for (&r, scores) in self.active.iter().zip(logits.chunks(vocab)) {
             let mut scores = scores.to_vec();
             self.plan.processors.process(
                 &RowIds::with_padding(&self.plan.rows[r], self.plan.padding[r]),
@@ -596,31 +592,46 @@ impl<'a, B: Backend> TokenStream<'a, B> {
             } else {
                 argmax(&scores)
             } as u32;
+            chosen[r] = Some(token);
+        }
+        for (r, token) in chosen.iter().enumerate() {
+            let token = token.or(self.plan.fill).expect("ended rows imply a fill token");
             self.plan.rows[r].push(token);
-            chosen.push(Some(token));
-            feed.push(token);
         }
         let timed_out = self
             .config
             .max_time
             .is_some_and(|t| self.started.elapsed().as_secs_f64() > t);
-        for r in 0..self.plan.rows.len() {
-            if !self.finished[r] {
-                self.finished[r] = timed_out
-                    || row_stops(
-                        &self.plan.rows[r],
-                        &self.plan,
-                        &self.config.eos_token_id,
-                        self.stopping,
-                    );
-            }
+        for &r in &self.active {
+            self.finished[r] = timed_out
+                || row_stops(
+                    &self.plan.rows[r],
+                    &self.plan,
+                    &self.config.eos_token_id,
+                    self.stopping,
+                );
         }
         if self.plan.fill.is_none() && self.finished.iter().any(|&f| f) {
             // Without a fill id a row cannot wait for the others (only possible with one row per run).
             self.finished.iter_mut().for_each(|f| *f = true);
         }
         self.done = self.finished.iter().all(|&f| f);
-        self.to_feed = Some(feed);
+        if !self.done {
+            // Ended rows leave the model's batch (transformers keeps computing them on pad tokens).
+            let keep: Vec<usize> = (0..self.active.len())
+                .filter(|&i| !self.finished[self.active[i]])
+                .collect();
+            if keep.len() < self.active.len() {
+                self.session.reorder(&keep);
+                self.active = keep.iter().map(|&i| self.active[i]).collect();
+            }
+            self.to_feed = Some(
+                self.active
+                    .iter()
+                    .map(|&r| *self.plan.rows[r].last().expect("a token per step"))
+                    .collect(),
+            );
+        }
         let step = self.step;
         self.step += 1;
         Ok(NewTokens {
