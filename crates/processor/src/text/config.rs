@@ -190,26 +190,27 @@ impl TokenizerConfig {
                 self.set_named(key, token);
             }
         }
-        let extra = f
-            .get("extra_special_tokens")
-            .or_else(|| f.get("additional_special_tokens"));
-        if let Some(extra) = extra {
-            match extra {
-                Value::Array(items) => {
+        // transformers reads the older `additional_special_tokens` where `extra_special_tokens` is absent.
+        let extra_key = ["extra_special_tokens", "additional_special_tokens"]
+            .into_iter()
+            .find(|k| f.get(k).is_some());
+        if let Some(extra_key) = extra_key {
+            match f.get(extra_key) {
+                Some(Value::Array(items)) => {
                     self.extra = items
                         .iter()
-                        .map(|v| f.token("extra_special_tokens", v))
+                        .map(|v| f.token(extra_key, v))
                         .collect::<Result<_, _>>()?;
                 }
-                Value::Object(map) => {
+                Some(Value::Object(map)) => {
                     for (key, v) in map {
-                        let token = f.token("extra_special_tokens", v)?;
+                        let token = f.token(extra_key, v)?;
                         self.set_named(key, token);
                     }
                 }
                 _ => {
                     return Err(f.bad(
-                        "extra_special_tokens",
+                        extra_key,
                         "expected a list of tokens or an object of named tokens",
                     ));
                 }
@@ -223,6 +224,14 @@ impl TokenizerConfig {
             Some(slot) => slot.1 = token,
             None => self.named.push((key.to_string(), token)),
         }
+    }
+
+    /// The same config with a named or model-specific special token set (`"pad_token"`, `"image_token"`, ...),
+    /// as `tokenizer_config.json` would set it with a plain string.
+    #[must_use]
+    pub fn with_token(mut self, key: &str, content: &str) -> Self {
+        self.set_named(key, AddedToken::from(content.to_string(), true));
+        self
     }
 
     /// The configured content of a named or model-specific special token (`"bos_token"`, `"image_token"`).

@@ -113,10 +113,12 @@ impl Blip2Processor {
                     length: length + n,
                     limit: limit + n,
                 },
-                Error::MaxLengthTooSmall { max_length, needed } => Error::MaxLengthTooSmall {
-                    max_length: max_length + n,
-                    needed: needed + n,
-                },
+                Error::MaxLengthTooSmall { max_length, needed } if options.max_length.is_some() => {
+                    Error::MaxLengthTooSmall {
+                        max_length: max_length + n,
+                        needed: needed + n,
+                    }
+                }
                 other => other,
             })?;
         Ok(self.prepend_image_tokens(text))
