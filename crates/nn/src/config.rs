@@ -32,3 +32,23 @@ pub fn read_config(path: &Path) -> Result<(PathBuf, String), (PathBuf, std::io::
         Err(source) => Err((path, source)),
     }
 }
+
+/// One token id or several: HF configs allow both for `eos_token_id`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    /// A single id.
+    One(u32),
+    /// Several ids.
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    /// The ids as a list.
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            Self::One(id) => vec![*id],
+            Self::Many(ids) => ids.clone(),
+        }
+    }
+}

@@ -7,27 +7,9 @@ use std::path::{Path, PathBuf};
 use blip2_nn::Activation;
 use serde::{Deserialize, Serialize};
 
+pub use blip2_nn::config::TokenIds;
+
 use crate::Error;
-
-/// One token id or several (HF allows both for `eos_token_id`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TokenIds {
-    /// A single id.
-    One(u32),
-    /// Several ids.
-    Many(Vec<u32>),
-}
-
-impl TokenIds {
-    /// The ids as a list.
-    pub fn to_vec(&self) -> Vec<u32> {
-        match self {
-            Self::One(id) => vec![*id],
-            Self::Many(ids) => ids.clone(),
-        }
-    }
-}
 
 /// OPT's hyper-parameters (HF `OPTConfig`; field names as in `config.json`). `Default` is HF's (opt-125m sizes).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

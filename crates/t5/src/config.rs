@@ -14,17 +14,9 @@ use std::path::{Path, PathBuf};
 use blip2_nn::Activation;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+pub use blip2_nn::config::TokenIds;
 
-/// One token id or several (HF allows both for `eos_token_id`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TokenIds {
-    /// A single id.
-    One(u32),
-    /// Several ids.
-    Many(Vec<u32>),
-}
+use crate::Error;
 
 /// T5's hyper-parameters (HF `T5Config`; field names as in `config.json`). `Default` is HF's (t5-small sizes).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
