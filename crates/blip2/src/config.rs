@@ -1,0 +1,247 @@
+//! [`Blip2Config`]: a hub `config.json` (HF `Blip2Config`), each part parsed by its own crate.
+
+use std::path::{Path, PathBuf};
+
+use blip2_opt::OptConfig;
+use blip2_qformer::{Blip2QFormerConfig, QFormerConfig};
+use blip2_t5::T5Config;
+use blip2_vision::Blip2VisionConfig;
+use serde_json::Value;
+
+use crate::Error;
+
+/// The language model of a BLIP-2 checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextConfig {
+    /// A decoder-only OPT (`blip2-opt-*`).
+    Opt(OptConfig),
+    /// An encoder-decoder T5 / Flan-T5 (`blip2-flan-t5-*`).
+    T5(T5Config),
+}
+
+impl TextConfig {
+    /// Width of the language model's input embeddings (what `language_projection` writes).
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Self::Opt(c) => c.embed_dim(),
+            Self::T5(c) => c.d_model,
+        }
+    }
+
+    /// Output vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Opt(c) => c.vocab_size,
+            Self::T5(c) => c.vocab_size,
+        }
+    }
+
+    /// Whether this is an encoder-decoder model (T5).
+    pub fn is_encoder_decoder(&self) -> bool {
+        matches!(self, Self::T5(_))
+    }
+
+    /// `model_type` as in `config.json`.
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            Self::Opt(_) => "opt",
+            Self::T5(_) => "t5",
+        }
+    }
+
+    /// The special tokens transformers generates with: `language_model.generate` reads the language model's own
+    /// generation config, made from `text_config`, and never the checkpoint's top-level
+    /// `generation_config.json`.
+    pub fn generation_config(&self) -> blip2_generation::GenerationConfig {
+        match self {
+            Self::Opt(c) => blip2_generation::GenerationConfig {
+                eos_token_id: c
+                    .eos_token_id
+                    .as_ref()
+                    .map(|t| t.to_vec())
+                    .unwrap_or_default(),
+                pad_token_id: c.pad_token_id,
+                bos_token_id: c.bos_token_id,
+                ..Default::default()
+            },
+            Self::T5(c) => blip2_generation::GenerationConfig {
+                eos_token_id: c
+                    .eos_token_id
+                    .as_ref()
+                    .map(|t| t.to_vec())
+                    .unwrap_or_default(),
+                pad_token_id: c.pad_token_id,
+                decoder_start_token_id: c.decoder_start_token_id,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// HF `Blip2Config`: the vision tower, the Q-Former with its queries, the language model, and how they meet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blip2Config {
+    /// The ViT.
+    pub vision_config: Blip2VisionConfig,
+    /// The Q-Former and `num_query_tokens`.
+    pub qformer: QFormerConfig,
+    /// The language model (a retrieval checkpoint carries an unused default OPT config here, as HF writes it).
+    pub text_config: TextConfig,
+    /// The id of `<image>` in the tokenizer: the processor puts `num_query_tokens` of them before the text and
+    /// the model writes the projected queries over them. `None` in configs older than that (the queries are
+    /// then put in front of the text embeddings).
+    pub image_token_index: Option<u32>,
+    /// Width of the shared image-text space of the retrieval heads (ITC).
+    pub image_text_hidden_size: usize,
+    /// `architectures` of config.json, as written (e.g. `Blip2ForConditionalGeneration`).
+    pub architectures: Vec<String>,
+}
+
+impl Blip2Config {
+    /// Reads a model directory's `config.json` (or the file itself).
+    ///
+    /// # Errors
+    /// [`Error::Io`], and those of [`Self::from_json_str`].
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let (path, text) = blip2_nn::config::read_config(path.as_ref())
+            .map_err(|(path, source)| Error::Io { path, source })?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// Parses a BLIP-2 `config.json`; `source` names it in errors.
+    ///
+    /// # Errors
+    /// [`Error::Json`], [`Error::NotABlip2Config`], [`Error::UnknownLanguageModel`], the parts' config errors,
+    /// and [`Error::UnsupportedConfig`] when the parts do not fit together.
+    pub fn from_json_str(json: &str, source: impl Into<PathBuf>) -> Result<Self, Error> {
+        let path = source.into();
+        let value: Value = serde_json::from_str(json).map_err(|e| Error::Json {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let is_blip2 = value.get("model_type").and_then(Value::as_str) == Some("blip-2")
+            || (value.get("vision_config").is_some() && value.get("qformer_config").is_some());
+        if !is_blip2 {
+            return Err(Error::NotABlip2Config { path });
+        }
+        let vision_config = Blip2VisionConfig::from_json_str(json, path.clone())?;
+        let qformer = QFormerConfig::from_json_str(json, path.clone())?;
+        let text_type = value
+            .get("text_config")
+            .map(|t| t.get("model_type").and_then(Value::as_str).unwrap_or("opt"))
+            .unwrap_or("opt");
+        let text_config = match (text_type, value.get("text_config")) {
+            // HF's default language model is OPT's default config.
+            (_, None) => TextConfig::Opt(OptConfig::default()),
+            ("opt", Some(_)) => TextConfig::Opt(OptConfig::from_json_str(json, path.clone())?),
+            ("t5", Some(_)) => TextConfig::T5(T5Config::from_json_str(json, path.clone())?),
+            (other, Some(_)) => {
+                return Err(Error::UnknownLanguageModel {
+                    model_type: other.to_string(),
+                    path,
+                });
+            }
+        };
+        let image_token_index =
+            match value.get("image_token_index") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(
+                    || Error::unsupported("image_token_index", v, "must be a token id"),
+                )?),
+            };
+        let image_text_hidden_size = match value.get("image_text_hidden_size") {
+            None | Some(Value::Null) => 256,
+            Some(v) => v.as_u64().filter(|&v| v > 0).ok_or_else(|| {
+                Error::unsupported("image_text_hidden_size", v, "must be a positive integer")
+            })? as usize,
+        };
+        let architectures = value
+            .get("architectures")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let config = Self {
+            vision_config,
+            qformer,
+            text_config,
+            image_token_index,
+            image_text_hidden_size,
+            architectures,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// HF's `Blip2Config.from_vision_qformer_text_configs`: the three parts, `num_query_tokens` 32, no
+    /// `<image>` token (the legacy prompt layout), the default retrieval width 256.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedConfig`] when the parts do not fit together.
+    pub fn from_vision_qformer_text_configs(
+        vision_config: Blip2VisionConfig,
+        qformer_config: Blip2QFormerConfig,
+        text_config: TextConfig,
+    ) -> Result<Self, Error> {
+        let config = Self {
+            vision_config,
+            qformer: QFormerConfig {
+                qformer: qformer_config,
+                num_query_tokens: 32,
+            },
+            text_config,
+            image_token_index: None,
+            image_text_hidden_size: 256,
+            architectures: Vec::new(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The same config with every dropout probability at 0.
+    ///
+    /// Burn applies dropout whenever the backend records gradients (an `Autodiff` backend), which is
+    /// transformers' `train()` mode. Build a model from this config for gradients in transformers' `eval()` mode
+    /// (saliency, gradient checks) or for deterministic fine-tuning.
+    pub fn without_dropout(&self) -> Self {
+        let mut config = self.clone();
+        config.vision_config.attention_dropout = 0.0;
+        config.qformer.qformer.hidden_dropout_prob = 0.0;
+        config.qformer.qformer.attention_probs_dropout_prob = 0.0;
+        match &mut config.text_config {
+            TextConfig::Opt(c) => {
+                c.dropout = 0.0;
+                c.attention_dropout = 0.0;
+            }
+            TextConfig::T5(c) => c.dropout_rate = 0.0,
+        }
+        config
+    }
+
+    /// Learned queries (`query_tokens` is `[1, num_query_tokens, qformer hidden]`).
+    pub fn num_query_tokens(&self) -> usize {
+        self.qformer.num_query_tokens
+    }
+
+    /// Checks that the parts fit together: the Q-Former reads the vision tower's width.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedConfig`] naming the key.
+    pub fn validate(&self) -> Result<(), Error> {
+        let vision = self.vision_config.hidden_size;
+        let reads = self.qformer.qformer.encoder_hidden_size;
+        if vision != reads {
+            return Err(Error::unsupported(
+                "qformer_config.encoder_hidden_size",
+                reads,
+                format!(
+                    "the Q-Former must read the vision tower's width, vision_config.hidden_size = {vision}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,66 @@
+//! [`Precision`]: the float dtype of each part of a BLIP-2 model.
+
+use blip2_nn::backend::FloatDType;
+
+use crate::TextConfig;
+
+/// The dtype each part is loaded and run in.
+///
+/// transformers keeps `query_tokens` and the Q-Former in f32 whatever the model dtype
+/// (`_keep_in_fp32_modules`), casts the Q-Former's output to the vision dtype, and runs `language_projection`
+/// and the language model in the model dtype; [`Precision::half`] does the same. The default is f32 throughout.
+/// For Flan-T5, f16 overflows in the feed-forward activations: use bf16 ([`Precision::recommended`]).
+///
+/// ```
+/// use blip2::Precision;
+/// use blip2_nn::backend::FloatDType;
+///
+/// let p = Precision::from(FloatDType::BF16);
+/// assert_eq!((p.vision, p.qformer, p.language_model), (FloatDType::BF16, FloatDType::F32, FloatDType::BF16));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Precision {
+    /// The ViT.
+    pub vision: FloatDType,
+    /// `query_tokens`, the Q-Former (and the retrieval heads' text tower).
+    pub qformer: FloatDType,
+    /// `language_projection` and the language model (and the retrieval projections).
+    pub language_model: FloatDType,
+}
+
+impl Precision {
+    /// f32 everywhere.
+    pub const F32: Self = Self {
+        vision: FloatDType::F32,
+        qformer: FloatDType::F32,
+        language_model: FloatDType::F32,
+    };
+
+    /// `dtype` everywhere but the Q-Former, which stays in f32 (transformers' half-precision layout).
+    pub fn half(dtype: FloatDType) -> Self {
+        Self {
+            vision: dtype,
+            qformer: FloatDType::F32,
+            language_model: dtype,
+        }
+    }
+
+    /// What to use to save memory with this language model: bf16 for T5 (f16 overflows there), f16 for OPT
+    /// (the original checkpoints' dtype); the Q-Former in f32 either way.
+    pub fn recommended(text: &TextConfig) -> Self {
+        match text {
+            TextConfig::Opt(_) => Self::half(FloatDType::F16),
+            TextConfig::T5(_) => Self::half(FloatDType::BF16),
+        }
+    }
+}
+
+impl From<FloatDType> for Precision {
+    /// f32: [`Precision::F32`]; a half dtype: [`Precision::half`].
+    fn from(dtype: FloatDType) -> Self {
+        match dtype {
+            FloatDType::F32 => Self::F32,
+            half => Self::half(half),
+        }
+    }
+}
