@@ -4,6 +4,7 @@ mod config;
 mod error;
 pub mod hub;
 mod model;
+mod pipeline;
 mod precision;
 
 pub use config::{Blip2Config, TextConfig};
@@ -12,4 +13,5 @@ pub use model::{
     Blip2ForConditionalGeneration, Blip2Model, Blip2Output, ImageFeatures, LanguageInputs,
     LanguageModel,
 };
+pub use pipeline::{Blip2, Chat, Generated};
 pub use precision::Precision;

@@ -182,7 +182,8 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
         })
     }
 
-    /// Loads a BLIP-2 model directory (`config.json` and the safetensors weights), each part in the dtype
+    /// Loads a BLIP-2 model directory (`config.json` and the safetensors weights) or a hub id such as
+    /// `Salesforce/blip2-opt-2.7b` (downloaded into the HF cache on first use, see [`crate::hub`]), each part in the dtype
     /// `precision` gives it (a `FloatDType` means [`Precision::from`]). Strict over the whole checkpoint: a
     /// missing, unexpected or mis-shaped tensor anywhere is an error listing every one.
     ///
@@ -194,9 +195,9 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
         precision: impl Into<Precision>,
         device: &B::Device,
     ) -> Result<Self, Error> {
-        let path = path.as_ref();
-        let config = Blip2Config::from_file(path)?;
-        let checkpoint = Checkpoint::open(blip2_nn::config::model_dir(path))?;
+        let dir = locate(path.as_ref())?;
+        let config = Blip2Config::from_file(&dir)?;
+        let checkpoint = Checkpoint::open(blip2_nn::config::model_dir(&dir))?;
         let (model, _report) = Self::load(&config, &checkpoint, precision.into(), device)?;
         Ok(model)
     }
@@ -609,6 +610,19 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
             precision,
         })
     }
+}
+
+/// A model directory for `model`: the path itself when it exists, else a hub id resolved through the HF cache
+/// (environment settings: [`crate::hub::HubOptions::from_env`]).
+pub(crate) fn locate(model: &Path) -> Result<std::path::PathBuf, Error> {
+    if model.exists() {
+        return Ok(model.to_path_buf());
+    }
+    let name = model.to_string_lossy();
+    Ok(crate::hub::resolve(
+        &name,
+        &crate::hub::HubOptions::from_env(),
+    )?)
 }
 
 /// Merges the parts' reports and adds every checkpoint key no part loaded or ignored as unexpected.

@@ -595,7 +595,9 @@ impl<'a, B: Backend> TokenStream<'a, B> {
             chosen[r] = Some(token);
         }
         for (r, token) in chosen.iter().enumerate() {
-            let token = token.or(self.plan.fill).expect("ended rows imply a fill token");
+            let token = token
+                .or(self.plan.fill)
+                .expect("ended rows imply a fill token");
             self.plan.rows[r].push(token);
         }
         let timed_out = self
