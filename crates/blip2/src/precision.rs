@@ -6,9 +6,11 @@ use crate::TextConfig;
 
 /// The dtype each part is loaded and run in.
 ///
-/// transformers keeps `query_tokens` and the Q-Former in f32 whatever the model dtype
-/// (`_keep_in_fp32_modules`), casts the Q-Former's output to the vision dtype, and runs `language_projection`
-/// and the language model in the model dtype; [`Precision::half`] does the same. The default is f32 throughout.
+/// transformers keeps `query_tokens` and the Q-Former in f32 when loading in f16 (`_keep_in_fp32_modules`),
+/// casts the Q-Former's output to the vision dtype, and runs `language_projection` and the language model in
+/// the model dtype; [`Precision::half`] does the same, and also keeps the Q-Former in f32 for bf16 (where
+/// transformers 5.24 runs it in bf16; set `qformer: FloatDType::BF16` to reproduce that). The default is f32
+/// throughout.
 /// For Flan-T5, f16 overflows in the feed-forward activations: use bf16 ([`Precision::recommended`]).
 ///
 /// ```
