@@ -73,22 +73,12 @@ fn prompt<B: Backend>(
 }
 
 fn check(fixture: &Fixture, key: &str, out: &GenerationOutput) {
-    let name = format!("{} {key}", fixture.name());
-    assert_ids_eq(&name, &out.to_i64_rows(), &fixture.id_rows(key));
-    let scores_key = format!("{key}/scores");
-    if fixture.has(&scores_key) {
-        let got = out
-            .sequences_scores
-            .clone()
-            .expect("beam search returns scores");
-        let n = got.len();
-        assert_close(
-            &format!("{name} scores"),
-            &TensorData::new(got, [n]),
-            fixture.data(&scores_key),
-            Tol::BEAM_SCORES,
-        );
-    }
+    blip2_testkit::assert_generated(
+        fixture,
+        key,
+        &out.to_i64_rows(),
+        out.sequences_scores.as_deref(),
+    );
 }
 
 trait Lm<B: Backend> {

@@ -31,7 +31,9 @@ fn main() -> Result<()> {
         }
     }
     let Some((model, images)) = positional.split_first() else {
-        bail!("usage: caption <model dir or hub id> <image>... [--prompt P] [--beams N] [--max-new-tokens N] [--dtype D]");
+        bail!(
+            "usage: caption <model dir or hub id> <image>... [--prompt P] [--beams N] [--max-new-tokens N] [--dtype D]"
+        );
     };
     if images.is_empty() {
         bail!("give at least one image");

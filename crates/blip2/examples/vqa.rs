@@ -23,7 +23,8 @@ fn main() -> Result<()> {
         bail!("give at least one question");
     }
     blip2_nn::alloc::tune_malloc_for_inference();
-    let blip2 = Blip2::<DefaultBackend>::from_pretrained(model, FloatDType::F32, &Default::default())?;
+    let blip2 =
+        Blip2::<DefaultBackend>::from_pretrained(model, FloatDType::F32, &Default::default())?;
     let mut chat = blip2.chat(blip2.encode_image_files(&[image])?)?; // the image is encoded once
     for question in questions {
         let answer = chat.ask(question)?;

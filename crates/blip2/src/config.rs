@@ -53,27 +53,21 @@ impl TextConfig {
     /// generation config, made from `text_config`, and never the checkpoint's top-level
     /// `generation_config.json`.
     pub fn generation_config(&self) -> blip2_generation::GenerationConfig {
-        match self {
-            Self::Opt(c) => blip2_generation::GenerationConfig {
-                eos_token_id: c
-                    .eos_token_id
-                    .as_ref()
-                    .map(|t| t.to_vec())
-                    .unwrap_or_default(),
-                pad_token_id: c.pad_token_id,
-                bos_token_id: c.bos_token_id,
-                ..Default::default()
-            },
-            Self::T5(c) => blip2_generation::GenerationConfig {
-                eos_token_id: c
-                    .eos_token_id
-                    .as_ref()
-                    .map(|t| t.to_vec())
-                    .unwrap_or_default(),
-                pad_token_id: c.pad_token_id,
-                decoder_start_token_id: c.decoder_start_token_id,
-                ..Default::default()
-            },
+        let (eos, pad, bos, start) = match self {
+            Self::Opt(c) => (&c.eos_token_id, c.pad_token_id, c.bos_token_id, None),
+            Self::T5(c) => (
+                &c.eos_token_id,
+                c.pad_token_id,
+                None,
+                c.decoder_start_token_id,
+            ),
+        };
+        blip2_generation::GenerationConfig {
+            eos_token_id: eos.as_ref().map(|t| t.to_vec()).unwrap_or_default(),
+            pad_token_id: pad,
+            bos_token_id: bos,
+            decoder_start_token_id: start,
+            ..Default::default()
         }
     }
 }

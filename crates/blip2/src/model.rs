@@ -162,12 +162,6 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
     ) -> Result<Self, Error> {
         let vision_model = config.vision_config.init::<B>(device)?;
         let qformer = config.qformer.init::<B>(device)?;
-        let language_projection = LinearConfig::new(
-            config.qformer.qformer.hidden_size,
-            config.text_config.hidden_size(),
-        )
-        .with_layout(LinearLayout::Col)
-        .init(device);
         let language_model = match &config.text_config {
             TextConfig::Opt(c) => LanguageModel::Opt(c.init::<B>(device)?),
             TextConfig::T5(c) => LanguageModel::T5(c.init::<B>(device)?),
@@ -175,7 +169,7 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
         Ok(Self {
             vision_model,
             qformer,
-            language_projection,
+            language_projection: projection(config, device),
             language_model,
             config: config.clone(),
             precision,
@@ -216,14 +210,8 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
             Blip2VisionModel::load(&config.vision_config, checkpoint, precision.vision, device)?;
         let (qformer, qformer_report) =
             QFormer::load(&config.qformer, checkpoint, precision.qformer, device)?;
-        let projection = LinearConfig::new(
-            config.qformer.qformer.hidden_size,
-            config.text_config.hidden_size(),
-        )
-        .with_layout(LinearLayout::Col)
-        .init::<B>(device);
         let (language_projection, projection) = load_module(
-            projection,
+            projection(config, device),
             checkpoint,
             &LoadOptions::new(KeyMap::under("language_projection"))
                 .with_dtype(precision.language_model),
@@ -244,17 +232,17 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
                 (LanguageModel::T5(m), r)
             }
         };
-        let report = strict_union(checkpoint, [vision, qformer_report, projection, lm])?;
+        let model = Self {
+            vision_model,
+            qformer,
+            language_projection,
+            language_model,
+            config: config.clone(),
+            precision,
+        };
         Ok((
-            Self {
-                vision_model,
-                qformer,
-                language_projection,
-                language_model,
-                config: config.clone(),
-                precision,
-            },
-            report,
+            model,
+            strict_union(checkpoint, [vision, qformer_report, projection, lm])?,
         ))
     }
 
@@ -610,6 +598,16 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
             precision,
         })
     }
+}
+
+/// `language_projection`: Q-Former width -> the language model's embedding width (lazy).
+fn projection<B: Backend>(config: &Blip2Config, device: &B::Device) -> Linear<B> {
+    LinearConfig::new(
+        config.qformer.qformer.hidden_size,
+        config.text_config.hidden_size(),
+    )
+    .with_layout(LinearLayout::Col)
+    .init(device)
 }
 
 /// A model directory for `model`: the path itself when it exists, else a hub id resolved through the HF cache

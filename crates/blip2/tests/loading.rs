@@ -116,18 +116,7 @@ fn hub_configs_expect_exactly_the_hub_keys() {
         let model =
             Blip2ForConditionalGeneration::<B>::init(&config, Precision::F32, &Default::default())
                 .unwrap(); // lazy: nothing allocated
-        let path = blip2_testkit::fixtures_root().join(format!("real-keys/{name}.json"));
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let mut theirs: BTreeMap<String, Vec<usize>> = json["keys"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, s)| (k.clone(), serde_json::from_value(s.clone()).unwrap()))
-            .collect();
-        for tied in json["tied"].as_object().unwrap().keys() {
-            theirs.remove(tied);
-        }
+        let theirs = blip2_testkit::real_keys(name, |_| true);
         let ours = model.expected_keys();
         let only_ours: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
         let only_theirs: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();

@@ -136,22 +136,12 @@ fn config(
 }
 
 fn check_ids(fixture: &Fixture, key: &str, out: &blip2_generation::GenerationOutput) {
-    assert_ids_eq(
-        &format!("{} {key}", fixture.name()),
+    blip2_testkit::assert_generated(
+        fixture,
+        key,
         &out.to_i64_rows(),
-        &fixture.id_rows(key),
+        out.sequences_scores.as_deref(),
     );
-    let scores = format!("{key}/scores");
-    if fixture.has(&scores) {
-        let got = out.sequences_scores.clone().unwrap();
-        let n = got.len();
-        assert_close(
-            &format!("{} {scores}", fixture.name()),
-            &TensorData::new(got, [n]),
-            fixture.data(&scores),
-            Tol::BEAM_SCORES,
-        );
-    }
 }
 
 fn generation<B: Backend>(name: &str, device: &B::Device) {
@@ -380,9 +370,17 @@ fn legacy_prompt_layout<B: Backend>(device: &B::Device) {
         &current.inputs_embeds.to_data(),
         Tol::EXACT,
     );
-    assert_eq!(legacy.attention_mask.to_data(), current.attention_mask.to_data());
+    assert_eq!(
+        legacy.attention_mask.to_data(),
+        current.attention_mask.to_data()
+    );
     let out = model
-        .generate(&images, text_ids, Some(text_mask), config(&model, &fixture, 1, 1))
+        .generate(
+            &images,
+            text_ids,
+            Some(text_mask),
+            config(&model, &fixture, 1, 1),
+        )
         .unwrap();
     // Without ids behind the queries only new tokens come back.
     let want = fixture.id_rows("gen/greedy/single");

@@ -11,8 +11,9 @@ type B = Flex;
 fn error(name: &str, precision: Precision) -> f64 {
     let fixture = Fixture::open(name);
     let device = Default::default();
-    let model = Blip2ForConditionalGeneration::<B>::from_pretrained(fixture.dir(), precision, &device)
-        .unwrap();
+    let model =
+        Blip2ForConditionalGeneration::<B>::from_pretrained(fixture.dir(), precision, &device)
+            .unwrap();
     let images = model
         .encode_images(fixture.tensor("pixel_values", &device), false)
         .unwrap();
@@ -53,6 +54,9 @@ fn half_precision_logits_stay_near_f32() {
         assert!(f32 < 1e-3, "{name}: f32 {f32}");
         assert!(f16 < f16_bound, "{name}: f16 errs by {f16}");
         assert!(bf16 < bf16_bound, "{name}: bf16 errs by {bf16}");
-        assert!(f16 > f32 && bf16 > f32, "{name}: the half runs really ran in half precision");
+        assert!(
+            f16 > f32 && bf16 > f32,
+            "{name}: the half runs really ran in half precision"
+        );
     }
 }

@@ -93,18 +93,9 @@ fn unsupported_values_name_their_key() {
 }
 
 fn real_keys(name: &str) -> BTreeMap<String, Vec<usize>> {
-    let path = blip2_testkit::fixtures_root().join(format!("real-keys/{name}.json"));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    json["keys"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(key, _)| {
-            key.starts_with("qformer.") || *key == "query_tokens" || key.starts_with("embeddings.")
-        })
-        .map(|(key, shape)| (key.clone(), serde_json::from_value(shape.clone()).unwrap()))
-        .collect()
+    blip2_testkit::real_keys(name, |key| {
+        key.starts_with("qformer.") || key == "query_tokens" || key.starts_with("embeddings.")
+    })
 }
 
 /// The hub checkpoints' Q-Former keys and shapes (fixtures/real-keys, built by transformers on the meta device)

@@ -2,8 +2,6 @@
 //! rejected values, the hub's BLIP-2 Flan-T5 key set, loading (standalone and BLIP-2 prefixes, tied copies absent
 //! or present, dtypes) and input checks.
 
-use std::collections::BTreeMap;
-
 use blip2_nn::Activation;
 use blip2_nn::backend::FloatDType;
 use blip2_nn::loader::expected_keys;
@@ -104,17 +102,7 @@ fn flan_t5_xl_expects_the_hub_keys() {
         .init::<Flex>(&Default::default())
         .unwrap(); // lazy
     let ours = expected_keys(&t5, &t5_key_map("language_model"));
-    let path = blip2_testkit::fixtures_root().join("real-keys/blip2-flan-t5-xl.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let tied = json["tied"].as_object().unwrap();
-    let theirs: BTreeMap<String, Vec<usize>> = json["keys"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(key, _)| key.starts_with("language_model.") && !tied.contains_key(*key))
-        .map(|(key, shape)| (key.clone(), serde_json::from_value(shape.clone()).unwrap()))
-        .collect();
+    let theirs = blip2_testkit::real_keys("blip2-flan-t5-xl", |k| k.starts_with("language_model."));
     assert_eq!(ours, theirs);
 }
 

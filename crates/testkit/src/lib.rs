@@ -319,9 +319,53 @@ pub fn assert_ids_eq(name: &str, got: &[Vec<i64>], want: &[Vec<i64>]) {
     panic!("{}", lines.join("\n"));
 }
 
+/// Generated ids equal to the fixture's `key` exactly, and, where the fixture has `{key}/scores`, beam scores
+/// within [`Tol::BEAM_SCORES`].
+#[track_caller]
+pub fn assert_generated(fixture: &Fixture, key: &str, ids: &[Vec<i64>], scores: Option<&[f32]>) {
+    let name = format!("{} {key}", fixture.name());
+    assert_ids_eq(&name, ids, &fixture.id_rows(key));
+    let scores_key = format!("{key}/scores");
+    if fixture.has(&scores_key) {
+        let got = scores.unwrap_or_else(|| panic!("{name}: beam search returns scores"));
+        assert_close(
+            &format!("{name} scores"),
+            &TensorData::new(got.to_vec(), [got.len()]),
+            fixture.data(&scores_key),
+            Tol::BEAM_SCORES,
+        );
+    }
+}
+
 // ------------------------------------------------------------------------------------------------------------
 // Fixtures
 // ------------------------------------------------------------------------------------------------------------
+
+/// The key -> shape list of a hub checkpoint in `fixtures/real-keys/{name}.json` (built by transformers on the
+/// meta device), restricted to keys for which `keep` holds, without the tied keys a hub file may lack.
+///
+/// # Panics
+/// When the file is missing or malformed (a broken fixture).
+#[track_caller]
+pub fn real_keys(name: &str, keep: impl Fn(&str) -> bool) -> BTreeMap<String, Vec<usize>> {
+    let path = fixtures_root().join(format!("real-keys/{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).expect("real-keys JSON");
+    let tied = json["tied"].as_object().expect("`tied` object");
+    json["keys"]
+        .as_object()
+        .expect("`keys` object")
+        .iter()
+        .filter(|(key, _)| keep(key) && !tied.contains_key(*key))
+        .map(|(key, shape)| {
+            (
+                key.clone(),
+                serde_json::from_value(shape.clone()).expect("a shape"),
+            )
+        })
+        .collect()
+}
 
 /// The committed fixtures directory (`<workspace>/fixtures`), or `$BLIP2_FIXTURES` when set (a test binary run
 /// on another machine than the one that built it).

@@ -268,16 +268,7 @@ fn vit_g_expects_exactly_the_hub_keys() {
         "blip2-flan-t5-xl",
         "blip2-itm-vit-g",
     ] {
-        let path = blip2_testkit::fixtures_root().join(format!("real-keys/{name}.json"));
-        let text = std::fs::read_to_string(&path).unwrap();
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let theirs: std::collections::BTreeMap<String, Vec<usize>> = json["keys"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(key, _)| key.starts_with("vision_model."))
-            .map(|(key, shape)| (key.clone(), serde_json::from_value(shape.clone()).unwrap()))
-            .collect();
+        let theirs = blip2_testkit::real_keys(name, |k| k.starts_with("vision_model."));
         assert_eq!(ours, theirs, "{name}");
     }
 }
