@@ -33,6 +33,7 @@
 mod config;
 mod error;
 pub mod hub;
+mod loading;
 mod model;
 mod pipeline;
 mod precision;

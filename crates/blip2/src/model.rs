@@ -1,14 +1,12 @@
 //! [`Blip2ForConditionalGeneration`] (and [`Blip2Model`], the same weights): the ViT, the Q-Former, the
 //! projection into the language model, and OPT or T5 behind one type.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use blip2_generation::{GenerationConfig, GenerationOutput, Generator, Prompt};
 use blip2_nn::linear_forward;
-use blip2_nn::loader::{
-    Checkpoint, KeyMap, LoadOptions, LoadReport, Problem, expected_keys, load_module,
-};
+use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, expected_keys, load_module};
 use blip2_opt::{LogitsFor, OptForCausalLm, OptInput};
 use blip2_qformer::{QFormer, QFormerInput, QFormerOutput, qformer_key_map};
 use blip2_t5::{T5ForConditionalGeneration, T5Input, t5_key_map};
@@ -18,6 +16,7 @@ use burn::nn::{Linear, LinearConfig, LinearLayout};
 use burn::prelude::{Backend, Int, Tensor};
 use burn::tensor::TensorData;
 
+use crate::loading::{incompatible, part, union};
 use crate::{Blip2Config, Error, Precision, TextConfig};
 
 /// The language model of a BLIP-2 checkpoint.
@@ -206,44 +205,58 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
         precision: Precision,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), Error> {
-        let (vision_model, vision) =
-            Blip2VisionModel::load(&config.vision_config, checkpoint, precision.vision, device)?;
-        let (qformer, qformer_report) =
-            QFormer::load(&config.qformer, checkpoint, precision.qformer, device)?;
-        let (language_projection, projection) = load_module(
+        let (vision_model, vision) = part(Blip2VisionModel::load(
+            &config.vision_config,
+            checkpoint,
+            precision.vision,
+            device,
+        ))?;
+        let (qformer, qformer_report) = part(QFormer::load(
+            &config.qformer,
+            checkpoint,
+            precision.qformer,
+            device,
+        ))?;
+        let (language_projection, projection) = part(load_module(
             projection(config, device),
             checkpoint,
             &LoadOptions::new(KeyMap::under("language_projection"))
                 .with_dtype(precision.language_model),
             device,
-        )?;
+        ))?;
+        let dtype = precision.language_model;
         let (language_model, lm) = match &config.text_config {
             TextConfig::Opt(c) => {
-                let (m, r) = OptForCausalLm::load(c, checkpoint, precision.language_model, device)?;
-                (LanguageModel::Opt(m), r)
+                let (m, r) = part(OptForCausalLm::load(c, checkpoint, dtype, device))?;
+                (m.map(LanguageModel::Opt), r)
             }
             TextConfig::T5(c) => {
-                let (m, r) = T5ForConditionalGeneration::load(
-                    c,
-                    checkpoint,
-                    precision.language_model,
-                    device,
-                )?;
-                (LanguageModel::T5(m), r)
+                let (m, r) = part(T5ForConditionalGeneration::load(
+                    c, checkpoint, dtype, device,
+                ))?;
+                (m.map(LanguageModel::T5), r)
             }
         };
-        let model = Self {
-            vision_model,
-            qformer,
-            language_projection,
-            language_model,
-            config: config.clone(),
-            precision,
-        };
-        Ok((
-            model,
-            strict_union(checkpoint, [vision, qformer_report, projection, lm])?,
-        ))
+        let report = union(checkpoint, [vision, qformer_report, projection, lm], true)?;
+        match (vision_model, qformer, language_projection, language_model) {
+            (
+                Some(vision_model),
+                Some(qformer),
+                Some(language_projection),
+                Some(language_model),
+            ) => {
+                let model = Self {
+                    vision_model,
+                    qformer,
+                    language_projection,
+                    language_model,
+                    config: config.clone(),
+                    precision,
+                };
+                Ok((model, report))
+            }
+            _ => Err(incompatible(report)),
+        }
     }
 
     /// Every checkpoint key this model reads, with its shape (PyTorch layout): what a matching
@@ -621,44 +634,4 @@ pub(crate) fn locate(model: &Path) -> Result<std::path::PathBuf, Error> {
         &name,
         &crate::hub::HubOptions::from_env(),
     )?)
-}
-
-/// Merges the parts' reports and adds every checkpoint key no part loaded or ignored as unexpected.
-pub(crate) fn strict_union(
-    checkpoint: &Checkpoint,
-    reports: impl IntoIterator<Item = LoadReport>,
-) -> Result<LoadReport, Error> {
-    let mut report = LoadReport {
-        source: checkpoint.source().to_path_buf(),
-        ..LoadReport::default()
-    };
-    for part in reports {
-        report.loaded.extend(part.loaded);
-        report.tied.extend(part.tied);
-        report.ignored.extend(part.ignored);
-        report.problems.extend(part.problems);
-    }
-    let used: BTreeSet<&str> = report
-        .loaded
-        .iter()
-        .chain(&report.ignored)
-        .map(String::as_str)
-        .chain(report.tied.iter().map(|(_, source)| source.as_str()))
-        .collect();
-    let unexpected: Vec<Problem> = checkpoint
-        .keys()
-        .filter(|k| !used.contains(k))
-        .map(|k| Problem::Unexpected {
-            key: k.to_string(),
-            file: checkpoint
-                .file_of(k)
-                .map_or_else(|| checkpoint.source().to_path_buf(), Path::to_path_buf),
-        })
-        .collect();
-    report.problems.extend(unexpected);
-    if report.is_clean() {
-        Ok(report)
-    } else {
-        Err(blip2_nn::Error::Incompatible(Box::new(report)).into())
-    }
 }

@@ -24,11 +24,10 @@
 //! Q-Former in its dtype (transformers leaves them in f16, and rounds the queries to f16 before the Q-Former
 //! reads `[queries; text]`).
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use blip2_nn::linear_forward;
-use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, Problem, load_module};
+use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, load_module};
 use blip2_qformer::{QFormer, QFormerConfig, QFormerInput, QFormerOutput, qformer_key_map};
 use blip2_vision::{Blip2VisionModel, Blip2VisionOutput};
 use burn::module::Module;
@@ -36,7 +35,8 @@ use burn::nn::{Linear, LinearConfig, LinearLayout};
 use burn::prelude::{Backend, Int, Tensor};
 use burn::tensor::TensorData;
 
-use crate::model::{locate, strict_union};
+use crate::loading::{incompatible, part, union};
+use crate::model::locate;
 use crate::{Blip2Config, Error, Precision};
 
 /// `[batch, len]` token ids or mask.
@@ -946,88 +946,4 @@ fn read_rows<B: Backend>(t: Tensor<B, 2, Int>) -> Result<Vec<Vec<i64>>, Error> {
     Ok((0..batch)
         .map(|b| values[b * len..(b + 1) * len].to_vec())
         .collect())
-}
-
-/// A part's load: the module, or (when the checkpoint does not fit it) the report of its problems, so that
-/// every part's problems are listed together.
-fn part<M, E: Into<Error>>(
-    result: Result<(M, LoadReport), E>,
-) -> Result<(Option<M>, LoadReport), Error> {
-    match result.map_err(Into::into) {
-        Ok((module, report)) => Ok((Some(module), report)),
-        Err(
-            Error::Nn(blip2_nn::Error::Incompatible(report))
-            | Error::Vision(blip2_vision::Error::Nn(blip2_nn::Error::Incompatible(report)))
-            | Error::QFormer(blip2_qformer::Error::Nn(blip2_nn::Error::Incompatible(report))),
-        ) => Ok((None, *report)),
-        Err(other) => Err(other),
-    }
-}
-
-fn incompatible(report: LoadReport) -> Error {
-    blip2_nn::Error::Incompatible(Box::new(report)).into()
-}
-
-/// Merges the parts' reports (each strict over its own prefixes). `strict`: every checkpoint key no part loaded
-/// or ignored is unexpected (the full model); otherwise it is listed under `ignored` (the projection models,
-/// which read a part of a retrieval checkpoint). Any problem is an error listing them all.
-fn union(
-    checkpoint: &Checkpoint,
-    reports: impl IntoIterator<Item = LoadReport>,
-    strict: bool,
-) -> Result<LoadReport, Error> {
-    let reports: Vec<LoadReport> = reports.into_iter().collect();
-    if strict && reports.iter().all(LoadReport::is_clean) {
-        return strict_union(checkpoint, reports);
-    }
-    let mut report = LoadReport {
-        source: checkpoint.source().to_path_buf(),
-        ..LoadReport::default()
-    };
-    for part in reports {
-        report.loaded.extend(part.loaded);
-        report.tied.extend(part.tied);
-        report.ignored.extend(part.ignored);
-        report.problems.extend(part.problems);
-    }
-    // Keys a part already named (unexpected or mis-shaped in its own prefixes) are not listed twice.
-    let named: Vec<String> = report
-        .problems
-        .iter()
-        .filter_map(|p| match p {
-            Problem::Unexpected { key, .. }
-            | Problem::ShapeMismatch { key, .. }
-            | Problem::WrongDtype { key, .. } => Some(key.clone()),
-            _ => None,
-        })
-        .collect();
-    let used: BTreeSet<&str> = report
-        .loaded
-        .iter()
-        .chain(&report.ignored)
-        .chain(&named)
-        .map(String::as_str)
-        .chain(report.tied.iter().map(|(_, source)| source.as_str()))
-        .collect();
-    let rest: Vec<String> = checkpoint
-        .keys()
-        .filter(|k| !used.contains(k))
-        .map(str::to_string)
-        .collect();
-    if strict {
-        let unexpected = rest.into_iter().map(|key| Problem::Unexpected {
-            file: checkpoint
-                .file_of(&key)
-                .map_or_else(|| checkpoint.source().to_path_buf(), Path::to_path_buf),
-            key,
-        });
-        report.problems.extend(unexpected);
-    } else {
-        report.ignored.extend(rest);
-    }
-    if report.is_clean() {
-        Ok(report)
-    } else {
-        Err(incompatible(report))
-    }
 }

@@ -306,3 +306,28 @@ fn half_precision_keeps_the_qformer_in_f32() {
     );
     assert_eq!(model.language_projection.weight.val().dtype(), DType::BF16);
 }
+
+#[test]
+fn every_problem_of_every_part_is_listed_at_once() {
+    let fixture = Fixture::open("tiny-opt");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(fixture.dir(), dir.path());
+    let mut all = tensors(fixture.dir());
+    all.retain(|(k, ..)| k != "vision_model.post_layernorm.bias");
+    let projection = all
+        .iter_mut()
+        .find(|(k, ..)| k == "language_projection.weight")
+        .unwrap();
+    projection.2.reverse();
+    all.push(("vision_projection.weight".into(), Dtype::F32, vec![1], vec![0; 4]));
+    write(&dir.path().join("model.safetensors"), &all);
+    let message = load(dir.path()).unwrap_err().to_string();
+    for expected in [
+        "missing: `vision_model.post_layernorm.bias`",
+        "shape mismatch: `language_projection.weight`",
+        "unexpected: `vision_projection.weight`",
+        "3 problems",
+    ] {
+        assert!(message.contains(expected), "{expected} not in: {message}");
+    }
+}
