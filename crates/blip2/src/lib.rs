@@ -38,6 +38,7 @@ mod model;
 mod pipeline;
 mod precision;
 mod retrieval;
+mod retrieval_pipeline;
 
 pub use config::{Blip2Config, TextConfig};
 pub use error::Error;
@@ -52,3 +53,4 @@ pub use retrieval::{
     Blip2TextModelWithProjection, Blip2VisionModelOutput, Blip2VisionModelWithProjection,
     EncodedImages, EncodedTexts,
 };
+pub use retrieval_pipeline::{Blip2Retrieval, Scores};

@@ -319,7 +319,12 @@ fn every_problem_of_every_part_is_listed_at_once() {
         .find(|(k, ..)| k == "language_projection.weight")
         .unwrap();
     projection.2.reverse();
-    all.push(("vision_projection.weight".into(), Dtype::F32, vec![1], vec![0; 4]));
+    all.push((
+        "vision_projection.weight".into(),
+        Dtype::F32,
+        vec![1],
+        vec![0; 4],
+    ));
     write(&dir.path().join("model.safetensors"), &all);
     let message = load(dir.path()).unwrap_err().to_string();
     for expected in [
