@@ -5,7 +5,7 @@
 //! - `fixtures --check`: generate twice in temporary directories and check that both generations are identical
 //!   bit for bit and equal the committed `fixtures/`.
 //!
-//! - `bench vision` / `qformer` / `opt` / `t5`: the criterion bench (benches/vision.rs, benches/qformer.rs), then
+//! - `bench vision` / `qformer` / `opt` / `t5` / `caption`: the criterion bench (benches/vision.rs, benches/qformer.rs), then
 //!   transformers on the same config (scripts/bench_vision.py, scripts/bench_qformer.py; 2 threads) in the same
 //!   run; prints both and their ratio as a markdown table for docs/performance.md (also written to
 //!   `target/bench/<name>.md`).
@@ -29,6 +29,7 @@ const USAGE: &str = "usage: cargo xtask fixtures [--check]
   bench qformer     the same for the Q-Former
   bench opt         the same for OPT-2.7b: a 32-token prefill and one decode step
   bench t5          the same for Flan-T5-XL: one decode step
+  bench caption     the same end to end: BLIP-2 OPT-2.7b captioning, 20 new tokens (greedy, 5 beams)
 
 environment: BLIP2_FIXTURES_VENV (venv directory, default .venv-fixtures), PYTHON (default python3),
 BLIP2_BENCH_LAYERS / BLIP2_BENCH_BATCHES / BLIP2_BENCH_DTYPES (bench size, for quick runs)";
@@ -46,6 +47,11 @@ fn main() -> Result<()> {
         ["bench", "vision"] => bench("vision", "vit_g", "ViT-g, 224 px"),
         ["bench", "opt"] => bench("opt", "opt", "OPT-2.7b (BLIP-2 sizes), batch 1"),
         ["bench", "t5"] => bench("t5", "t5", "Flan-T5-XL (BLIP-2 sizes), batch 1"),
+        ["bench", "caption"] => bench(
+            "caption",
+            "caption",
+            "BLIP-2 OPT-2.7b captioning, 20 new tokens, 1 image",
+        ),
         ["bench", "qformer"] => bench(
             "qformer",
             "qformer",
