@@ -168,7 +168,18 @@ impl<B: Backend> Blip2<B> {
         let batch = images.batch_size();
         match prompt {
             None => {
-                let inputs = self.processor.caption_inputs(batch)?;
+                let mut inputs = self.processor.caption_inputs(batch)?;
+                if self.model.config.image_token_index.is_none() {
+                    // Configs without `<image>` tokens: the model puts the queries in front itself.
+                    let n = self.processor.num_query_tokens();
+                    for row in inputs
+                        .input_ids
+                        .iter_mut()
+                        .chain(&mut inputs.attention_mask)
+                    {
+                        row.drain(..n);
+                    }
+                }
                 self.generate_encoded(images, inputs)
             }
             Some(prompt) => self.generate(images, &vec![prompt; batch]),

@@ -233,3 +233,37 @@ fn text_features_match_get_text_features() {
         blip2_testkit::Tol::STAGE,
     );
 }
+
+/// A config without `image_token_index` (older transformers): no `<image>` tokens in the prompt, the queries in
+/// front of the text. Without padding that is the same input as the `<image>` layout, so the new tokens of a
+/// caption and of a question equal the fixture's.
+#[test]
+fn the_legacy_layout_captions_and_answers_alike() {
+    let (fixture, blip2, files) = setup("tiny-opt", 1);
+    let config = blip2.generation_config().clone();
+    let (model, processor) = (
+        blip2::Blip2ForConditionalGeneration::<B>::from_pretrained(
+            fixture.dir(),
+            FloatDType::F32,
+            &Default::default(),
+        )
+        .unwrap(),
+        blip2.processor().clone(),
+    );
+    let mut model = model;
+    model.config.image_token_index = None;
+    let mut legacy = Blip2::new(model, processor, &Default::default());
+    legacy.set_generation_config(config).unwrap();
+    let images = legacy.encode_image_files(&files[..1]).unwrap();
+    let tail = |key: &str, n: usize| -> Vec<i64> {
+        let row = &fixture.id_rows(key)[0];
+        row[row.len() - n..].to_vec()
+    };
+    let caption = legacy.caption(&images, None).unwrap();
+    let got: Vec<i64> = caption[0].sequence.iter().map(|&t| i64::from(t)).collect();
+    assert_eq!(got, tail("gen/greedy/noprompt", got.len()), "caption");
+    let (single, _) = prompts(&fixture);
+    let answer = legacy.generate(&images, &[single.as_str()]).unwrap();
+    let got: Vec<i64> = answer[0].sequence.iter().map(|&t| i64::from(t)).collect();
+    assert_eq!(got, tail("gen/greedy/single", got.len()), "question");
+}
