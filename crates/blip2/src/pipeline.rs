@@ -68,8 +68,9 @@ fn to_tensor<B: Backend>(
 
 impl<B: Backend> Blip2<B> {
     /// Loads a model directory or a hub id (downloaded into the HF cache; see [`crate::hub`]): the model in
-    /// `precision`, its processor, and its generation config with transformers' default length (20 new tokens)
-    /// unless the checkpoint sets one.
+    /// `precision`, its processor, and the generation config transformers generates with
+    /// ([`Blip2ForConditionalGeneration::generation_config`]: the language model's special tokens, greedy,
+    /// 20 new tokens).
     ///
     /// # Errors
     /// Locating or downloading the files, the config, the weights, the processor files.
