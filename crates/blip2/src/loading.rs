@@ -5,7 +5,15 @@ use std::path::Path;
 
 use blip2_nn::loader::{Checkpoint, LoadReport, Problem};
 
-use crate::Error;
+use crate::{Blip2Config, Error};
+
+/// The config and the checkpoint of a model directory or hub id (downloaded first when needed).
+pub(crate) fn open_pretrained(model: &Path) -> Result<(Blip2Config, Checkpoint), Error> {
+    let dir = crate::model::locate(model)?;
+    let config = Blip2Config::from_file(&dir)?;
+    let checkpoint = Checkpoint::open(blip2_nn::config::model_dir(&dir))?;
+    Ok((config, checkpoint))
+}
 
 /// A part's load: the module, or (when the checkpoint does not fit it) the report of its problems, so that
 /// every part's problems are listed together.

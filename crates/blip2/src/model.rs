@@ -16,7 +16,7 @@ use burn::nn::{Linear, LinearConfig, LinearLayout};
 use burn::prelude::{Backend, Int, Tensor};
 use burn::tensor::TensorData;
 
-use crate::loading::{incompatible, part, union};
+use crate::loading::{incompatible, open_pretrained, part, union};
 use crate::{Blip2Config, Error, Precision, TextConfig};
 
 /// The language model of a BLIP-2 checkpoint.
@@ -188,11 +188,8 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
         precision: impl Into<Precision>,
         device: &B::Device,
     ) -> Result<Self, Error> {
-        let dir = locate(path.as_ref())?;
-        let config = Blip2Config::from_file(&dir)?;
-        let checkpoint = Checkpoint::open(blip2_nn::config::model_dir(&dir))?;
-        let (model, _report) = Self::load(&config, &checkpoint, precision.into(), device)?;
-        Ok(model)
+        let (config, checkpoint) = open_pretrained(path.as_ref())?;
+        Ok(Self::load(&config, &checkpoint, precision.into(), device)?.0)
     }
 
     /// Loads from an open checkpoint; returns the combined report of the parts.

@@ -49,7 +49,8 @@ pub struct Blip2<B: Backend> {
     device: B::Device,
 }
 
-fn to_tensor<B: Backend>(
+/// Rows of ids (of one length) as a `[rows, len]` tensor.
+pub(crate) fn to_tensor<B: Backend>(
     rows: &[Vec<i64>],
     device: &B::Device,
 ) -> Result<Tensor<B, 2, Int>, Error> {

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use blip2_processor::{Blip2Processor, EncodeOptions};
 use blip2_qformer::QFormerInput;
-use burn::prelude::{Backend, Int, Tensor};
-use burn::tensor::TensorData;
+use burn::prelude::{Backend, Tensor};
 use burn::tensor::activation::softmax;
 use image::RgbImage;
 
+use crate::pipeline::to_tensor;
 use crate::{Blip2ForImageTextRetrieval, EncodedImages, EncodedTexts, Error, Precision};
 
 /// Scores of images against texts, `[images][texts]`.
@@ -41,12 +41,6 @@ pub struct Blip2Retrieval<B: Backend> {
     model: Blip2ForImageTextRetrieval<B>,
     processor: Blip2Processor,
     device: B::Device,
-}
-
-fn to_tensor<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
-    let len = rows.first().map_or(0, Vec::len);
-    let data: Vec<i64> = rows.iter().flatten().copied().collect();
-    Tensor::from_data(TensorData::new(data, [rows.len(), len]), device)
 }
 
 fn rows(t: Tensor<impl Backend, 2>) -> Result<Vec<Vec<f32>>, Error> {
@@ -135,8 +129,8 @@ impl<B: Backend> Blip2Retrieval<B> {
             .processor
             .tokenizer()
             .encode_batch(texts, &EncodeOptions::default())?;
-        let ids = to_tensor::<B>(&enc.input_ids, &self.device);
-        let mask = to_tensor::<B>(&enc.attention_mask, &self.device);
+        let ids = to_tensor::<B>(&enc.input_ids, &self.device)?;
+        let mask = to_tensor::<B>(&enc.attention_mask, &self.device)?;
         self.model.encode_texts(ids, Some(mask))
     }
 
