@@ -40,6 +40,12 @@ mod precision;
 mod retrieval;
 mod retrieval_pipeline;
 
+/// The generation crate (`GenerationConfig`, `Generator`, logits processors), re-exported for users of the
+/// composed models.
+pub use blip2_generation as generation;
+/// The processor crate (image preprocessing, tokenizer, prompt templates), re-exported.
+pub use blip2_processor as processor;
+
 pub use config::{Blip2Config, TextConfig};
 pub use error::Error;
 pub use model::{

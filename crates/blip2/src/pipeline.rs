@@ -167,25 +167,81 @@ impl<B: Backend> Blip2<B> {
         images: &ImageFeatures<B>,
         prompt: Option<&str>,
     ) -> Result<Vec<Generated>, Error> {
-        let batch = images.batch_size();
-        match prompt {
-            None => {
-                let mut inputs = self.processor.caption_inputs(batch)?;
-                if self.model.config.image_token_index.is_none() {
-                    // Configs without `<image>` tokens: the model puts the queries in front itself.
-                    let n = self.processor.num_query_tokens();
-                    for row in inputs
-                        .input_ids
-                        .iter_mut()
-                        .chain(&mut inputs.attention_mask)
-                    {
-                        row.drain(..n);
-                    }
+        let inputs = self.caption_inputs(images.batch_size(), prompt)?;
+        self.generate_encoded(images, inputs)
+    }
+
+    /// [`Self::caption`] of one image, calling `on_text` with each new piece of the text as it is generated
+    /// (greedy decoding or sampling; beam search cannot stream). The pieces add up to the result's `text`.
+    ///
+    /// # Errors
+    /// Features of more than one image, beam search, `num_return_sequences` above 1; tokenizing, generating.
+    pub fn caption_streaming(
+        &self,
+        image: &ImageFeatures<B>,
+        prompt: Option<&str>,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generated, Error> {
+        let inputs = self.caption_inputs(image.batch_size(), prompt)?;
+        self.stream_encoded(image, inputs, on_text)
+    }
+
+    /// [`Self::generate`] of one raw prompt about one image, calling `on_text` with each new piece of the text
+    /// (see [`Self::caption_streaming`]).
+    ///
+    /// # Errors
+    /// As [`Self::caption_streaming`].
+    pub fn generate_streaming(
+        &self,
+        image: &ImageFeatures<B>,
+        prompt: &str,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generated, Error> {
+        let inputs = self.prompt_inputs(image.batch_size(), &[prompt])?;
+        self.stream_encoded(image, inputs, on_text)
+    }
+
+    /// The processor's output for captioning `batch` images without a prompt or continuing `prompt`.
+    fn caption_inputs(&self, batch: usize, prompt: Option<&str>) -> Result<BatchEncoding, Error> {
+        let Some(prompt) = prompt else {
+            let mut inputs = self.processor.caption_inputs(batch)?;
+            if self.model.config.image_token_index.is_none() {
+                // Configs without `<image>` tokens: the model puts the queries in front itself.
+                let n = self.processor.num_query_tokens();
+                for row in inputs
+                    .input_ids
+                    .iter_mut()
+                    .chain(&mut inputs.attention_mask)
+                {
+                    row.drain(..n);
                 }
-                self.generate_encoded(images, inputs)
             }
-            Some(prompt) => self.generate(images, &vec![prompt; batch]),
+            return Ok(inputs);
+        };
+        self.prompt_inputs(batch, &vec![prompt; batch])
+    }
+
+    /// The processor's output for one raw prompt per image.
+    fn prompt_inputs<S: AsRef<str>>(
+        &self,
+        images: usize,
+        prompts: &[S],
+    ) -> Result<BatchEncoding, Error> {
+        if prompts.len() != images {
+            return Err(Error::bad_input(format!(
+                "{} prompts for {images} images: give one prompt per image",
+                prompts.len(),
+            )));
         }
+        Ok(if self.model.config.image_token_index.is_some() {
+            self.processor
+                .encode_prompts(prompts, &EncodeOptions::default())?
+        } else {
+            // Configs without `<image>` tokens: the model puts the queries in front of the text itself.
+            self.processor
+                .tokenizer()
+                .encode_batch(prompts, &EncodeOptions::default())?
+        })
     }
 
     /// Asks one question per image with the VQA template `Question: {q} Answer:`.
@@ -210,22 +266,7 @@ impl<B: Backend> Blip2<B> {
         images: &ImageFeatures<B>,
         prompts: &[S],
     ) -> Result<Vec<Generated>, Error> {
-        if prompts.len() != images.batch_size() {
-            return Err(Error::bad_input(format!(
-                "{} prompts for {} images: give one prompt per image",
-                prompts.len(),
-                images.batch_size()
-            )));
-        }
-        let inputs = if self.model.config.image_token_index.is_some() {
-            self.processor
-                .encode_prompts(prompts, &EncodeOptions::default())?
-        } else {
-            // Configs without `<image>` tokens: the model puts the queries in front of the text itself.
-            self.processor
-                .tokenizer()
-                .encode_batch(prompts, &EncodeOptions::default())?
-        };
+        let inputs = self.prompt_inputs(images.batch_size(), prompts)?;
         self.generate_encoded(images, inputs)
     }
 
@@ -278,6 +319,59 @@ impl<B: Backend> Blip2<B> {
             .model
             .generate_with(&mut generator, images, ids, Some(mask))?;
         self.results(&out)
+    }
+
+    fn stream_encoded(
+        &self,
+        image: &ImageFeatures<B>,
+        inputs: BatchEncoding,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generated, Error> {
+        if image.batch_size() != 1 {
+            return Err(Error::bad_input(format!(
+                "streaming is for one image, not {} (use ImageFeatures::select)",
+                image.batch_size()
+            )));
+        }
+        if self.generation.num_return_sequences > 1 {
+            return Err(Error::bad_input(
+                "streaming gives one sequence: set num_return_sequences to 1",
+            ));
+        }
+        let ids = to_tensor::<B>(&inputs.input_ids, &self.device)?;
+        let mask = to_tensor::<B>(&inputs.attention_mask, &self.device)?;
+        let mut generator = Generator::new(self.generation.clone())?;
+        let mut stream = self.model.stream(&mut generator, image, ids, Some(mask))?;
+        let eos = &self.generation.eos_token_id;
+        let (mut new, mut shown) = (Vec::<i64>::new(), 0usize);
+        for step in stream.by_ref() {
+            let Some(token) = step?.tokens[0] else {
+                break;
+            };
+            if eos.contains(&token) {
+                continue;
+            }
+            new.push(i64::from(token));
+            let text = self.processor.decode(&new, true)?;
+            // What `results` will return: trimmed. Hold back trailing whitespace and an unfinished UTF-8
+            // sequence (decoded as U+FFFD) until the next token settles them.
+            let text = text.trim_start();
+            let ready = text.trim_end().trim_end_matches('\u{FFFD}');
+            if ready.len() > shown
+                && text.is_char_boundary(shown)
+                && ready.starts_with(&text[..shown])
+            {
+                on_text(&ready[shown..]);
+                shown = ready.len();
+            }
+        }
+        let out = stream.finish()?;
+        let mut result = self.results(&out)?.remove(0);
+        if result.text.len() > shown && result.text.is_char_boundary(shown) {
+            on_text(&result.text[shown..]);
+        }
+        result.score = None;
+        Ok(result)
     }
 
     /// Turns generated rows into text and ids.

@@ -267,3 +267,38 @@ fn the_legacy_layout_captions_and_answers_alike() {
     let got: Vec<i64> = answer[0].sequence.iter().map(|&t| i64::from(t)).collect();
     assert_eq!(got, tail("gen/greedy/single", got.len()), "question");
 }
+
+#[test]
+fn streamed_text_adds_up_to_the_generated_text() {
+    for name in ["tiny-opt", "tiny-t5"] {
+        let (fixture, blip2, files) = setup(name, 1);
+        let images = blip2
+            .encode_images(&decoded(&fixture, &blip2, &files))
+            .unwrap();
+        let first = images.select(&[0]);
+        let mut pieces = Vec::new();
+        let streamed = blip2
+            .caption_streaming(&first, None, |p| pieces.push(p.to_string()))
+            .unwrap();
+        assert_eq!(
+            streamed,
+            blip2.caption(&first, None).unwrap().remove(0),
+            "{name}"
+        );
+        assert_eq!(pieces.concat(), streamed.text, "{name}");
+        assert!(pieces.iter().all(|p| !p.is_empty()), "{name}: {pieces:?}");
+
+        let (single, _) = prompts(&fixture);
+        let mut pieces = String::new();
+        let streamed = blip2
+            .generate_streaming(&first, &single, |p| pieces.push_str(p))
+            .unwrap();
+        let whole = blip2
+            .generate(&first, &[single.as_str()])
+            .unwrap()
+            .remove(0);
+        assert_eq!(streamed, whole, "{name}");
+        assert_eq!(pieces, whole.text, "{name}");
+        assert!(blip2.caption_streaming(&images, None, |_| ()).is_err());
+    }
+}
