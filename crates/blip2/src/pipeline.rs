@@ -427,6 +427,28 @@ impl<B: Backend> Chat<'_, B> {
         Ok(answer)
     }
 
+    /// [`Self::ask`], calling `on_text` with each new piece of the answer as it is generated (greedy decoding
+    /// or sampling).
+    ///
+    /// # Errors
+    /// As [`Self::ask`], and beam search (which cannot stream).
+    pub fn ask_streaming(
+        &mut self,
+        question: &str,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generated, Error> {
+        if question.trim().is_empty() {
+            return Err(Error::bad_input("the question is empty"));
+        }
+        let prompt = vqa_prompt_with_context(&self.history, question);
+        let answer = self
+            .blip2
+            .generate_streaming(&self.image, &prompt, on_text)?;
+        self.history
+            .push((question.to_string(), answer.text.clone()));
+        Ok(answer)
+    }
+
     /// The questions and answers so far.
     pub fn history(&self) -> &[(String, String)] {
         &self.history

@@ -1,0 +1,167 @@
+//! What the user sees when something goes wrong: a sentence, a hint, and an exit code by kind.
+
+use std::fmt;
+use std::path::Path;
+
+/// The exit codes, by kind of failure (docs/cli.md lists them; a test checks the two agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything asked for was done.
+    Ok = 0,
+    /// Something failed that is not one of the kinds below (e.g. generation produced NaN scores).
+    Failure = 1,
+    /// Bad flags or values: an unknown option, an empty prompt, generation options that do not fit together.
+    Usage = 2,
+    /// An input cannot be used: a path that does not exist, no image found, an unreadable text file.
+    Input = 3,
+    /// The model cannot be found, downloaded or loaded, or cannot do what was asked.
+    Model = 4,
+    /// The backend or device: not compiled into this build, not available, or without the dtype.
+    Backend = 5,
+    /// The output cannot be written, or exists and neither --resume nor --overwrite was given.
+    Output = 6,
+    /// The job finished, but some images failed (their rows carry an `error` field).
+    Partial = 7,
+}
+
+impl Exit {
+    /// Every exit code, for the docs check.
+    pub const ALL: [Exit; 8] = [
+        Exit::Ok,
+        Exit::Failure,
+        Exit::Usage,
+        Exit::Input,
+        Exit::Model,
+        Exit::Backend,
+        Exit::Output,
+        Exit::Partial,
+    ];
+
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// An error for the user: what went wrong (a sentence naming the file, flag or value) and what to do.
+#[derive(Debug)]
+pub struct CliError {
+    /// The exit code.
+    pub exit: Exit,
+    /// What went wrong.
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+impl CliError {
+    /// An error of `exit`'s kind.
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self {
+            exit,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// A usage error.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(Exit::Usage, message)
+    }
+
+    /// An input error.
+    pub fn input(message: impl Into<String>) -> Self {
+        Self::new(Exit::Input, message)
+    }
+
+    /// An output error.
+    pub fn output(message: impl Into<String>) -> Self {
+        Self::new(Exit::Output, message)
+    }
+
+    /// An output file that cannot be written.
+    pub fn write(path: &Path, err: &std::io::Error) -> Self {
+        Self::output(format!("cannot write {}: {err}", path.display()))
+            .with_hint("check that the folder exists and is writable, and that the disk is not full")
+    }
+
+    /// Adds a hint.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: {}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<blip2_nn::Error> for CliError {
+    fn from(err: blip2_nn::Error) -> Self {
+        use blip2_nn::Error as E;
+        let message = err.to_string();
+        match err {
+            E::UnknownBackend { .. }
+            | E::BackendNotCompiled { .. }
+            | E::InvalidDevice { .. }
+            | E::UnsupportedDtype { .. } => Self::new(Exit::Backend, message).with_hint(
+                "`blip2 info` lists the backends of this build; others need a build with their cargo feature, \
+                 e.g. `cargo install --path crates/cli --features cuda`",
+            ),
+            E::UnknownDtype { .. } => Self::usage(message),
+            _ => Self::new(Exit::Model, message).with_hint(
+                "the weights do not fit the model's config.json: check --model, or download the model again",
+            ),
+        }
+    }
+}
+
+impl From<blip2::Error> for CliError {
+    fn from(err: blip2::Error) -> Self {
+        use blip2::Error as E;
+        use blip2::generation::Error as G;
+        use blip2::processor::Error as P;
+        let message = err.to_string();
+        match err {
+            E::Nn(e) => e.into(),
+            E::Hub(_) => Self::new(Exit::Model, message),
+            E::Io { .. }
+            | E::Json { .. }
+            | E::NotABlip2Config { .. }
+            | E::UnknownLanguageModel { .. }
+            | E::UnsupportedConfig { .. }
+            | E::Vision(_)
+            | E::QFormer(_)
+            | E::Opt(_)
+            | E::T5(_) => Self::new(Exit::Model, message)
+                .with_hint("--model must be a BLIP-2 checkpoint: a folder with config.json and the weights"),
+            E::Generation(e) => match e {
+                G::InvalidConfig { .. } | G::Unsupported { .. } | G::UnknownField { .. } => {
+                    Self::usage(message).with_hint("see `--help` for the generation options")
+                }
+                _ => Self::new(Exit::Failure, message),
+            },
+            E::Processor(e) => match e {
+                P::Io { .. }
+                | P::UnsupportedFormat { .. }
+                | P::Decode { .. }
+                | P::TooLarge { .. }
+                | P::DecoderLimit { .. }
+                | P::ZeroSize { .. } => Self::input(message),
+                P::EmptyPrompts | P::PromptTooLong { .. } => Self::usage(message),
+                P::Nn(e) => e.into(),
+                _ => Self::new(Exit::Model, message).with_hint(
+                    "the model folder needs its processor files (tokenizer.json, preprocessor_config.json, ...)",
+                ),
+            },
+            E::BadInput { .. } => Self::usage(message),
+            _ => Self::new(Exit::Failure, message),
+        }
+    }
+}

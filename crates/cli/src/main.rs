@@ -1,0 +1,222 @@
+//! `blip2`: BLIP-2 from the command line. Captions, answers, chat, features and image-text scores from HF hub
+//! checkpoints, on any backend compiled in. See `blip2 --help` and docs/cli.md.
+
+#![allow(clippy::print_stderr)] // errors go to stderr
+
+mod args;
+mod error;
+mod generate;
+mod info;
+mod inputs;
+mod model;
+mod output;
+mod progress;
+mod retrieval;
+
+use std::process::ExitCode;
+
+use blip2_nn::backend::{BackendFn, DeviceSpec, run_on};
+use burn::prelude::Backend;
+use clap::Parser;
+
+use crate::args::{Cli, Command, DEFAULT_MODEL, DEFAULT_RETRIEVAL_MODEL, EmbedKind};
+use crate::error::{CliError, Exit};
+use crate::generate::Task;
+use crate::progress::Reporter;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(Exit::Usage.code())
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
+    blip2_nn::alloc::tune_malloc_for_inference();
+    match run(cli) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit.code())
+        }
+    }
+}
+
+/// Everything a command needs before its backend is chosen: the checks that need no model run here, so a
+/// typo fails before a model loads.
+struct Job {
+    cli: Cli,
+    reporter: Reporter,
+    located: model::Located,
+    images: Vec<std::path::PathBuf>,
+    texts: Vec<String>,
+    kinds: Vec<EmbedKind>,
+}
+
+fn run(cli: Cli) -> Result<Exit, CliError> {
+    let reporter = Reporter::new(cli.common.quiet);
+    let common = &cli.common;
+    if matches!(cli.command, Command::Info) {
+        return info::run(common, &reporter);
+    }
+    if common.resume && common.output.is_none() {
+        return Err(CliError::usage("--resume needs --output: the file to carry on"));
+    }
+    if common.resume && common.overwrite {
+        return Err(CliError::usage(
+            "--resume keeps the output and --overwrite replaces it: pass one",
+        ));
+    }
+    let spec: DeviceSpec = common.device.parse().map_err(CliError::from)?;
+    spec.resolve().map_err(CliError::from)?;
+    let stdin = || std::io::stdin().lock();
+    let mut images = Vec::new();
+    let mut texts = Vec::new();
+    let mut kinds = Vec::new();
+    let default = match &cli.command {
+        Command::Caption(a) => {
+            if a.prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
+                return Err(CliError::usage(
+                    "the --prompt is empty: leave it out to caption without a prompt",
+                ));
+            }
+            generate::check_generation_flags(&a.generation)?;
+            images = inputs::image_paths(&a.images.images, stdin())?;
+            DEFAULT_MODEL
+        }
+        Command::Ask(a) => {
+            generate::ask_prompt(&a.template, &a.question)?;
+            generate::check_generation_flags(&a.generation)?;
+            images = inputs::image_paths(std::slice::from_ref(&a.image), stdin())?;
+            DEFAULT_MODEL
+        }
+        Command::Chat(a) => {
+            if common.output.is_some() {
+                return Err(CliError::usage(
+                    "chat answers on the terminal; --output is for caption, ask, embed and match",
+                ));
+            }
+            generate::check_generation_flags(&a.generation)?;
+            if !a.image.is_file() {
+                return Err(CliError::input(format!(
+                    "{}: no such image file",
+                    a.image.display()
+                )));
+            }
+            DEFAULT_MODEL
+        }
+        Command::Embed(a) => {
+            texts = inputs::texts(&a.texts)?;
+            if !a.images.is_empty() {
+                images = inputs::image_paths(&a.images, stdin())?;
+            }
+            kinds = a.kind.clone();
+            if kinds.is_empty() {
+                if !images.is_empty() {
+                    kinds.push(EmbedKind::Image);
+                }
+                if !texts.is_empty() {
+                    kinds.push(EmbedKind::Text);
+                }
+            }
+            kinds.sort();
+            kinds.dedup();
+            if kinds.is_empty() {
+                return Err(CliError::usage(
+                    "nothing to embed: give images, --text TEXT or --texts FILE",
+                ));
+            }
+            DEFAULT_RETRIEVAL_MODEL
+        }
+        Command::Match(a) => {
+            texts = inputs::texts(&a.texts)?;
+            if texts.is_empty() {
+                return Err(CliError::usage(
+                    "match needs texts: --text TEXT (repeat it) or --texts FILE",
+                ));
+            }
+            images = inputs::image_paths(&a.images.images, stdin())?;
+            DEFAULT_RETRIEVAL_MODEL
+        }
+        Command::Info => unreachable!("handled above"),
+    };
+    let located = model::locate(common, default, &reporter)?;
+    let job = Job {
+        cli,
+        reporter,
+        located,
+        images,
+        texts,
+        kinds,
+    };
+    run_on(&spec, job).map_err(CliError::from)?
+}
+
+impl BackendFn for Job {
+    type Output = Result<Exit, CliError>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let Job {
+            cli,
+            reporter,
+            located,
+            images,
+            texts,
+            kinds,
+        } = self;
+        let common = &cli.common;
+        match &cli.command {
+            Command::Caption(a) => {
+                let task = Task::Caption {
+                    prompt: a.prompt.clone(),
+                };
+                generate::run::<B>(
+                    common,
+                    &located,
+                    images,
+                    &task,
+                    &a.generation,
+                    a.stream,
+                    &device,
+                    &reporter,
+                )
+            }
+            Command::Ask(a) => {
+                let task = Task::Ask {
+                    question: a.question.clone(),
+                    prompt: generate::ask_prompt(&a.template, &a.question)?,
+                };
+                generate::run::<B>(
+                    common,
+                    &located,
+                    images,
+                    &task,
+                    &a.generation,
+                    a.stream,
+                    &device,
+                    &reporter,
+                )
+            }
+            Command::Chat(a) => generate::chat::<B>(
+                common,
+                &located,
+                &a.image,
+                &a.generation,
+                a.stream,
+                &device,
+                &reporter,
+            ),
+            Command::Embed(_) => {
+                retrieval::embed::<B>(common, &located, images, texts, &kinds, &device, &reporter)
+            }
+            Command::Match(a) => retrieval::matching::<B>(
+                common, &located, images, texts, a.scores, &device, &reporter,
+            ),
+            Command::Info => info::run(common, &reporter),
+        }
+    }
+}
