@@ -10,7 +10,8 @@ pub const DEFAULT_MODEL: &str = "Salesforce/blip2-opt-2.7b";
 /// The model of `match` and `embed` when `--model` is not given.
 pub const DEFAULT_RETRIEVAL_MODEL: &str = "Salesforce/blip2-itm-vit-g";
 
-const ABOUT: &str = "BLIP-2 from the command line: captions, answers, chat, features and image-text scores";
+const ABOUT: &str =
+    "BLIP-2 from the command line: captions, answers, chat, features and image-text scores";
 
 const LONG_ABOUT: &str = "BLIP-2 from the command line: captions, answers, chat, features and image-text scores.
 
@@ -91,6 +92,7 @@ pub struct Common {
         long,
         global = true,
         default_value_t = 8,
+        value_name = "N",
         value_parser = parse_positive,
         help_heading = "Model and device"
     )]
@@ -143,15 +145,18 @@ pub enum Command {
     Ask(AskArgs),
 
     /// Talk about one image, question after question; the image is encoded once
-    #[command(after_help = "Type a question and press Enter. /clear forgets the earlier turns, /history shows \
+    #[command(
+        after_help = "Type a question and press Enter. /clear forgets the earlier turns, /history shows \
 them, /quit (or Ctrl-D) ends. Questions can also be piped in, one per line.
 
 Example:
-  blip2 chat photo.jpg")]
+  blip2 chat photo.jpg"
+    )]
     Chat(ChatArgs),
 
     /// Write image, text or multimodal features to a .safetensors file, with a JSONL index of the rows
-    #[command(after_help = "With a retrieval checkpoint (the default, Salesforce/blip2-itm-vit-g):
+    #[command(
+        after_help = "With a retrieval checkpoint (the default, Salesforce/blip2-itm-vit-g):
   image       image_embeds       [images, queries, embed dim]  normalised, what ITC compares
   text        text_embeds        [texts, embed dim]            normalised
   multimodal  multimodal_embeds  [pairs, queries, hidden]      the Q-Former reading image i with text i
@@ -162,16 +167,19 @@ With a captioning checkpoint (OPT, Flan-T5), image only:
 Examples:
   blip2 embed photos/ --output images.safetensors
   blip2 embed --text \"a cat\" --text \"a dog\" --output texts.safetensors
-  blip2 embed a.jpg b.jpg --text \"a cat\" --text \"a dog\" --kind multimodal -o pairs.safetensors")]
+  blip2 embed a.jpg b.jpg --text \"a cat\" --text \"a dog\" --kind multimodal -o pairs.safetensors"
+    )]
     Embed(EmbedArgs),
 
     /// Score images against texts: image-text matching (ITM) and contrastive similarity (ITC)
-    #[command(after_help = "ITM is the probability that the text describes the image; ITC is the cosine \
+    #[command(
+        after_help = "ITM is the probability that the text describes the image; ITC is the cosine \
 similarity of the best-matching query with the text.
 
 Examples:
   blip2 match photo.jpg --text \"a cat on a sofa\" --text \"a dog in the snow\"
-  blip2 match photos/ --texts labels.txt --scores itc --output scores.csv")]
+  blip2 match photos/ --texts labels.txt --scores itc --output scores.csv"
+    )]
     Match(MatchArgs),
 
     /// Describe this build (backends, devices) and a model (architecture, parameters, dtypes)

@@ -26,6 +26,7 @@ pub enum Exit {
 
 impl Exit {
     /// Every exit code, for the docs check.
+    #[cfg(test)]
     pub const ALL: [Exit; 8] = [
         Exit::Ok,
         Exit::Failure,
@@ -81,8 +82,9 @@ impl CliError {
 
     /// An output file that cannot be written.
     pub fn write(path: &Path, err: &std::io::Error) -> Self {
-        Self::output(format!("cannot write {}: {err}", path.display()))
-            .with_hint("check that the folder exists and is writable, and that the disk is not full")
+        Self::output(format!("cannot write {}: {err}", path.display())).with_hint(
+            "check that the folder exists and is writable, and that the disk is not full",
+        )
     }
 
     /// Adds a hint.
@@ -141,12 +143,10 @@ impl From<blip2::Error> for CliError {
             | E::Opt(_)
             | E::T5(_) => Self::new(Exit::Model, message)
                 .with_hint("--model must be a BLIP-2 checkpoint: a folder with config.json and the weights"),
-            E::Generation(e) => match e {
-                G::InvalidConfig { .. } | G::Unsupported { .. } | G::UnknownField { .. } => {
-                    Self::usage(message).with_hint("see `--help` for the generation options")
-                }
-                _ => Self::new(Exit::Failure, message),
-            },
+            E::Generation(
+                G::InvalidConfig { .. } | G::Unsupported { .. } | G::UnknownField { .. },
+            ) => Self::usage(message).with_hint("see `--help` for the generation options"),
+            E::Generation(_) => Self::new(Exit::Failure, message),
             E::Processor(e) => match e {
                 P::Io { .. }
                 | P::UnsupportedFormat { .. }
@@ -163,5 +163,31 @@ impl From<blip2::Error> for CliError {
             E::BadInput { .. } => Self::usage(message),
             _ => Self::new(Exit::Failure, message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/cli.md's table of exit codes lists exactly these codes, in order, with the names used here.
+    #[test]
+    fn the_exit_codes_are_documented() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/cli.md"))
+                .expect("docs/cli.md");
+        let table: Vec<(u8, String)> = doc
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let code = cells.get(1)?.parse::<u8>().ok()?;
+                Some((code, cells.get(2)?.trim_matches('`').to_string()))
+            })
+            .collect();
+        let want: Vec<(u8, String)> = Exit::ALL
+            .iter()
+            .map(|e| (e.code(), format!("{e:?}").to_lowercase()))
+            .collect();
+        assert_eq!(table, want, "docs/cli.md's exit code table");
     }
 }

@@ -209,10 +209,7 @@ struct Row<'a> {
 }
 
 fn ids(ids: &[u32]) -> String {
-    ids.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
 }
 
 fn record(task: &Task, image: &str, result: Result<&[Generated], &str>) -> Record {
@@ -282,7 +279,11 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    fn emit(&mut self, record: &Record, result: Result<&[Generated], &str>) -> Result<(), CliError> {
+    fn emit(
+        &mut self,
+        record: &Record,
+        result: Result<&[Generated], &str>,
+    ) -> Result<(), CliError> {
         if let Some(w) = &mut self.writer {
             return w.write(record);
         }
@@ -347,9 +348,15 @@ pub fn run<B: Backend>(
             todo.len()
         ));
     }
+    // The exit code speaks for the whole output, rows of earlier runs included.
+    let earlier_errors = done.errors();
     if todo.is_empty() {
         reporter.note("nothing to do: every image is in the output already");
-        return Ok(Exit::Ok);
+        return Ok(if earlier_errors > 0 {
+            Exit::Partial
+        } else {
+            Exit::Ok
+        });
     }
 
     let mut blip2 = load_blip2::<B>(located, common, command, device, reporter)?;
@@ -458,8 +465,15 @@ pub fn run<B: Backend>(
     if let Some(path) = &common.output {
         line.push_str(&format!("; rows in {}", path.display()));
     }
+    if earlier_errors > 0 {
+        line.push_str(&format!("; {earlier_errors} earlier rows carry an error"));
+    }
     reporter.note(line);
-    Ok(if failed > 0 { Exit::Partial } else { Exit::Ok })
+    Ok(if failed + earlier_errors > 0 {
+        Exit::Partial
+    } else {
+        Exit::Ok
+    })
 }
 
 #[derive(Serialize)]
@@ -486,7 +500,11 @@ pub fn chat<B: Backend>(
 ) -> Result<Exit, CliError> {
     let mut blip2 = load_blip2::<B>(located, common, "chat", device, reporter)?;
     let config = configure(&mut blip2, args, reporter)?;
-    let picture = blip2.processor().image_processor().open(image).map_err(blip2::Error::from)?;
+    let picture = blip2
+        .processor()
+        .image_processor()
+        .open(image)
+        .map_err(blip2::Error::from)?;
     let features = blip2.encode_images(&[picture])?;
     let mut chat = blip2.chat(features)?;
 

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use blip2::{Precision, TextConfig};
-use blip2_nn::backend::{BackendFn, COMPILED_BACKENDS, FloatDType, supported_float_dtypes, with_backend};
+use blip2_nn::backend::{
+    BackendFn, COMPILED_BACKENDS, FloatDType, supported_float_dtypes, with_backend,
+};
 use burn::prelude::{Backend, ElementConversion, Tensor};
 use serde::Serialize;
 
@@ -30,7 +32,10 @@ struct Probe;
 impl BackendFn for Probe {
     type Output = (String, Vec<&'static str>);
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let sum: f32 = Tensor::<B, 1>::ones([4], &device).sum().into_scalar().elem();
+        let sum: f32 = Tensor::<B, 1>::ones([4], &device)
+            .sum()
+            .into_scalar()
+            .elem();
         assert!((sum - 4.0).abs() < 1e-6, "1+1+1+1 = {sum}");
         let dtypes = supported_float_dtypes::<B>(&device)
             .into_iter()
@@ -102,7 +107,8 @@ struct Info {
 
 fn describe(located: &Located, dtype: FloatDType) -> Result<ModelInfo, CliError> {
     let config = &located.config;
-    let checkpoint = blip2_nn::loader::Checkpoint::open(&located.dir).map_err(blip2::Error::from)?;
+    let checkpoint =
+        blip2_nn::loader::Checkpoint::open(&located.dir).map_err(blip2::Error::from)?;
     let precision = Precision::from(dtype);
     let kind = located.kind();
     let part_of = |key: &str| -> (&'static str, FloatDType) {
@@ -110,7 +116,9 @@ fn describe(located: &Located, dtype: FloatDType) -> Result<ModelInfo, CliError>
         match head {
             "vision_model" => ("vision", precision.vision),
             "qformer" | "query_tokens" | "embeddings" => ("qformer", precision.qformer),
-            "language_model" | "language_projection" => ("language_model", precision.language_model),
+            "language_model" | "language_projection" => {
+                ("language_model", precision.language_model)
+            }
             // Retrieval heads run in the Q-Former's dtype.
             _ => ("heads", precision.qformer),
         }
@@ -125,7 +133,9 @@ fn describe(located: &Located, dtype: FloatDType) -> Result<ModelInfo, CliError>
         let n: u64 = info.shape.iter().map(|&d| d as u64).product();
         let (part, dt) = part_of(key);
         counts.entry(part).or_insert((0, dt)).0 += n;
-        *disk.entry(format!("{:?}", info.dtype).to_lowercase()).or_default() += n;
+        *disk
+            .entry(format!("{:?}", info.dtype).to_lowercase())
+            .or_default() += n;
         memory += n * dt.size() as u64;
     }
     let parameters = counts.values().map(|(n, _)| n).sum();
@@ -166,7 +176,9 @@ fn describe(located: &Located, dtype: FloatDType) -> Result<ModelInfo, CliError>
             .cloned()
             .unwrap_or_else(|| "(not named in config.json)".into()),
         task: match kind {
-            ModelKind::Generation => "captions and answers (caption, ask, chat, embed --kind image)",
+            ModelKind::Generation => {
+                "captions and answers (caption, ask, chat, embed --kind image)"
+            }
             ModelKind::Retrieval => "image-text scores and features (match, embed)",
         },
         language_model,
@@ -230,7 +242,10 @@ pub fn run(common: &Common, reporter: &Reporter) -> Result<Exit, CliError> {
         model,
     };
     if common.json {
-        println!("{}", serde_json::to_string_pretty(&info).expect("info serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info).expect("info serialises")
+        );
         return Ok(Exit::Ok);
     }
     println!("blip2 {}", info.version);

@@ -10,9 +10,7 @@ use crate::error::CliError;
 
 /// File extensions a folder walk picks up (case-insensitive). Files named one by one are taken whatever their
 /// extension; one that is not an image becomes a row with an error.
-pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff",
-];
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
 
 /// The image paths `args` name, in order, each once. Folders are walked recursively in name order (hidden
 /// entries and symlinked folders skipped); glob patterns expand in name order.
@@ -28,8 +26,8 @@ pub fn image_paths(args: &[String], stdin: impl BufRead) -> Result<Vec<PathBuf>,
                 return Err(CliError::usage("`-` (paths on stdin) can be given once"));
             };
             for line in input.lines() {
-                let line =
-                    line.map_err(|e| CliError::input(format!("cannot read paths from stdin: {e}")))?;
+                let line = line
+                    .map_err(|e| CliError::input(format!("cannot read paths from stdin: {e}")))?;
                 let line = line.trim();
                 if !line.is_empty() && !line.starts_with('#') {
                     out.push(PathBuf::from(line));
@@ -50,7 +48,12 @@ pub fn image_paths(args: &[String], stdin: impl BufRead) -> Result<Vec<PathBuf>,
         } else if path.exists() {
             out.push(path.to_path_buf());
         } else if arg.contains(['*', '?', '[']) {
-            let matches = glob::glob(arg).map_err(|e| {
+            // As a shell does: `*` does not match a leading dot.
+            let options = glob::MatchOptions {
+                require_literal_leading_dot: true,
+                ..glob::MatchOptions::new()
+            };
+            let matches = glob::glob_with(arg, options).map_err(|e| {
                 CliError::usage(format!("`{arg}` is not a valid glob pattern: {}", e.msg))
             })?;
             let mut found: Vec<PathBuf> = matches.filter_map(Result::ok).collect();
@@ -114,8 +117,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
 pub fn texts(args: &TextArgs) -> Result<Vec<String>, CliError> {
     let mut out = args.text.clone();
     if let Some(file) = &args.texts {
-        let content = std::fs::read_to_string(file)
-            .map_err(|e| CliError::input(format!("cannot read texts from {}: {e}", file.display())))?;
+        let content = std::fs::read_to_string(file).map_err(|e| {
+            CliError::input(format!("cannot read texts from {}: {e}", file.display()))
+        })?;
         out.extend(
             content
                 .lines()
@@ -139,15 +143,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("sub/.hidden")).unwrap();
-        for f in ["b.png", "a.JPG", "notes.txt", "sub/c.webp", "sub/.hidden/d.png", ".e.png"] {
+        for f in [
+            "b.png",
+            "a.JPG",
+            "notes.txt",
+            "sub/c.webp",
+            "sub/.hidden/d.png",
+            ".e.png",
+        ] {
             std::fs::write(root.join(f), b"x").unwrap();
         }
         let s = |p: &Path| p.to_string_lossy().into_owned();
         let got = image_paths(&[s(root)], std::io::empty()).unwrap();
-        assert_eq!(got, vec![root.join("a.JPG"), root.join("b.png"), root.join("sub/c.webp")]);
+        assert_eq!(
+            got,
+            vec![
+                root.join("a.JPG"),
+                root.join("b.png"),
+                root.join("sub/c.webp")
+            ]
+        );
 
         let pattern = format!("{}/*.png", s(root));
-        let stdin = format!("{}\n\n# comment\n{}\n", s(&root.join("notes.txt")), s(&root.join("b.png")));
+        let stdin = format!(
+            "{}\n\n# comment\n{}\n",
+            s(&root.join("notes.txt")),
+            s(&root.join("b.png"))
+        );
         let got = image_paths(&[pattern, "-".into()], stdin.as_bytes()).unwrap();
         assert_eq!(got, vec![root.join("b.png"), root.join("notes.txt")]);
 

@@ -64,7 +64,9 @@ fn run(cli: Cli) -> Result<Exit, CliError> {
         return info::run(common, &reporter);
     }
     if common.resume && common.output.is_none() {
-        return Err(CliError::usage("--resume needs --output: the file to carry on"));
+        return Err(CliError::usage(
+            "--resume needs --output: the file to carry on",
+        ));
     }
     if common.resume && common.overwrite {
         return Err(CliError::usage(

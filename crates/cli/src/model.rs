@@ -90,10 +90,7 @@ fn loading<T>(
     load: impl FnOnce(&Path) -> Result<T, blip2::Error>,
 ) -> Result<T, CliError> {
     let started = Instant::now();
-    let spinner = reporter.spinner(format!(
-        "loading {} ({dtype} on {backend})",
-        located.name
-    ));
+    let spinner = reporter.spinner(format!("loading {} ({dtype} on {backend})", located.name));
     let result = load(&located.dir);
     spinner.finish_and_clear();
     let model = result?;

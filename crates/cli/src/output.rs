@@ -67,6 +67,7 @@ pub struct RowWriter {
 #[derive(Debug, Default)]
 pub struct Done {
     images: HashMap<String, usize>,
+    errors: usize,
 }
 
 impl Done {
@@ -78,6 +79,11 @@ impl Done {
     /// Images done.
     pub fn len(&self) -> usize {
         self.images.len()
+    }
+
+    /// Images done whose rows carry an error.
+    pub fn errors(&self) -> usize {
+        self.errors
     }
 }
 
@@ -104,8 +110,11 @@ impl RowWriter {
         }
         let nonempty = exists && std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
         if nonempty && !resume && !overwrite {
-            return Err(CliError::output(format!("{} already exists", path.display()))
-                .with_hint("pass --resume to carry on the job that wrote it, or --overwrite to replace it"));
+            return Err(
+                CliError::output(format!("{} already exists", path.display())).with_hint(
+                    "pass --resume to carry on the job that wrote it, or --overwrite to replace it",
+                ),
+            );
         }
         let mut done = Done::default();
         let file = if resume && nonempty {
@@ -139,7 +148,8 @@ impl RowWriter {
             format,
             columns,
         };
-        if format == Format::Csv && !(resume && nonempty) {
+        let fresh = !(resume && nonempty) || writer.file.metadata().is_ok_and(|m| m.len() == 0);
+        if format == Format::Csv && fresh {
             let header = csv_bytes(&[columns.iter().map(|c| c.to_string()).collect()])?;
             writer.write_bytes(&header)?;
         }
@@ -198,12 +208,21 @@ fn scan_jsonl(text: &str, path: &Path, done: &mut Done) -> Result<usize, CliErro
         let trimmed = line.trim();
         if !trimmed.is_empty() {
             let value: serde_json::Value = serde_json::from_str(trimmed).map_err(|e| {
-                foreign(path, format!("line {} is not JSON ({e})", text[..keep].lines().count() + 1))
+                foreign(
+                    path,
+                    format!(
+                        "line {} is not JSON ({e})",
+                        text[..keep].lines().count() + 1
+                    ),
+                )
             })?;
             let Some(image) = value.get("image").and_then(|v| v.as_str()) else {
                 return Err(foreign(path, "a line has no \"image\" field".into()));
             };
             done.images.insert(image.to_string(), 1);
+            if value.get("error").is_some_and(|e| !e.is_null()) {
+                done.errors += 1;
+            }
         }
         keep += line.len();
     }
@@ -211,12 +230,11 @@ fn scan_jsonl(text: &str, path: &Path, done: &mut Done) -> Result<usize, CliErro
 }
 
 /// Records the images whose rows are all there; returns the length to keep.
-fn scan_csv(
-    text: &str,
-    path: &Path,
-    columns: &[&str],
-    done: &mut Done,
-) -> Result<usize, CliError> {
+fn scan_csv(text: &str, path: &Path, columns: &[&str], done: &mut Done) -> Result<usize, CliError> {
+    let header = csv_bytes(&[columns.iter().map(|c| c.to_string()).collect()])?;
+    if text.len() < header.len() && header.starts_with(text.as_bytes()) {
+        return Ok(0); // a torn header: start again
+    }
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .from_reader(text.as_bytes());
@@ -233,17 +251,13 @@ fn scan_csv(
         ));
     }
     let index = |name: &str| columns.iter().position(|c| *c == name);
-    let (seq, seqs) = (index("sequence"), index("sequences"));
+    let (seq, seqs, err) = (index("sequence"), index("sequences"), index("error"));
     let header_end = reader.position().byte() as usize;
-    // (image, rows so far, rows announced, end of its last row)
-    let mut groups: Vec<(String, usize, usize, usize)> = Vec::new();
+    // (image, rows so far, rows announced, end of its last row, an error)
+    let mut groups: Vec<(String, usize, usize, usize, bool)> = Vec::new();
     let mut record = csv::StringRecord::new();
     let mut start = header_end;
-    loop {
-        match reader.read_record(&mut record) {
-            Ok(true) => {}
-            Ok(false) | Err(_) => break,
-        }
+    while let Ok(true) = reader.read_record(&mut record) {
         let end = reader.position().byte() as usize;
         // A complete row is exactly what the writer makes of its fields; a cut one (even one cut right after
         // a newline inside a quoted field) is not.
@@ -257,32 +271,34 @@ fn scan_csv(
             .and_then(|i| record[i].parse::<usize>().ok())
             .unwrap_or(1)
             .max(1);
-        let number = seq.and_then(|i| record[i].parse::<usize>().ok()).unwrap_or(1);
+        let number = seq
+            .and_then(|i| record[i].parse::<usize>().ok())
+            .unwrap_or(1);
+        let error = err.is_some_and(|i| !record[i].is_empty());
         match groups.last_mut() {
             Some(g) if g.0 == image && number > 1 => {
                 g.1 += 1;
                 g.3 = end;
             }
-            _ => groups.push((image, 1, announced, end)),
+            _ => groups.push((image, 1, announced, end, error)),
         }
     }
     let mut keep = header_end;
-    for (image, rows, announced, end) in groups {
+    for (image, rows, announced, end, error) in groups {
         if rows < announced {
             break; // an image cut between its rows: done again
         }
         done.images.insert(image, rows);
+        done.errors += usize::from(error);
         keep = end;
     }
     Ok(keep)
 }
 
 fn foreign(path: &Path, reason: String) -> CliError {
-    CliError::output(format!(
-        "cannot resume from {}: {reason}",
-        path.display()
-    ))
-    .with_hint("--resume continues a file this command wrote; pass another --output, or --overwrite")
+    CliError::output(format!("cannot resume from {}: {reason}", path.display())).with_hint(
+        "--resume continues a file this command wrote; pass another --output, or --overwrite",
+    )
 }
 
 #[cfg(test)]
@@ -296,7 +312,14 @@ mod tests {
             image: image.into(),
             json: format!("{{\"image\":\"{image}\",\"text\":\"a\\nb\"}}"),
             csv: (1..=n)
-                .map(|i| vec![image.into(), i.to_string(), n.to_string(), format!("line\n{i}")])
+                .map(|i| {
+                    vec![
+                        image.into(),
+                        i.to_string(),
+                        n.to_string(),
+                        format!("line\n{i}"),
+                    ]
+                })
                 .collect(),
         }
     }
@@ -314,16 +337,24 @@ mod tests {
             let full = std::fs::read(&path).unwrap();
             // Every cut of the last image's bytes keeps a and drops b.
             let a_end = {
-                let (mut w, _) = RowWriter::open(&dir.path().join(format!("a.{name}")), COLUMNS, false, false).unwrap();
+                let (mut w, _) =
+                    RowWriter::open(&dir.path().join(format!("a.{name}")), COLUMNS, false, false)
+                        .unwrap();
                 w.write(&record("a.png", 2)).unwrap();
-                std::fs::metadata(dir.path().join(format!("a.{name}"))).unwrap().len() as usize
+                std::fs::metadata(dir.path().join(format!("a.{name}")))
+                    .unwrap()
+                    .len() as usize
             };
             for cut in a_end..full.len() {
                 std::fs::write(&path, &full[..cut]).unwrap();
                 let (_, done) = RowWriter::open(&path, COLUMNS, true, false).unwrap();
                 assert!(done.contains("a.png"), "{name} cut at {cut}");
                 assert!(!done.contains("b.png"), "{name} cut at {cut}");
-                assert_eq!(std::fs::read(&path).unwrap(), full[..a_end], "{name} cut at {cut}");
+                assert_eq!(
+                    std::fs::read(&path).unwrap(),
+                    full[..a_end],
+                    "{name} cut at {cut}"
+                );
             }
             std::fs::write(&path, &full).unwrap();
             let (_, done) = RowWriter::open(&path, COLUMNS, true, false).unwrap();

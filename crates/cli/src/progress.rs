@@ -30,7 +30,6 @@ impl Reporter {
         }
     }
 
-
     /// A line on stderr (above any bar), unless quiet.
     pub fn note(&self, line: impl AsRef<str>) {
         if !self.quiet {
@@ -71,9 +70,12 @@ impl Reporter {
                 "{{bar:30}} {{pos}}/{{len}} {unit} · {{rate}} · ETA {{eta}} {{msg}}"
             ))
             .expect("static template")
-            .with_key("rate", move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.2} {unit}/s", state.per_sec());
-            })
+            .with_key(
+                "rate",
+                move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.2} {unit}/s", state.per_sec());
+                },
+            )
             .progress_chars("█▉▊▋▌▍▎▏ "),
         );
         bar

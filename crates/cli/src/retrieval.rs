@@ -91,15 +91,20 @@ pub fn index_path(output: &Path) -> PathBuf {
 
 fn check_new(path: &Path, overwrite: bool) -> Result<(), CliError> {
     if path.exists() && !overwrite {
-        return Err(CliError::output(format!("{} already exists", path.display()))
-            .with_hint("pass --overwrite to replace it, or another --output"));
+        return Err(
+            CliError::output(format!("{} already exists", path.display()))
+                .with_hint("pass --overwrite to replace it, or another --output"),
+        );
     }
     Ok(())
 }
 
 /// Writes `bytes` to `path` through a temporary file beside it, so `path` is either the old file or the
 /// whole new one.
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), CliError> {
+fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), CliError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -127,9 +132,10 @@ pub fn embed<B: Backend>(
     device: &B::Device,
     reporter: &Reporter,
 ) -> Result<Exit, CliError> {
-    let output = common.output.as_ref().ok_or_else(|| {
-        CliError::usage("embed writes a file: pass --output FILE.safetensors")
-    })?;
+    let output = common
+        .output
+        .as_ref()
+        .ok_or_else(|| CliError::usage("embed writes a file: pass --output FILE.safetensors"))?;
     if output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         return Err(CliError::usage(format!(
             "--output {} must end in .safetensors (the index goes beside it as .jsonl)",
@@ -169,7 +175,9 @@ pub fn embed<B: Backend>(
     match located.kind() {
         ModelKind::Generation => {
             if kinds.iter().any(|k| *k != EmbedKind::Image) {
-                return Err(located.wrong_kind("embed --kind text/multimodal", ModelKind::Retrieval));
+                return Err(
+                    located.wrong_kind("embed --kind text/multimodal", ModelKind::Retrieval)
+                );
             }
             let blip2 = load_blip2::<B>(located, common, "embed", device, reporter)?;
             let ip = blip2.processor().image_processor().clone();
@@ -216,7 +224,8 @@ pub fn embed<B: Backend>(
                 let bar = reporter.bar(images.len(), "images");
                 for (c, chunk) in images.chunks(common.batch_size).enumerate() {
                     let (opened, errors) = open_all(&ip, chunk);
-                    let ok: Vec<usize> = (0..chunk.len()).filter(|&i| errors[i].is_none()).collect();
+                    let ok: Vec<usize> =
+                        (0..chunk.len()).filter(|&i| errors[i].is_none()).collect();
                     if !opened.is_empty() {
                         let encoded = r.encode_images(&opened)?;
                         if kinds.contains(&EmbedKind::Multimodal) {
@@ -309,7 +318,10 @@ pub fn embed<B: Backend>(
         .unwrap_or_default();
     let metadata = std::collections::HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("producer".to_string(), format!("blip2 {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "producer".to_string(),
+            format!("blip2 {}", env!("CARGO_PKG_VERSION")),
+        ),
         ("model".to_string(), located.name.clone()),
         ("index".to_string(), index_name),
     ]);
@@ -336,7 +348,9 @@ pub fn embed<B: Backend>(
         index.display()
     );
     if failed > 0 {
-        line.push_str(&format!("; {failed} images could not be read (see the index)"));
+        line.push_str(&format!(
+            "; {failed} images could not be read (see the index)"
+        ));
     }
     reporter.note(line);
     Ok(if failed > 0 { Exit::Partial } else { Exit::Ok })
@@ -361,7 +375,10 @@ struct MatchRow<'a> {
 
 fn rows_of<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<Vec<f32>>, CliError> {
     let (values, shape) = host(t)?;
-    Ok(values.chunks(shape[1].max(1)).map(<[f32]>::to_vec).collect())
+    Ok(values
+        .chunks(shape[1].max(1))
+        .map(<[f32]>::to_vec)
+        .collect())
 }
 
 /// `match`.
@@ -378,7 +395,9 @@ pub fn matching<B: Backend>(
     reporter: &Reporter,
 ) -> Result<Exit, CliError> {
     if texts.is_empty() {
-        return Err(CliError::usage("match needs texts: --text TEXT (repeat it) or --texts FILE"));
+        return Err(CliError::usage(
+            "match needs texts: --text TEXT (repeat it) or --texts FILE",
+        ));
     }
     if common.resume {
         return Err(CliError::usage(
@@ -394,7 +413,7 @@ pub fn matching<B: Backend>(
     let started = Instant::now();
     let encoded_texts = r.encode_texts(&texts)?;
     let bar = (images.len() > 1).then(|| reporter.bar(images.len(), "images"));
-    let mut table: Vec<(String, Result<(Vec<f32>, Vec<f32>), String>)> = Vec::new();
+    let mut table: Vec<(String, MatchResult)> = Vec::new();
     let mut failed = 0usize;
     for chunk in images.chunks(common.batch_size) {
         let (opened, errors) = open_all(&ip, chunk);
@@ -457,6 +476,7 @@ pub fn matching<B: Backend>(
     Ok(if failed > 0 { Exit::Partial } else { Exit::Ok })
 }
 
+/// An image's ITM and ITC rows (one value per text), or why it could not be read.
 type MatchResult = Result<(Vec<f32>, Vec<f32>), String>;
 
 fn match_record(image: &str, texts: &[String], result: &MatchResult, which: ScoreKind) -> Record {
