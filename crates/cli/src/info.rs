@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
 
 use blip2::{Precision, TextConfig};
 use blip2_nn::backend::{
-    BackendFn, COMPILED_BACKENDS, FloatDType, supported_float_dtypes, with_backend,
+    BackendFn, COMPILED_BACKENDS, DeviceSpec, FloatDType, run_on, supported_float_dtypes,
 };
 use burn::prelude::{Backend, ElementConversion, Tensor};
 use serde::Serialize;
@@ -45,23 +46,49 @@ impl BackendFn for Probe {
     }
 }
 
-fn probe(backend: &'static str) -> Device {
+/// Whether the device of `spec` computes, without crashing when it does not.
+///
+/// # Errors
+/// Why it is not available: not compiled in, no such device, no driver (the runtime's panic message).
+pub fn probe_spec(spec: &DeviceSpec) -> Result<(String, Vec<&'static str>), String> {
     // A GPU backend without a GPU (or driver) panics inside its runtime: report it, do not crash.
+    // The first panic (often on the runtime's own thread, e.g. "libcuda not found") says why; the caller's
+    // thread may only see a closed channel.
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
     let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = catch_unwind(AssertUnwindSafe(|| with_backend(backend, Probe)));
-    std::panic::set_hook(previous);
-    let (name, dtypes, error) = match result {
-        Ok(Ok((name, dtypes))) => (Some(name), dtypes, None),
-        Ok(Err(e)) => (None, Vec::new(), Some(e.to_string())),
-        Err(panic) => {
-            let message = panic
+    let seen = Arc::clone(&first);
+    std::panic::set_hook(Box::new(move |info| {
+        if let Ok(mut first) = seen.lock()
+            && first.is_none()
+        {
+            let payload = info.payload();
+            *first = payload
                 .downcast_ref::<String>()
                 .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "it failed to start".into());
-            (None, Vec::new(), Some(message))
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
         }
+    }));
+    let result = catch_unwind(AssertUnwindSafe(|| run_on(spec, Probe)));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(first
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .unwrap_or_else(|| "it failed to start".into())),
+    }
+}
+
+fn probe(backend: &'static str) -> Device {
+    let result = backend
+        .parse::<DeviceSpec>()
+        .map_err(|e| e.to_string())
+        .and_then(|spec| probe_spec(&spec));
+    let (name, dtypes, error) = match result {
+        Ok((name, dtypes)) => (Some(name), dtypes, None),
+        Err(e) => (None, Vec::new(), Some(e)),
     };
     Device {
         backend,

@@ -15,7 +15,7 @@ mod retrieval;
 
 use std::process::ExitCode;
 
-use blip2_nn::backend::{BackendFn, DeviceSpec, run_on};
+use blip2_nn::backend::{BackendFn, BackendKind, DeviceSpec, run_on};
 use burn::prelude::Backend;
 use clap::Parser;
 
@@ -37,6 +37,17 @@ fn main() -> ExitCode {
         }
     };
     blip2_nn::alloc::tune_malloc_for_inference();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!(
+            "error: blip2 crashed: {info}\n  hint: this is a bug, or a backend failure such as running out of GPU \
+             memory; rows written so far are kept. Please report it with the command line (RUST_BACKTRACE=1 \
+             shows where)"
+        );
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            default_hook(info);
+        }
+    }));
     match run(cli) {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(e) => {
@@ -74,7 +85,19 @@ fn run(cli: Cli) -> Result<Exit, CliError> {
         ));
     }
     let spec: DeviceSpec = common.device.parse().map_err(CliError::from)?;
-    spec.resolve().map_err(CliError::from)?;
+    let backend = spec.resolve().map_err(CliError::from)?;
+    if !matches!(backend, BackendKind::Flex | BackendKind::NdArray) {
+        // A GPU that is not there makes its runtime panic at the first op: ask it first.
+        if let Err(reason) = info::probe_spec(&spec) {
+            return Err(CliError::new(
+                Exit::Backend,
+                format!("device {spec} is not available: {reason}"),
+            )
+            .with_hint(
+                "`blip2 info` lists the devices this build can use; --device cpu runs on the CPU",
+            ));
+        }
+    }
     let stdin = || std::io::stdin().lock();
     let mut images = Vec::new();
     let mut texts = Vec::new();
