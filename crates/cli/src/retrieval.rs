@@ -451,12 +451,6 @@ pub fn matching<B: Backend>(
             } else if common.json {
                 reporter.suspend(|| println!("{}", record.json));
             }
-            if let Err(e) = &result
-                && writer.is_none()
-                && !common.json
-            {
-                reporter.error(format!("{key}: error: {e}"));
-            }
             table.push((key, result));
         }
         if let Some(w) = &mut writer {
