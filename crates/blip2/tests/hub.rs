@@ -4,250 +4,34 @@
 //! environment. No test touches the network or the process environment.
 
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use blip2::hub::{self, DownloadProgress, HubError, HubId, HubOptions, ModelSource};
 use blip2_testkit::Fixture;
+use blip2_testkit::hub_server::{
+    COMMIT, HubRepo, HubServer, Request, TINY_OPT_FILES, http, unreachable_endpoint,
+};
 
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const OWNER: &str = "tester";
-
-/// The files of `fixtures/tiny-opt` a model directory has (the reference tensors are the fixture's own).
-const TINY_OPT_FILES: &[&str] = &[
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-];
 
 // ------------------------------------------------------------------------------------------------------------
 // A tiny hub
 // ------------------------------------------------------------------------------------------------------------
 
-#[derive(Clone, Debug)]
-struct HubRepo {
-    commit: String,
-    /// Branches and tags that resolve to `commit`.
-    revisions: Vec<String>,
-    files: BTreeMap<String, Vec<u8>>,
+/// Options that download from the test server into `cache`, ignoring the process environment.
+trait TestOptions {
+    fn options(&self, cache: &Path) -> HubOptions;
 }
 
-impl HubRepo {
-    fn new(files: BTreeMap<String, Vec<u8>>) -> Self {
-        Self {
-            commit: COMMIT.to_string(),
-            revisions: vec!["main".to_string()],
-            files,
-        }
-    }
-
-    fn from_dir(dir: &Path, names: &[&str]) -> Self {
-        Self::new(
-            names
-                .iter()
-                .map(|name| (name.to_string(), std::fs::read(dir.join(name)).unwrap()))
-                .collect(),
-        )
-    }
-
-    fn tiny_opt() -> Self {
-        Self::from_dir(Fixture::open("tiny-opt").dir(), TINY_OPT_FILES)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Request {
-    /// `owner/name`, the revision and the file, for resolve URLs; else the raw target.
-    path: String,
-    range: Option<String>,
-    authorization: Option<String>,
-}
-
-impl Request {
-    /// hf-hub asks for `bytes=0-0` first (size, etag and commit), then downloads with `bytes=<from>-`.
-    fn is_metadata(&self) -> bool {
-        self.range.as_deref() == Some("bytes=0-0")
-    }
-
-    fn file(&self) -> &str {
-        self.path.rsplit('/').next().unwrap_or_default()
-    }
-}
-
-struct State {
-    repos: BTreeMap<String, HubRepo>,
-    /// A token the server requires (`Authorization: Bearer <token>`), as for a gated repo.
-    token: Option<String>,
-    log: Vec<Request>,
-}
-
-/// An HTTP/1.1 server on 127.0.0.1 with the hub's resolve endpoint, one request per connection.
-struct HubServer {
-    endpoint: String,
-    state: Arc<Mutex<State>>,
-}
-
-impl HubServer {
-    fn start(repos: Vec<(&str, HubRepo)>) -> Self {
-        Self::start_with_token(repos, None)
-    }
-
-    fn start_with_token(repos: Vec<(&str, HubRepo)>, token: Option<&str>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let state = Arc::new(Mutex::new(State {
-            repos: repos
-                .into_iter()
-                .map(|(id, repo)| (id.to_string(), repo))
-                .collect(),
-            token: token.map(str::to_string),
-            log: Vec::new(),
-        }));
-        let shared = Arc::clone(&state);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let state = Arc::clone(&shared);
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &state);
-                });
-            }
-        });
-        Self { endpoint, state }
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.state.lock().unwrap().log.clone()
-    }
-
+impl TestOptions for HubServer {
     fn options(&self, cache: &Path) -> HubOptions {
         HubOptions::from_env_with(|_| None)
             .with_endpoint(&self.endpoint)
             .with_cache_dir(cache)
     }
-}
-
-fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut words = line.split_whitespace();
-    let (method, target) = (
-        words.next().unwrap_or_default().to_string(),
-        words.next().unwrap_or_default().to_string(),
-    );
-    let (mut range, mut authorization) = (None, None);
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            match name.trim().to_ascii_lowercase().as_str() {
-                "range" => range = Some(value.trim().to_string()),
-                "authorization" => authorization = Some(value.trim().to_string()),
-                _ => {}
-            }
-        }
-    }
-    let response = {
-        let mut state = state.lock().unwrap();
-        state.log.push(Request {
-            path: target.clone(),
-            range: range.clone(),
-            authorization: authorization.clone(),
-        });
-        respond(
-            &state,
-            &method,
-            &target,
-            range.as_deref(),
-            authorization.as_deref(),
-        )
-    };
-    let mut stream = stream;
-    stream.write_all(&response)?;
-    stream.flush()
-}
-
-fn respond(
-    state: &State,
-    method: &str,
-    target: &str,
-    range: Option<&str>,
-    authorization: Option<&str>,
-) -> Vec<u8> {
-    let error = |status: &str, code: &str| http(status, &[("x-error-code", code.to_string())], b"");
-    if method != "GET" {
-        return error("405 Method Not Allowed", "");
-    }
-    if let Some(token) = &state.token
-        && authorization != Some(format!("Bearer {token}").as_str())
-    {
-        return error("401 Unauthorized", "GatedRepo");
-    }
-    // /{owner}/{name}/resolve/{revision}/{file}; the revision's `/` arrives as %2F.
-    let parts: Vec<&str> = target.trim_start_matches('/').splitn(5, '/').collect();
-    let [owner, name, "resolve", revision, file] = parts[..] else {
-        return error("404 Not Found", "");
-    };
-    let Some(repo) = state.repos.get(&format!("{owner}/{name}")) else {
-        return error("404 Not Found", "RepoNotFound");
-    };
-    let revision = revision.replace("%2F", "/");
-    if revision != repo.commit && !repo.revisions.contains(&revision) {
-        return error("404 Not Found", "RevisionNotFound");
-    }
-    let Some(body) = repo.files.get(file) else {
-        return error("404 Not Found", "EntryNotFound");
-    };
-    let mut hasher = DefaultHasher::new();
-    body.hash(&mut hasher);
-    let mut headers = vec![
-        ("etag", format!("\"{:016x}\"", hasher.finish())),
-        ("x-repo-commit", repo.commit.clone()),
-        ("accept-ranges", "bytes".to_string()),
-    ];
-    let len = body.len();
-    match range.and_then(|r| r.strip_prefix("bytes=")) {
-        Some(spec) => {
-            let (from, to) = spec.split_once('-').unwrap_or((spec, ""));
-            let from: usize = from.parse().unwrap_or(0);
-            let to: usize = to.parse().map_or(len - 1, |t: usize| t.min(len - 1));
-            if from > to {
-                return error("416 Range Not Satisfiable", "");
-            }
-            headers.push(("content-range", format!("bytes {from}-{to}/{len}")));
-            http("206 Partial Content", &headers, &body[from..=to])
-        }
-        None => http("200 OK", &headers, body),
-    }
-}
-
-fn http(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
-    let mut out = format!("HTTP/1.1 {status}\r\n");
-    for (name, value) in headers {
-        out.push_str(&format!("{name}: {value}\r\n"));
-    }
-    out.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    ));
-    let mut out = out.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-/// An endpoint where nothing listens (connections are refused).
-fn unreachable_endpoint() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", listener.local_addr().unwrap())
 }
 
 fn repo_id(name: &str) -> String {

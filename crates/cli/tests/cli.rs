@@ -1066,3 +1066,43 @@ fn help_reads_well() {
         "{caption}"
     );
 }
+
+#[test]
+fn the_default_model_downloads_on_first_use_then_runs_offline() {
+    use blip2_testkit::hub_server::{HubRepo, HubServer};
+    // A local hub serving the tiny model under the default id: `blip2 caption IMAGE` with no --model.
+    let server = HubServer::start(vec![("Salesforce/blip2-opt-2.7b", HubRepo::tiny_opt())]);
+    let home = tempfile::tempdir().unwrap();
+    let caption = |offline: bool| {
+        let mut cmd = blip2();
+        cmd.env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_CACHE")
+            .env("HF_HOME", home.path())
+            .env("HF_ENDPOINT", &server.endpoint)
+            .args([
+                "caption",
+                &image("rgb_37x29.png"),
+                "--max-new-tokens",
+                MAX_NEW,
+                "--json",
+            ]);
+        if offline {
+            cmd.env("HF_HUB_OFFLINE", "1");
+        }
+        json_lines(&stdout(&run(&mut cmd, 0)))
+    };
+    let first = caption(false);
+    let want = Fixture::open("tiny-opt").id_rows("gen/greedy/noprompt");
+    assert_eq!(vec![ids(&first[0]["sequence"])], want);
+    let snapshots = home
+        .path()
+        .join("hub/models--Salesforce--blip2-opt-2.7b/snapshots");
+    assert!(std::fs::read_dir(&snapshots).unwrap().count() == 1);
+    let requests = server.requests().len();
+    assert!(requests > 0);
+    // Cached: no request, also offline.
+    assert_eq!(caption(true), first);
+    assert_eq!(caption(false), first);
+    assert_eq!(server.requests().len(), requests);
+}

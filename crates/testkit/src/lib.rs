@@ -7,6 +7,7 @@
 //!   value pairs; [`assert_ids_eq`] for token ids, which must match exactly.
 //! - [`backend_tests!`]: writes a generic test once and runs it on every CPU backend (flex, ndarray; plus wgpu
 //!   and CUDA with the `wgpu` and `cuda` features).
+//! - [`hub_server`]: a tiny local HuggingFace hub, for download tests without the network.
 //!
 //! ```
 //! use blip2_testkit::{Tol, compare};
@@ -17,6 +18,8 @@
 //! let err = compare("demo", &got, &want, Tol::STAGE).unwrap_err();
 //! assert!(err.to_string().contains("max abs diff 5.0000e-1 at [2]"));
 //! ```
+
+pub mod hub_server;
 
 use std::collections::BTreeMap;
 use std::fmt;
