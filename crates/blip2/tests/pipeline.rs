@@ -27,18 +27,7 @@ fn setup(name: &str, beams: usize) -> (Fixture, Blip2<B>, Vec<PathBuf>) {
         ..blip2.generation_config().clone()
     };
     blip2.set_generation_config(config).unwrap();
-    // The batch's image order is in `pixel_values`' description ("... for images ['a', 'b'] ..."); the
-    // manifest's `images` object maps each stem to its file (serde_json does not keep object order).
-    let description = fixture.description("pixel_values");
-    let list = &description[description.find('[').unwrap() + 1..description.find(']').unwrap()];
-    let images = list
-        .split(',')
-        .map(|stem| {
-            let stem = stem.trim().trim_matches('\'');
-            let file = fixture.manifest()["images"][stem].as_str().unwrap();
-            blip2_testkit::fixtures_root().join("images").join(file)
-        })
-        .collect();
+    let images = fixture.batch_images();
     (fixture, blip2, images)
 }
 

@@ -18,17 +18,7 @@ fn setup() -> (
     let r =
         Blip2Retrieval::<B>::from_pretrained(fixture.dir(), FloatDType::F32, &Default::default())
             .unwrap();
-    // The batch's order is in `pixel_values`' description (serde_json does not keep object order).
-    let description = fixture.description("pixel_values");
-    let list = &description[description.find('[').unwrap() + 1..description.find(']').unwrap()];
-    let files = list
-        .split(',')
-        .map(|stem| {
-            let stem = stem.trim().trim_matches('\'');
-            let file = fixture.manifest()["images"][stem].as_str().unwrap();
-            blip2_testkit::fixtures_root().join("images").join(file)
-        })
-        .collect();
+    let files = fixture.batch_images();
     let texts = fixture.manifest()["texts"]
         .as_array()
         .unwrap()

@@ -577,15 +577,10 @@ fn chat_keeps_the_history_and_encodes_the_image_once() {
 
 fn retrieval_setup() -> (Fixture, Vec<String>, Vec<String>) {
     let fixture = Fixture::open("tiny-itm");
-    // The batch's order is in `pixel_values`' description (serde_json does not keep object order).
-    let description = fixture.description("pixel_values");
-    let list = &description[description.find('[').unwrap() + 1..description.find(']').unwrap()];
-    let images = list
-        .split(',')
-        .map(|stem| {
-            let stem = stem.trim().trim_matches('\'');
-            image(fixture.manifest()["images"][stem].as_str().unwrap())
-        })
+    let images = fixture
+        .batch_images()
+        .iter()
+        .map(|p| p.display().to_string())
         .collect();
     let texts = fixture.manifest()["texts"]
         .as_array()

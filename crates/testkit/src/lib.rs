@@ -488,6 +488,30 @@ impl Fixture {
         &self.manifest
     }
 
+    /// The image files of the fixture's batch, in the batch's order: `pixel_values`' description names the
+    /// stems ("... for images ['a', 'b'] ..."), the manifest's `images` maps each to its file under
+    /// `fixtures/images/` (serde_json does not keep object order, so the manifest alone cannot give it).
+    pub fn batch_images(&self) -> Vec<PathBuf> {
+        let description = self.description("pixel_values");
+        let (open, close) = (description.find('['), description.find(']'));
+        let (Some(open), Some(close)) = (open, close) else {
+            panic!(
+                "{}: pixel_values' description names no images: {description}",
+                self.name
+            );
+        };
+        description[open + 1..close]
+            .split(',')
+            .map(|stem| {
+                let stem = stem.trim().trim_matches('\'');
+                let file = self.manifest["images"][stem]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{}: no image `{stem}` in the manifest", self.name));
+                fixtures_root().join("images").join(file)
+            })
+            .collect()
+    }
+
     /// All reference keys, sorted.
     pub fn keys(&self) -> Vec<&str> {
         self.tensors.keys().map(String::as_str).collect()
