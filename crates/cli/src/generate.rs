@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::args::{Common, GenerationArgs, Stream};
 use crate::error::{CliError, Exit};
+use crate::inputs::open_all;
 use crate::model::{Located, load_blip2};
 use crate::output::{Done, Record, RowWriter};
 use crate::progress::{Reporter, summary};
@@ -390,17 +391,7 @@ pub fn run<B: Backend>(
     let ip = blip2.processor().image_processor().clone();
     let mut failed = 0usize;
     for chunk in todo.chunks(common.batch_size) {
-        let mut opened = Vec::new();
-        let mut errors: Vec<Option<String>> = Vec::new();
-        for path in chunk {
-            match ip.open(path) {
-                Ok(image) => {
-                    opened.push(image);
-                    errors.push(None);
-                }
-                Err(e) => errors.push(Some(e.to_string())),
-            }
-        }
+        let (opened, errors) = open_all(&ip, chunk);
         let mut results = Vec::new();
         if !opened.is_empty() {
             let features = blip2.encode_images(&opened)?;

@@ -5,6 +5,9 @@ use std::collections::HashSet;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use blip2::processor::BlipImageProcessor;
+use image::RgbImage;
+
 use crate::args::TextArgs;
 use crate::error::CliError;
 
@@ -108,6 +111,26 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Decodes every image of a batch; one that cannot be read becomes its error sentence, in place (the job goes
+/// on without it).
+pub fn open_all(
+    ip: &BlipImageProcessor,
+    paths: &[PathBuf],
+) -> (Vec<RgbImage>, Vec<Option<String>>) {
+    let mut images = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        match ip.open(path) {
+            Ok(image) => {
+                images.push(image);
+                errors.push(None);
+            }
+            Err(e) => errors.push(Some(e.to_string())),
+        }
+    }
+    (images, errors)
 }
 
 /// The texts of `--text` and `--texts FILE`, in that order.

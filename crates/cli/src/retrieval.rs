@@ -7,37 +7,20 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use blip2::processor::BlipImageProcessor;
 use burn::prelude::{Backend, Tensor};
-use image::RgbImage;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::Serialize;
 
 use crate::args::{Common, EmbedKind, ScoreKind};
 use crate::error::{CliError, Exit};
 use crate::generate::image_key;
+use crate::inputs::open_all;
 use crate::model::{Located, ModelKind, load_blip2, load_retrieval};
 use crate::output::{Record, RowWriter};
 use crate::progress::{Reporter, summary};
 
 /// CSV columns of `match`.
 pub const MATCH_COLUMNS: &[&str] = &["image", "text", "itm", "itc", "error"];
-
-/// Opens every image of a batch; failures become error strings in place.
-fn open_all(ip: &BlipImageProcessor, paths: &[PathBuf]) -> (Vec<RgbImage>, Vec<Option<String>>) {
-    let mut images = Vec::new();
-    let mut errors = Vec::new();
-    for path in paths {
-        match ip.open(path) {
-            Ok(image) => {
-                images.push(image);
-                errors.push(None);
-            }
-            Err(e) => errors.push(Some(e.to_string())),
-        }
-    }
-    (images, errors)
-}
 
 /// A tensor's values and shape, as f32 on the host.
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<(Vec<f32>, Vec<usize>), CliError> {
