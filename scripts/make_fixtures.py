@@ -636,13 +636,16 @@ def blip2_lm_fixture(out: Path, name: str, images: dict[str, Path], seed: int, s
             bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
         )
     model.generation_config = gen
-    model.save_pretrained(directory)
+    if spec.get("form") == "saved":
+        save_as_transformers_does(model, directory, is_t5)
+    else:
+        model.save_pretrained(directory)
+        if is_t5:
+            untie_t5_head(directory, "language_model.", model.language_model.lm_head.weight)
     processor.save_pretrained(directory)
     gen.save_pretrained(directory)
     if spec["legacy_processor_files"]:
         legacy_processor_files(directory, processor)
-    if is_t5:
-        untie_t5_head(directory, "language_model.", model.language_model.lm_head.weight)
 
     # Everything below runs on the model reloaded from disk.
     model = Blip2ForConditionalGeneration.from_pretrained(directory, attn_implementation="eager").eval()
@@ -721,6 +724,12 @@ def blip2_lm_fixture(out: Path, name: str, images: dict[str, Path], seed: int, s
         labels = batch["input_ids"].masked_fill(
             (batch["attention_mask"] == 0) | (batch["input_ids"] == image_token), -100)
         refs.add("labels/batch", labels, "OPT labels: input_ids with pads and <image> positions -> -100")
+
+    head_variants = []
+    if spec.get("form") == "saved":
+        head_variants = head_variant_refs(refs, directory, is_t5, seed + 7, lambda m: m(
+            pixel_values=pixel_values[:1], input_ids=single["input_ids"], attention_mask=single["attention_mask"],
+            **({"labels": labels[:1]} if is_t5 else {})).logits)
 
     model.zero_grad()
     out_batch = model(pixel_values=pixel_values, input_ids=batch["input_ids"],
@@ -810,7 +819,90 @@ def blip2_lm_fixture(out: Path, name: str, images: dict[str, Path], seed: int, s
         "image_token_index": image_token,
         "checkpoint_keys": file_keys(directory),
     }
+    if spec.get("form") == "saved":
+        meta["form"] = ("transformers 5.24 save_pretrained output, unedited"
+                        + (" (of the model loaded from the hub's form)" if is_t5 else ""))
+        meta["head_variants"] = head_variants
     refs.save(directory, meta)
+
+
+def save_as_transformers_does(model, directory: Path, is_t5: bool) -> None:
+    """Save `model` as a user of transformers 5.24 would end up with it: `save_pretrained`, unedited.
+
+    For T5 that is a Flan-T5 converted or fine-tuned with transformers 5.x: the hub's form (own `lm_head`,
+    `tie_word_embeddings: false`) is loaded with `from_pretrained`, which unties the stored head, and saved again.
+    transformers then writes `tie_word_embeddings: true` with `scale_decoder_outputs: false` and keeps
+    `lm_head.weight`; the asserts below pin that form.
+    """
+    if not is_t5:
+        model.save_pretrained(directory)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        untie_t5_head(Path(tmp), "language_model.", model.language_model.lm_head.weight)
+        converted = Blip2ForConditionalGeneration.from_pretrained(tmp, attn_implementation="eager")
+        converted.generation_config = model.generation_config
+        converted.save_pretrained(directory)
+    text = json.loads((directory / "config.json").read_text())["text_config"]
+    stored = load_file(str(directory / "model.safetensors"))
+    if (text.get("tie_word_embeddings") is not True or text.get("scale_decoder_outputs") is not False
+            or "language_model.lm_head.weight" not in stored
+            or torch.equal(stored["language_model.lm_head.weight"], stored["language_model.shared.weight"])):
+        raise AssertionError("transformers no longer saves Flan-T5 in the form this fixture is about")
+
+
+def head_variant_refs(refs: Refs, directory: Path, is_t5: bool, seed: int, logits_of) -> list[dict]:
+    """Logits of the saved model with its config's head flags and its stored `lm_head.weight` varied as
+    transformers writes or reads them: `tie_word_embeddings` absent/true/false, for T5 also `scale_decoder_outputs`
+    absent/true/false, each with the head stored (values of its own) or absent. OPT with `tie_word_embeddings:
+    false` and no stored head is left out: transformers initialises a random head there (blip2 refuses it)."""
+    prefix = "language_model."
+    head_key = prefix + "lm_head.weight"
+    source_key = prefix + ("shared.weight" if is_t5 else "model.decoder.embed_tokens.weight")
+    tensors = load_file(str(directory / "model.safetensors"))
+    head = tensors.get(head_key)
+    if head is None:
+        g = torch.Generator().manual_seed(seed)
+        shape = tensors[source_key].shape
+        head = torch.randn(shape, generator=g) / np.sqrt(shape[1])
+    refs.add("head/lm_head.weight", head, f"the {head_key} the head variants store (differs from {source_key})")
+    variants = []
+    for tie in ("absent", True, False):
+        for scale in (("absent", True, False) if is_t5 else ("absent",)):
+            for stored in (True, False):
+                if not is_t5 and tie is False and not stored:
+                    continue
+                name = f"tie_{str(tie).lower()}/scale_{str(scale).lower()}/head_{'stored' if stored else 'absent'}"
+                with tempfile.TemporaryDirectory() as tmp:
+                    tmp = Path(tmp)
+                    config = json.loads((directory / "config.json").read_text())
+                    text = config["text_config"]
+                    for key, value in (("tie_word_embeddings", tie), ("scale_decoder_outputs", scale)):
+                        text.pop(key, None)
+                        if value != "absent":
+                            text[key] = value
+                    write_json(tmp / "config.json", config)
+                    variant = {k: v for k, v in tensors.items() if k != head_key}
+                    if stored:
+                        variant[head_key] = head.clone()
+                    save_file(variant, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+                    m = Blip2ForConditionalGeneration.from_pretrained(tmp, attn_implementation="eager").eval()
+                    lm = m.language_model
+                    uses_stored = not (lm.lm_head.weight is lm.get_input_embeddings().weight)
+                    if uses_stored != stored:
+                        raise AssertionError(f"{name}: transformers no longer decides the head as documented")
+                    scaled = bool(getattr(lm.config, "scale_decoder_outputs", False))
+                    with torch.no_grad():
+                        logits = logits_of(m)
+                refs.add(f"head/{name}/logits", logits,
+                         f"lm/logits/single with text_config tie_word_embeddings {tie}"
+                         + (f", scale_decoder_outputs {scale}" if is_t5 else "")
+                         + f", lm_head.weight {'= head/lm_head.weight' if stored else 'absent'}; transformers used "
+                         f"{'the stored head' if stored else source_key}" + (f", scaled {scaled}" if is_t5 else ""))
+                variants.append({"name": name, "tie_word_embeddings": tie, "scale_decoder_outputs": scale,
+                                 "head_stored": stored, "uses_stored_head": uses_stored,
+                                 "scales_decoder_outputs": scaled if is_t5 else None})
+    return variants
 
 
 def try_blip2_lm(model, processor, tokenizer, images, spec, is_t5):
@@ -1273,7 +1365,9 @@ def png_16bit(arr: np.ndarray, color_type: int) -> bytes:
 def pil_image_fixture(out: Path, images: dict[str, Path], seed: int) -> None:
     """PIL's own pixels, for blip2-processor: `Image.resize(..., BICUBIC)` at many sizes (up, down, odd,
     non-square, 1 pixel, identity, large factors) of stored uint8 sources; `Image.alpha_composite` onto white
-    for every (value, alpha) pair; and HF `convert_to_rgb` of files in modes the shared images do not cover."""
+    for every (value, alpha) pair; CMYK -> RGB for every (ink, black) pair; and HF `convert_to_rgb` of files
+    in modes the shared images do not cover, and of JPEGs of every kind (PIL decodes with libjpeg-turbo)."""
+    from PIL import features
     from transformers.image_transforms import convert_to_rgb
 
     directory = out / "pil-image"
@@ -1316,6 +1410,13 @@ def pil_image_fixture(out: Path, images: dict[str, Path], seed: int) -> None:
     refs.add("alpha/over_white", over_white[..., 0],
              "HF convert_to_rgb (PIL alpha_composite onto white) of value x (column) with alpha y (row): red channel")
 
+    # Every (ink, black) pair of mode CMYK: ink varies along x (as C and Y, 255 - ink as M), black along y.
+    ink, black = np.mgrid[0:256, 0:256][::-1].astype(np.uint8)
+    cmyk = np.stack([ink, 255 - ink, ink, black], axis=-1)
+    cmyk_rgb = convert_to_rgb(Image.fromarray(cmyk, "CMYK"), return_numpy=True)
+    refs.add("cmyk/to_rgb", cmyk_rgb[..., 0],
+             "HF convert_to_rgb (PIL CMYK -> RGB) of C = M' = Y = x (column), K = y (row): red channel")
+
     # Files in modes the shared images do not cover, and HF convert_to_rgb of what PIL opens.
     pattern = (rng.random((7, 13, 4)) * 65536).astype(np.uint16)
     pattern[0, :4] = [0, 255, 256, 65535]
@@ -1346,6 +1447,50 @@ def pil_image_fixture(out: Path, images: dict[str, Path], seed: int) -> None:
         buffer = io.BytesIO()
         save(buffer)
         files[name] = buffer.getvalue()
+
+    # JPEGs as Pillow writes them, one of each kind a decoder handles differently: gray, chroma 4:2:0 (Pillow's
+    # default), 4:2:2 and 4:4:4, RGB stored without YCbCr (keep_rgb), progressive colour and gray, restart
+    # intervals, CMYK (PIL reads it Adobe-inverted), an EXIF orientation (neither PIL nor HF applies it), sizes
+    # that are not a multiple of the 8 or 16 pixel MCU, and two damaged scans with their end marker intact
+    # (libjpeg warns and fills what it cannot decode; PIL returns those pixels).
+    def photo(h: int, w: int, channels: int) -> np.ndarray:
+        y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+        planes = [x / (w - 1), y / (h - 1), 0.5 + 0.5 * np.sin(x / 2.3 + y / 3.1), 0.5 + 0.4 * np.cos(x / 3.7 - y / 1.9)]
+        img = np.stack(planes[:channels], axis=-1) + rng.normal(0.0, 0.1, size=(h, w, channels))
+        return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+
+    def jpeg(image: Image.Image, **options) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", **options)
+        return buffer.getvalue()
+
+    def damaged(data: bytes, cut: int) -> bytes:
+        """`cut` bytes taken out of the middle of the (last) scan; the end-of-image marker stays."""
+        sos = data.rfind(b"\xff\xda")
+        start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+        middle = (start + len(data) - 2) // 2
+        return data[:middle] + data[middle + cut:]
+
+    orientation = Image.Exif()
+    orientation[0x0112] = 6  # "rotate 90 CW to display"
+    restart = jpeg(Image.fromarray(photo(25, 33, 3), "RGB"), quality=90, restart_marker_blocks=2)
+    files.update({
+        "gray_13x11.jpg": jpeg(Image.fromarray(photo(11, 13, 1)[..., 0], "L"), quality=85),
+        "gray_progressive_21x13.jpg": jpeg(Image.fromarray(photo(13, 21, 1)[..., 0], "L"), quality=80,
+                                           progressive=True),
+        "yuv420_17x9.jpg": jpeg(Image.fromarray(photo(9, 17, 3), "RGB"), quality=90),
+        "yuv420_97x71.jpg": jpeg(Image.fromarray(sources["large_97x71"][0], "RGB"), quality=75),
+        "yuv422_23x15.jpg": jpeg(Image.fromarray(photo(15, 23, 3), "RGB"), quality=90, subsampling="4:2:2"),
+        "yuv444_13x11.jpg": jpeg(Image.fromarray(photo(11, 13, 3), "RGB"), quality=90, subsampling="4:4:4"),
+        "rgb_11x9.jpg": jpeg(Image.fromarray(photo(9, 11, 3), "RGB"), quality=90, keep_rgb=True),
+        "progressive_29x21.jpg": jpeg(Image.fromarray(photo(21, 29, 3), "RGB"), quality=80, progressive=True),
+        "restart_33x25.jpg": restart,
+        "cmyk_15x13.jpg": jpeg(Image.fromarray(photo(13, 15, 4), "CMYK"), quality=90),
+        "exif_rotated_13x11.jpg": jpeg(Image.fromarray(photo(11, 13, 3), "RGB"), quality=90,
+                                       exif=orientation.tobytes()),
+        "damaged_31x23.jpg": damaged(jpeg(Image.fromarray(photo(23, 31, 3), "RGB"), quality=90), 40),
+        "damaged_restart_33x25.jpg": damaged(restart, 40),
+    })
     for name, data in files.items():
         path = directory / name
         path.write_bytes(data)
@@ -1354,7 +1499,7 @@ def pil_image_fixture(out: Path, images: dict[str, Path], seed: int) -> None:
                  f"HF convert_to_rgb of pil-image/{name} as PIL opens it (mode {image.mode}), HWC uint8")
 
     meta = {"format_version": FORMAT_VERSION, "fixture": "pil-image", "versions": versions(), "seed": seed,
-            "files": sorted(files)}
+            "libjpeg_turbo": features.version("libjpeg_turbo"), "files": sorted(files)}
     refs.save(directory, meta)
 
 
@@ -1456,6 +1601,12 @@ TINY_T5 = {
                     "language_projection.weight", "vision_model.embeddings.patch_embedding.weight"],
 }
 
+# The same models as transformers 5.24's `save_pretrained` writes them, unedited (other seeds): T5 converted from
+# the hub's form and saved again (`tie_word_embeddings: true`, `scale_decoder_outputs: false`, its own stored
+# `lm_head.weight`), OPT saved fresh (tied head absent); both in the 5.x processor layout.
+TINY_T5_SAVED = dict(TINY_T5, form="saved")
+TINY_OPT_SAVED = dict(TINY_OPT, form="saved", legacy_processor_files=False)
+
 TINY_ITM = {
     "legacy_processor_files": True,
     "image_size": 24,  # patch 5: 4x4 patches, four pixels dropped
@@ -1511,6 +1662,8 @@ def generate_all(out: Path) -> None:
     images = make_images(out / "images")
     blip2_lm_fixture(out, "tiny-opt", images, SEED + 10, TINY_OPT)
     blip2_lm_fixture(out, "tiny-t5", images, SEED + 20, TINY_T5)
+    blip2_lm_fixture(out, "tiny-opt-saved", images, SEED + 110, TINY_OPT_SAVED)
+    blip2_lm_fixture(out, "tiny-t5-saved", images, SEED + 120, TINY_T5_SAVED)
     itm_fixture(out, "tiny-itm", images, SEED + 30, TINY_ITM)
     opt_lm_fixture(out, "tiny-opt-lm", SEED + 40, TINY_OPT_LM)
     opt_lm_fixture(out, "tiny-opt-lm-350m", SEED + 50, TINY_OPT_LM_350M)

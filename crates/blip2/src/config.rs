@@ -136,13 +136,21 @@ impl Blip2Config {
                 });
             }
         };
-        let image_token_index =
-            match value.get("image_token_index") {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(v.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(
-                    || Error::unsupported("image_token_index", v, "must be a token id"),
-                )?),
-            };
+        // transformers maps `image_token_id` onto `image_token_index` (`attribute_map`); with both in the
+        // file, `image_token_id` wins (transformers 5.24, whatever their order).
+        let mut image_token_index = None;
+        for key in ["image_token_index", "image_token_id"] {
+            match value.get(key) {
+                None | Some(Value::Null) => {}
+                Some(v) => {
+                    image_token_index = Some(
+                        v.as_u64()
+                            .and_then(|v| u32::try_from(v).ok())
+                            .ok_or_else(|| Error::unsupported(key, v, "must be a token id"))?,
+                    );
+                }
+            }
+        }
         let image_text_hidden_size = match value.get("image_text_hidden_size") {
             None | Some(Value::Null) => 256,
             Some(v) => v.as_u64().filter(|&v| v > 0).ok_or_else(|| {
@@ -171,7 +179,8 @@ impl Blip2Config {
     }
 
     /// HF's `Blip2Config.from_vision_qformer_text_configs`: the three parts, `num_query_tokens` 32, no
-    /// `<image>` token (the legacy prompt layout), the default retrieval width 256.
+    /// `<image>` token (the legacy prompt layout), the default retrieval width 256. The Q-Former's
+    /// `encoder_hidden_size` is set to the vision width, as transformers does.
     ///
     /// # Errors
     /// [`Error::UnsupportedConfig`] when the parts do not fit together.
@@ -180,6 +189,9 @@ impl Blip2Config {
         qformer_config: Blip2QFormerConfig,
         text_config: TextConfig,
     ) -> Result<Self, Error> {
+        let mut qformer_config = qformer_config;
+        // As transformers' `Blip2Config`: the Q-Former reads the vision tower's width.
+        qformer_config.encoder_hidden_size = vision_config.hidden_size;
         let config = Self {
             vision_config,
             qformer: QFormerConfig {

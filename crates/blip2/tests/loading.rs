@@ -51,7 +51,7 @@ fn load(dir: &Path) -> Result<Blip2ForConditionalGeneration<B>, Error> {
 
 #[test]
 fn fixtures_load_every_key_and_nothing_else() {
-    for name in ["tiny-opt", "tiny-t5"] {
+    for name in ["tiny-opt", "tiny-t5", "tiny-opt-saved", "tiny-t5-saved"] {
         let fixture = Fixture::open(name);
         let config = Blip2Config::from_file(fixture.dir()).unwrap();
         let checkpoint = Checkpoint::open(fixture.dir()).unwrap();
@@ -228,24 +228,150 @@ fn a_config_that_does_not_fit_the_weights_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(fixture.dir(), dir.path());
 
-    // The vision width alone: the Q-Former would read another width.
+    // The Q-Former reads the vision width whatever `encoder_hidden_size` says (transformers' `Blip2Config`
+    // overwrites it): a wrong value there alone loads and computes as transformers does.
+    edit_config(dir.path(), |c| {
+        c["qformer_config"]["encoder_hidden_size"] = (hidden * 2).into();
+    });
+    let config = Blip2Config::from_file(dir.path()).unwrap();
+    assert_eq!(config.qformer.qformer.encoder_hidden_size, hidden);
+    load(dir.path()).unwrap();
+
+    // Another vision width: the vision tower's and the Q-Former's cross-attention weights have the other width.
     edit_config(dir.path(), |c| {
         c["vision_config"]["hidden_size"] = (hidden * 2).into()
     });
     let err = load(dir.path()).unwrap_err();
-    assert!(
-        matches!(&err, Error::UnsupportedConfig { key, .. } if key == "qformer_config.encoder_hidden_size"),
-        "{err}"
-    );
-
-    // Both widths, consistently: the weights have the other width.
-    edit_config(dir.path(), |c| {
-        c["qformer_config"]["encoder_hidden_size"] = (hidden * 2).into();
-    });
-    let err = load(dir.path()).unwrap_err();
     let message = err.to_string();
     assert!(
-        message.contains("vision_model.") && message.contains("shape mismatch"),
+        message.contains("vision_model.")
+            && message.contains("crossattention")
+            && message.contains("shape mismatch"),
+        "{message}"
+    );
+}
+
+/// `image_token_id` is transformers' other name for `image_token_index`; with both, `image_token_id` wins.
+#[test]
+fn image_token_id_is_image_token_index() {
+    let text =
+        std::fs::read_to_string(Fixture::open("tiny-opt").dir().join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let index = config["image_token_index"].as_u64().unwrap() as u32;
+    let parse = |c: &serde_json::Value| Blip2Config::from_json_str(&c.to_string(), "config.json");
+    config["image_token_id"] = config["image_token_index"].take();
+    config.as_object_mut().unwrap().remove("image_token_index");
+    assert_eq!(parse(&config).unwrap().image_token_index, Some(index));
+    config["image_token_index"] = (index + 1).into();
+    assert_eq!(parse(&config).unwrap().image_token_index, Some(index));
+    config["image_token_id"] = "x".into();
+    let err = parse(&config).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedConfig { key, .. } if key == "image_token_id"),
+        "{err}"
+    );
+}
+
+/// The language model's head as transformers 5.24 decides it, on the directories that transformers saved
+/// (`tiny-t5-saved`: its own `lm_head.weight` with `tie_word_embeddings: true, scale_decoder_outputs: false`;
+/// `tiny-opt-saved`: the tied head absent). Each of the fixture's head variants sets the text config's
+/// `tie_word_embeddings` (and for T5 `scale_decoder_outputs`) absent, true or false, with `lm_head.weight` stored
+/// (values of its own, differing from the embeddings) or absent; the single prompt's logits must equal the ones
+/// transformers computed on that very directory. A stored head is never ignored.
+#[test]
+fn the_head_is_the_one_transformers_uses_under_every_flag() {
+    for name in ["tiny-t5-saved", "tiny-opt-saved"] {
+        let fixture = Fixture::open(name);
+        let device = Default::default();
+        let head_key = "language_model.lm_head.weight";
+        let head = fixture.data("head/lm_head.weight");
+        let head_bytes: Vec<u8> = head
+            .as_slice::<f32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let base: Vec<_> = tensors(fixture.dir())
+            .into_iter()
+            .filter(|t| t.0 != head_key)
+            .collect();
+        let variants = fixture.manifest()["head_variants"].as_array().unwrap();
+        assert_eq!(
+            variants.len(),
+            if name == "tiny-opt-saved" { 5 } else { 18 }
+        );
+        for variant in variants {
+            let vname = variant["name"].as_str().unwrap();
+            let stored = variant["head_stored"].as_bool().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(fixture.dir(), dir.path());
+            edit_config(dir.path(), |c| {
+                let text = c["text_config"].as_object_mut().unwrap();
+                for key in ["tie_word_embeddings", "scale_decoder_outputs"] {
+                    text.remove(key);
+                    if variant[key].is_boolean() {
+                        text.insert(key.to_string(), variant[key].clone());
+                    }
+                }
+            });
+            let mut files = base.clone();
+            if stored {
+                files.push((
+                    head_key.to_string(),
+                    Dtype::F32,
+                    head.shape.to_vec(),
+                    head_bytes.clone(),
+                ));
+            }
+            write(&dir.path().join("model.safetensors"), &files);
+
+            let model = load(dir.path()).unwrap_or_else(|e| panic!("{name} {vname}: {e}"));
+            let own_head = match &model.language_model {
+                blip2::LanguageModel::Opt(m) => m.lm_head.is_some(),
+                blip2::LanguageModel::T5(m) => {
+                    assert_eq!(
+                        m.config.scales_decoder_outputs(),
+                        variant["scales_decoder_outputs"].as_bool().unwrap(),
+                        "{name} {vname}: output scaling"
+                    );
+                    m.lm_head.is_some()
+                }
+            };
+            assert_eq!(own_head, stored, "{name} {vname}: which head");
+            let pixels = fixture.tensor::<B, 4>("pixel_values", &device);
+            let images = model.encode_images(pixels, false).unwrap().select(&[0]);
+            let labels = fixture
+                .has("labels/single")
+                .then(|| fixture.int_tensor::<B, 2>("labels/single", &device));
+            let out = model
+                .forward(
+                    &images,
+                    fixture.int_tensor("input_ids/single", &device),
+                    Some(fixture.int_tensor("attention_mask/single", &device)),
+                    None,
+                    labels,
+                )
+                .unwrap();
+            blip2_testkit::assert_tensor_close(
+                &format!("{name} head/{vname}/logits"),
+                &out.logits,
+                fixture.data(&format!("head/{vname}/logits")),
+                blip2_testkit::Tol::LOGITS,
+            );
+        }
+    }
+
+    // OPT with `tie_word_embeddings: false` and no stored head: transformers makes up a random head; blip2
+    // refuses, naming the key.
+    let fixture = Fixture::open("tiny-opt-saved");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(fixture.dir(), dir.path());
+    edit_config(dir.path(), |c| {
+        c["text_config"]["tie_word_embeddings"] = false.into()
+    });
+    let message = load(dir.path()).unwrap_err().to_string();
+    assert!(
+        message.contains("missing: `language_model.lm_head.weight`"),
         "{message}"
     );
 }

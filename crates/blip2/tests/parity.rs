@@ -228,25 +228,43 @@ fn batch_rows_match_single_runs<B: Backend>(name: &str, device: &B::Device) {
     }
 }
 
+// Each model in two forms: the hub's (`tiny-opt`, `tiny-t5`: transformers 4.x config keys, Flan-T5 with
+// `tie_word_embeddings: false`) and transformers 5.24's unedited `save_pretrained` output (`*-saved`: Flan-T5 with
+// `tie_word_embeddings: true`, `scale_decoder_outputs: false` and its own stored head).
+const OPT: [&str; 2] = ["tiny-opt", "tiny-opt-saved"];
+const T5: [&str; 2] = ["tiny-t5", "tiny-t5-saved"];
+
 fn opt_features<B: Backend>(device: &B::Device) {
-    features::<B>("tiny-opt", device);
+    for name in OPT {
+        features::<B>(name, device);
+    }
 }
 fn t5_features<B: Backend>(device: &B::Device) {
-    features::<B>("tiny-t5", device);
+    for name in T5 {
+        features::<B>(name, device);
+    }
 }
 fn opt_logits_and_loss<B: Backend>(device: &B::Device) {
-    inputs_logits_and_loss::<B>("tiny-opt", device);
+    for name in OPT {
+        inputs_logits_and_loss::<B>(name, device);
+    }
 }
 fn t5_logits_and_loss<B: Backend>(device: &B::Device) {
-    inputs_logits_and_loss::<B>("tiny-t5", device);
+    for name in T5 {
+        inputs_logits_and_loss::<B>(name, device);
+    }
 }
 fn opt_generation<B: Backend>(device: &B::Device) {
-    generation::<B>("tiny-opt", device);
-    batch_rows_match_single_runs::<B>("tiny-opt", device);
+    for name in OPT {
+        generation::<B>(name, device);
+        batch_rows_match_single_runs::<B>(name, device);
+    }
 }
 fn t5_generation<B: Backend>(device: &B::Device) {
-    generation::<B>("tiny-t5", device);
-    batch_rows_match_single_runs::<B>("tiny-t5", device);
+    for name in T5 {
+        generation::<B>(name, device);
+        batch_rows_match_single_runs::<B>(name, device);
+    }
 }
 
 blip2_testkit::backend_tests!(
@@ -336,12 +354,16 @@ fn gradients<B: burn::tensor::backend::AutodiffBackend>(name: &str, device: &B::
 
 #[test]
 fn opt_gradients() {
-    gradients::<burn::backend::Autodiff<blip2_testkit::Flex>>("tiny-opt", &Default::default());
+    for name in OPT {
+        gradients::<burn::backend::Autodiff<blip2_testkit::Flex>>(name, &Default::default());
+    }
 }
 
 #[test]
 fn t5_gradients() {
-    gradients::<burn::backend::Autodiff<blip2_testkit::Flex>>("tiny-t5", &Default::default());
+    for name in T5 {
+        gradients::<burn::backend::Autodiff<blip2_testkit::Flex>>(name, &Default::default());
+    }
 }
 
 /// A config without `image_token_index` (older transformers) puts the queries in front of the text embeddings

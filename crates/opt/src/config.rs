@@ -41,7 +41,8 @@ pub struct OptConfig {
     /// Drops the decoder's `final_layer_norm` (old OPT checkpoints).
     #[serde(rename = "_remove_final_layer_norm")]
     pub remove_final_layer_norm: bool,
-    /// Whether `lm_head` shares `embed_tokens`' weight (true for every OPT).
+    /// Whether an absent `lm_head.weight` means `embed_tokens`' weight (true for every OPT); a stored head is
+    /// used either way.
     pub tie_word_embeddings: bool,
     /// Beginning of sequence (`</s>`, 2).
     pub bos_token_id: Option<u32>,
@@ -113,13 +114,9 @@ impl OptConfig {
         if section.get("model_type").and_then(|t| t.as_str()) != Some("opt") {
             return Err(Error::NotAnOptConfig { path });
         }
-        let mut section = section.clone();
-        // BLIP-2 configs may state tie_word_embeddings at the top level only.
-        if let (Some(tie), Some(obj)) = (value.get("tie_word_embeddings"), section.as_object_mut())
-        {
-            obj.entry("tie_word_embeddings").or_insert(tie.clone());
-        }
-        let config: Self = serde_json::from_value(section).map_err(json_error)?;
+        // A BLIP-2 config's top-level `tie_word_embeddings` is not the language model's: transformers 5.24 ties
+        // OPT's head by `text_config` alone.
+        let config: Self = serde_json::from_value(section.clone()).map_err(json_error)?;
         config.validate()?;
         Ok(config)
     }

@@ -2,8 +2,8 @@
 //! loss; and loading from a standalone OPT directory or the `language_model.` part of a BLIP-2 directory.
 //!
 //! Keys: `model.decoder.{embed_tokens, embed_positions, project_in?, project_out?, final_layer_norm?, layers.N.*}`,
-//! and `lm_head.weight`, which is tied to `embed_tokens` and usually absent (accepted when present: HF ties it
-//! anyway). In a BLIP-2 checkpoint, all under `language_model.`.
+//! and `lm_head.weight`, which is tied to `embed_tokens` and usually absent; when present it is the head (as in
+//! transformers 5.24, which unties a stored head whose values differ from `embed_tokens`). In a BLIP-2 checkpoint, all under `language_model.`.
 //!
 //! Deliberate choices (as HF): positions are `cumsum(mask) * mask - 1` looked up at `+ 2`, so pads use row 1 and
 //! left padding (and BLIP-2's pads between the image tokens and BOS) does not shift real tokens; with a cache
@@ -69,13 +69,14 @@ pub struct OptModel<B: Backend> {
     pub decoder: OptDecoder<B>,
 }
 
-/// HF `OPTForCausalLM`: the decoder and the language-model head, tied to `embed_tokens` unless the config says
-/// `tie_word_embeddings: false`.
+/// HF `OPTForCausalLM`: the decoder and the language-model head, tied to `embed_tokens` unless the checkpoint
+/// stores `lm_head.weight` or the config says `tie_word_embeddings: false`.
 #[derive(Module, Debug)]
 pub struct OptForCausalLm<B: Backend> {
     /// `model.decoder.*`.
     pub model: OptModel<B>,
-    /// An untied head (`None`: logits use `embed_tokens`' weight, as HF's tied head does).
+    /// The head's own weights (a stored `lm_head.weight`); `None`: logits use `embed_tokens`' weight, as HF's
+    /// tied head does.
     pub lm_head: Option<Linear<B>>,
     /// The config it was built from.
     #[module(skip)]
@@ -88,6 +89,15 @@ impl OptConfig {
     /// # Errors
     /// [`Error::UnsupportedConfig`] from [`OptConfig::validate`].
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<OptForCausalLm<B>, Error> {
+        self.build(!self.tie_word_embeddings, device)
+    }
+
+    /// An OPT with or without its own `lm_head` (without: the head is `embed_tokens`).
+    fn build<B: Backend>(
+        &self,
+        own_head: bool,
+        device: &B::Device,
+    ) -> Result<OptForCausalLm<B>, Error> {
         self.validate()?;
         let activation = self.activation()?;
         let (hidden, embed) = (self.hidden_size, self.embed_dim());
@@ -110,8 +120,7 @@ impl OptConfig {
         };
         Ok(OptForCausalLm {
             model: OptModel { decoder },
-            lm_head: (!self.tie_word_embeddings)
-                .then(|| linear(embed, self.vocab_size, false, device)),
+            lm_head: own_head.then(|| linear(embed, self.vocab_size, false, device)),
             config: self.clone(),
         })
     }
@@ -366,12 +375,20 @@ impl<B: Backend> OptForCausalLm<B> {
         } else {
             KeyMap::under("language_model")
         };
-        let mut options = LoadOptions::new(key_map).with_dtype(dtype);
-        if config.tie_word_embeddings {
-            // A tied head is computed from embed_tokens; a stored copy is redundant (HF ties it on load too).
-            options = options.with_ignored(&format!("{prefix}lm_head.weight"));
+        let options = LoadOptions::new(key_map).with_dtype(dtype);
+        // transformers 5.24: with `tie_word_embeddings` (every OPT) the head is `embed_tokens` unless the file
+        // stores an `lm_head.weight` with values of its own, which it then uses; without it, the file must hold
+        // the head. So a stored head is always the head (equal to `embed_tokens` it gives the same logits), and an
+        // absent one is `embed_tokens` when tied, a missing key otherwise.
+        let head = format!("{prefix}lm_head.weight");
+        let own_head = !config.tie_word_embeddings || checkpoint.contains(&head);
+        let module = config.build::<B>(own_head, device)?;
+        let (model, mut report) = load_module(module, checkpoint, &options, device)?;
+        if !own_head {
+            report
+                .tied
+                .push((head, format!("{prefix}model.decoder.embed_tokens.weight")));
         }
-        let module = config.init::<B>(device)?;
-        Ok(load_module(module, checkpoint, &options, device)?)
+        Ok((model, report))
     }
 }

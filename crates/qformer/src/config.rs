@@ -199,7 +199,19 @@ impl QFormerConfig {
             }
             None => return Err(Error::NotAQFormerConfig { path }),
         };
-        let qformer: Blip2QFormerConfig = serde_json::from_value(section).map_err(json_error)?;
+        let mut qformer: Blip2QFormerConfig =
+            serde_json::from_value(section).map_err(json_error)?;
+        // In a whole BLIP-2 config the Q-Former reads the vision tower's width whatever `encoder_hidden_size`
+        // says: transformers' `Blip2Config` overwrites it with `vision_config.hidden_size` (1408 by default).
+        if let Some(vision) = value.get("vision_config") {
+            let width = match vision.get("hidden_size") {
+                None | Some(serde_json::Value::Null) => 1408,
+                Some(w) => w.as_u64().filter(|&w| w > 0).ok_or_else(|| {
+                    Error::unsupported("vision_config.hidden_size", w, "must be a positive integer")
+                })? as usize,
+            };
+            qformer.encoder_hidden_size = width;
+        }
         let num_query_tokens = match value.get("num_query_tokens") {
             None | Some(serde_json::Value::Null) => 32,
             Some(n) => n.as_u64().filter(|&n| n > 0).ok_or_else(|| {

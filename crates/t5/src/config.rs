@@ -6,8 +6,15 @@
 //! - the feed-forward: `feed_forward_proj` is `"<act>"` (plain `wo(act(wi x))`) or `"gated-<act>"`
 //!   (`wo(act(wi_0 x) * wi_1 x)`); the activation is `dense_act_fn` when the file states it (the BLIP-2 Flan-T5
 //!   configs say exact `"gelu"`), else the one `feed_forward_proj` names, with `gated-gelu` meaning `gelu_new`;
-//! - the head: a config with `tie_word_embeddings: false` (T5 v1.1, Flan-T5) has its own `lm_head` and no output
-//!   scaling; otherwise (original T5) logits use `shared`'s weight on decoder outputs scaled by `d_model^-0.5`.
+//!   `is_gated_act`, when the file states it (transformers 5.x writes it), decides the gating over the prefix;
+//! - the output scaling (HF's `scale_decoder_outputs`): decoder outputs are multiplied by `d_model^-0.5` before
+//!   the head when the file says `scale_decoder_outputs: true` (transformers 5.x writes the key), or, in configs
+//!   without that key (the hub's 4.x files), unless `tie_word_embeddings` is `false` (T5 v1.1, Flan-T5).
+//!
+//! Which weights the head uses is not the config's to decide: transformers 5.24 uses a stored `lm_head.weight`
+//! whenever the file has one, and `shared` otherwise, whatever `tie_word_embeddings` says (it forces that flag
+//! to `true` and unties only a head stored with its own values). [`crate::T5ForConditionalGeneration::load`]
+//! does the same; docs/weights.md has the table.
 
 use std::path::{Path, PathBuf};
 
@@ -48,8 +55,16 @@ pub struct T5Config {
     pub feed_forward_proj: String,
     /// The feed-forward activation when stated (see the module doc).
     pub dense_act_fn: Option<String>,
-    /// Whether the head is tied to `shared` (and decoder outputs scaled by `d_model^-0.5`); absent means tied.
+    /// Whether the feed-forward is gated, when stated (transformers 5.x writes it; it wins over
+    /// `feed_forward_proj`'s `gated-` prefix, as in transformers).
+    pub is_gated_act: Option<bool>,
+    /// The 4.x way of saying whether decoder outputs are scaled: `false` (T5 v1.1, Flan-T5) means unscaled when
+    /// `scale_decoder_outputs` is absent. A fresh model ([`Self::init`]) gets its own `lm_head` when this is
+    /// `false`; a loaded one uses whatever head the file holds.
     pub tie_word_embeddings: Option<bool>,
+    /// Whether decoder outputs are multiplied by `d_model^-0.5` before the head, when stated (transformers 5.x
+    /// writes it, with `tie_word_embeddings: true` on every T5); see [`Self::scales_decoder_outputs`].
+    pub scale_decoder_outputs: Option<bool>,
     /// First decoder input (the pad id, 0).
     pub decoder_start_token_id: Option<u32>,
     /// Padding (0).
@@ -74,7 +89,9 @@ impl Default for T5Config {
             layer_norm_epsilon: 1e-6,
             feed_forward_proj: "relu".into(),
             dense_act_fn: None,
+            is_gated_act: None,
             tie_word_embeddings: None,
+            scale_decoder_outputs: None,
             decoder_start_token_id: Some(0),
             pad_token_id: Some(0),
             eos_token_id: Some(TokenIds::One(1)),
@@ -170,9 +187,10 @@ impl T5Config {
         Ok(())
     }
 
-    /// Whether the feed-forward is gated (`feed_forward_proj` `gated-<act>`).
+    /// Whether the feed-forward is gated: `is_gated_act` when stated, else `feed_forward_proj` `gated-<act>`.
     pub fn is_gated(&self) -> bool {
-        self.feed_forward_proj.starts_with("gated-")
+        self.is_gated_act
+            .unwrap_or_else(|| self.feed_forward_proj.starts_with("gated-"))
     }
 
     /// The feed-forward activation (see the module doc).
@@ -212,9 +230,17 @@ impl T5Config {
         self.num_decoder_layers.unwrap_or(self.num_layers)
     }
 
-    /// Whether `lm_head` is `shared` with decoder outputs scaled by `d_model^-0.5` (HF's `scale_decoder_outputs`:
-    /// every config but those stating `tie_word_embeddings: false`).
-    pub fn tied_head(&self) -> bool {
-        self.tie_word_embeddings != Some(false)
+    /// HF's `scale_decoder_outputs`: whether decoder outputs are multiplied by `d_model^-0.5` before the head.
+    /// The stated `scale_decoder_outputs` when present (transformers 5.x), else `tie_word_embeddings != false`
+    /// (transformers 5.24's `T5Config.__post_init__` on a 4.x file: original T5 scales, v1.1 and Flan-T5 do not).
+    pub fn scales_decoder_outputs(&self) -> bool {
+        self.scale_decoder_outputs
+            .unwrap_or(self.tie_word_embeddings != Some(false))
+    }
+
+    /// Whether a fresh model ([`Self::init`]) gets its own `lm_head`: configs stating
+    /// `tie_word_embeddings: false`. Loading decides from the file instead (see the module doc).
+    pub fn own_head_when_fresh(&self) -> bool {
+        self.tie_word_embeddings == Some(false)
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Keys: `shared.weight`; `encoder.block.N.*`, `encoder.final_layer_norm.weight`; `decoder.block.N.*`,
 //! `decoder.final_layer_norm.weight`; `lm_head.weight` (Flan-T5: its own; original T5: tied to `shared`, may be
-//! absent). `encoder.embed_tokens.weight` / `decoder.embed_tokens.weight` are copies of `shared` when present and
+//! absent: a stored one is always the head, as in transformers 5.24). `encoder.embed_tokens.weight` / `decoder.embed_tokens.weight` are copies of `shared` when present and
 //! are ignored, as is transformers' unused `decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight`.
 
 use std::path::Path;
@@ -111,7 +111,8 @@ pub struct T5ForConditionalGeneration<B: Backend> {
     pub encoder: T5Encoder<B>,
     /// The decoder.
     pub decoder: T5Decoder<B>,
-    /// Flan-T5's own head (`None`: tied to `shared`, decoder outputs scaled by `d_model^-0.5`).
+    /// The head's own weights (Flan-T5's, or any stored `lm_head.weight`); `None`: the head is `shared`.
+    /// Whether decoder outputs are scaled first is the config's [`T5Config::scales_decoder_outputs`].
     pub lm_head: Option<Linear<B>>,
     /// The config it was built from.
     #[module(skip)]
@@ -125,6 +126,15 @@ impl T5Config {
     /// [`Error::UnsupportedConfig`] from [`T5Config::validate`].
     pub fn init<B: Backend>(
         &self,
+        device: &B::Device,
+    ) -> Result<T5ForConditionalGeneration<B>, Error> {
+        self.build(self.own_head_when_fresh(), device)
+    }
+
+    /// A T5 with or without its own `lm_head` (without: the head is `shared`).
+    fn build<B: Backend>(
+        &self,
+        own_head: bool,
         device: &B::Device,
     ) -> Result<T5ForConditionalGeneration<B>, Error> {
         self.validate()?;
@@ -147,7 +157,7 @@ impl T5Config {
                 final_layer_norm: norm(),
                 dropout: dropout(),
             },
-            lm_head: (!self.tied_head()).then(|| {
+            lm_head: own_head.then(|| {
                 LinearConfig::new(self.d_model, self.vocab_size)
                     .with_bias(false)
                     .with_layout(LinearLayout::Col)
@@ -266,16 +276,21 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         self.lm_head(x)
     }
 
-    /// The head: Flan-T5's own `lm_head`, or `shared`'s weight on outputs scaled by `d_model^-0.5`.
+    /// The head: decoder outputs scaled by `d_model^-0.5` when the config says so (original T5), then the own
+    /// `lm_head` (Flan-T5) or `shared`'s weight.
     ///
     /// # Shapes
     /// `[batch, len, d_model]` -> `[batch, len, vocab]`
     pub fn lm_head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = if self.config.scales_decoder_outputs() {
+            x.mul_scalar((self.config.d_model as f64).powf(-0.5))
+        } else {
+            x
+        };
         match &self.lm_head {
             Some(head) => linear_forward(head, x),
             None => {
                 let [batch, len, d] = x.dims();
-                let x = x.mul_scalar((d as f64).powf(-0.5));
                 let weight = self.shared.weight.val(); // [vocab, d_model]
                 let vocab = weight.dims()[0];
                 x.reshape([batch * len, d])
@@ -457,17 +472,25 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
                 format!("{prefix}.{k}")
             }
         };
-        let mut options = LoadOptions::new(t5_key_map(prefix))
+        let options = LoadOptions::new(t5_key_map(prefix))
             .with_dtype(dtype)
             .with_ignored(&key("encoder.embed_tokens.weight"))
             .with_ignored(&key("decoder.embed_tokens.weight"))
             .with_ignored(&key(
                 "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",
             ));
-        if config.tied_head() {
-            options = options.with_ignored(&key("lm_head.weight"));
+        // transformers 5.24 ties `lm_head` to `shared` unless the file stores a head with values of its own, and
+        // never reads `tie_word_embeddings` for this (its T5Config forces the flag to true): a stored
+        // `lm_head.weight` is the head (equal to `shared` it gives the same logits), an absent one is `shared`.
+        // Never ignore a stored head: transformers 5.x saves Flan-T5 with `tie_word_embeddings: true` and its own
+        // `lm_head.weight`.
+        let head = key("lm_head.weight");
+        let own_head = checkpoint.contains(&head);
+        let module = config.build::<B>(own_head, device)?;
+        let (model, mut report) = load_module(module, checkpoint, &options, device)?;
+        if !own_head {
+            report.tied.push((head, key("shared.weight")));
         }
-        let module = config.init::<B>(device)?;
-        Ok(load_module(module, checkpoint, &options, device)?)
+        Ok((model, report))
     }
 }

@@ -38,16 +38,36 @@ fn activation_and_head_follow_hf() {
             true,
             true,
         ),
+        // transformers 5.x writes `is_gated_act` and `scale_decoder_outputs`; stated, they win (a Flan-T5 saved
+        // by 5.x says `tie_word_embeddings: true, scale_decoder_outputs: false`).
+        (
+            r#"{"model_type": "t5", "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu", "is_gated_act": true, "tie_word_embeddings": true, "scale_decoder_outputs": false}"#,
+            Activation::Gelu,
+            true,
+            false,
+        ),
+        (
+            r#"{"model_type": "t5", "feed_forward_proj": "gated-gelu", "is_gated_act": false}"#,
+            Activation::GeluTanh,
+            false,
+            true,
+        ),
+        (
+            r#"{"model_type": "t5", "feed_forward_proj": "relu", "is_gated_act": true, "tie_word_embeddings": false, "scale_decoder_outputs": true}"#,
+            Activation::Relu,
+            true,
+            true,
+        ),
     ];
-    for (json, act, gated, tied) in cases {
+    for (json, act, gated, scaled) in cases {
         let config = parse(json).unwrap();
         assert_eq!(
             (
                 config.activation().unwrap(),
                 config.is_gated(),
-                config.tied_head()
+                config.scales_decoder_outputs()
             ),
-            (act, gated, tied),
+            (act, gated, scaled),
             "{json}"
         );
     }
