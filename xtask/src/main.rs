@@ -3,7 +3,8 @@
 //! - `fixtures`: regenerate `fixtures/` with the reference implementation (HF transformers), in a venv made
 //!   (once) from the pinned `scripts/requirements.txt`;
 //! - `fixtures --check`: generate twice in temporary directories and check that both generations are identical
-//!   bit for bit and equal the committed `fixtures/`.
+//!   bit for bit and equal the committed `fixtures/`; then re-save the BLIP-2 fixtures with blip2's own writer
+//!   (`examples/resave.rs`) and check that transformers loads them to the same parameters and logits.
 //!
 //! - `bench vision` / `qformer` / `opt` / `t5` / `caption`: the criterion bench (benches/vision.rs, benches/qformer.rs), then
 //!   transformers on the same config (scripts/bench_vision.py, scripts/bench_qformer.py; 2 threads) in the same
@@ -24,7 +25,8 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage: cargo xtask fixtures [--check]
 
   fixtures          regenerate fixtures/ with scripts/make_fixtures.py
-  fixtures --check  generate twice; check determinism and that fixtures/ equals a fresh generation
+  fixtures --check  generate twice; check determinism and that fixtures/ equals a fresh generation; check
+                    that transformers loads the BLIP-2 fixtures as blip2 re-saves them
   bench vision      ViT-g bench (criterion) and transformers on the same config, with the ratio
   bench qformer     the same for the Q-Former
   bench opt         the same for OPT-2.7b: a 32-token prefill and one decode step
@@ -121,7 +123,37 @@ fn fixtures(check: bool) -> Result<()> {
     if check {
         cmd.arg("--check");
     }
-    run(&mut cmd)
+    run(&mut cmd)?;
+    if check {
+        check_resaved(&root, &python)?;
+    }
+    Ok(())
+}
+
+/// The BLIP-2 fixtures re-saved by blip2 (`examples/resave.rs`, `save_weights`) load in transformers to the
+/// same parameters and logits (`scripts/check_resaved.py`).
+fn check_resaved(root: &Path, python: &Path) -> Result<()> {
+    let out = root.join("target/resaved");
+    let mut pairs = Vec::new();
+    for name in ["tiny-opt", "tiny-t5", "tiny-opt-saved", "tiny-t5-saved"] {
+        let fixture = root.join("fixtures").join(name);
+        let dir = out.join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+        run(Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args(["run", "--quiet", "-p", "blip2", "--example", "resave", "--"])
+            .arg(&fixture)
+            .arg(&dir))?;
+        pairs.push(dir);
+        pairs.push(fixture);
+    }
+    run(Command::new(python)
+        .current_dir(root)
+        .arg("scripts/check_resaved.py")
+        .args(&pairs))
 }
 
 /// The criterion bench `name` (criterion group `group`), then `scripts/bench_<name>.py`, then a table of both.

@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use blip2_generation::{GenerationConfig, GenerationOutput, Generator, Prompt};
+use blip2_nn::backend::FloatDType;
 use blip2_nn::linear_forward;
-use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, expected_keys, load_module};
+use blip2_nn::loader::{
+    Checkpoint, KeyMap, LoadOptions, LoadReport, SafetensorsWriter, expected_keys, load_module,
+};
 use blip2_opt::{LogitsFor, OptForCausalLm, OptInput};
 use blip2_qformer::{QFormer, QFormerInput, QFormerOutput, qformer_key_map};
 use blip2_t5::{T5ForConditionalGeneration, T5Input, t5_key_map};
@@ -272,6 +275,33 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
             LanguageModel::T5(m) => keys.extend(expected_keys(m, &t5_key_map("language_model."))),
         }
         keys
+    }
+
+    /// Writes every parameter to the safetensors file `path` (conventionally `model.safetensors` in a model
+    /// directory) under the hub checkpoint's keys and layouts, in `dtype`: what `from_pretrained` here and in
+    /// transformers reads back to the same outputs, next to the directory's `config.json`. Tied heads are not
+    /// written (OPT's `lm_head.weight`, T5's `embed_tokens`); a head of its own is (Flan-T5's `lm_head.weight`).
+    ///
+    /// # Errors
+    /// [`blip2_nn::Error::Io`] naming the file.
+    pub fn save_weights(&self, path: impl AsRef<Path>, dtype: FloatDType) -> Result<(), Error> {
+        let mut writer = SafetensorsWriter::new();
+        writer
+            .add(&self.vision_model, &KeyMap::under(VISION_PREFIX))
+            .add(&self.qformer, &qformer_key_map())
+            .add(
+                &self.language_projection,
+                &KeyMap::under("language_projection"),
+            );
+        match &self.language_model {
+            LanguageModel::Opt(m) => writer.add(m, &KeyMap::under("language_model")),
+            LanguageModel::T5(m) => writer.add(m, &t5_key_map("language_model.")),
+        };
+        let metadata = BTreeMap::from([(
+            "producer".to_string(),
+            format!("blip2 {}", env!("CARGO_PKG_VERSION")),
+        )]);
+        Ok(writer.write(path, dtype, &metadata)?)
     }
 
     /// The generation config transformers uses for this model: the language model's special tokens (from

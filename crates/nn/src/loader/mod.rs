@@ -33,7 +33,7 @@ pub use expected::expected_keys;
 pub use keymap::KeyMap;
 pub use load::{LoadOptions, LoadReport, Problem, load_module};
 pub use safetensors::tensor::Dtype as FileDtype;
-pub use save::save_module;
+pub use save::{SafetensorsWriter, save_module};
 
 /// The dotted path of the parameter being visited, as Burn's visitors and mappers walk a module. Enum variants
 /// are left out: Burn reports them as modules (`Enum:` containers), but HF keys never name them, so a module may
