@@ -54,6 +54,9 @@ pub struct OptConfig {
     pub dropout: f64,
     /// Dropout on attention probabilities (training only).
     pub attention_dropout: f64,
+    /// Probability of skipping a whole layer in training (HF's LayerDrop); only 0 is supported (every released
+    /// OPT; it has no effect on inference).
+    pub layerdrop: f64,
     /// Std of the init of fresh weights.
     pub init_std: f64,
 }
@@ -79,6 +82,7 @@ impl Default for OptConfig {
             pad_token_id: Some(1),
             dropout: 0.1,
             attention_dropout: 0.0,
+            layerdrop: 0.0,
             init_std: 0.02,
         }
     }
@@ -170,6 +174,13 @@ impl OptConfig {
             if !(0.0..1.0).contains(&p) {
                 return Err(Error::unsupported(key, p, "must be in [0, 1)"));
             }
+        }
+        if self.layerdrop != 0.0 {
+            return Err(Error::unsupported(
+                "layerdrop",
+                self.layerdrop,
+                "blip2 does not skip layers in training; set it to 0.0 (transformers ignores it in inference)",
+            ));
         }
         Ok(())
     }
