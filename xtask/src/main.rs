@@ -116,7 +116,7 @@ fn venv(root: &Path) -> Result<PathBuf> {
 fn fixtures(check: bool) -> Result<()> {
     let root = root();
     let python = venv(&root)?;
-    let mut cmd = Command::new(python);
+    let mut cmd = Command::new(&python);
     cmd.current_dir(&root)
         .arg("scripts/make_fixtures.py")
         .args(["--out", "fixtures"]);
