@@ -41,43 +41,46 @@ fn standalone_logits_and_loss<B: Backend>(device: &B::Device) {
 /// BLIP-2 calls its OPT with `inputs_embeds` (the `<image>` rows replaced by projected queries) and a mask whose
 /// left pads sit between the image tokens and BOS.
 fn blip2_opt_from_embeddings<B: Backend>(device: &B::Device) {
-    let fixture = Fixture::open("tiny-opt");
-    let lm = load::<B>(&fixture, device);
-    for tag in ["single", "batch"] {
-        let embeds = fixture.tensor::<B, 3>(&format!("lm/inputs_embeds/{tag}"), device);
-        let mask = fixture.int_tensor::<B, 2>(&format!("attention_mask/{tag}"), device);
-        let logits = lm.forward(OptInput::Embeds(embeds), Some(mask), None, LogitsFor::All);
-        let want = fixture.data(&format!("lm/logits/{tag}"));
-        assert_tensor_close(
-            &format!("tiny-opt:lm/logits/{tag}"),
-            &logits,
-            want,
-            Tol::LOGITS,
-        );
-        if tag == "batch" {
-            let loss = lm.loss(logits, fixture.int_tensor::<B, 2>("labels/batch", device));
+    for name in ["tiny-opt", "tiny-opt-saved"] {
+        let fixture = Fixture::open(name);
+        let lm = load::<B>(&fixture, device);
+        for tag in ["single", "batch"] {
+            let embeds = fixture.tensor::<B, 3>(&format!("lm/inputs_embeds/{tag}"), device);
+            let mask = fixture.int_tensor::<B, 2>(&format!("attention_mask/{tag}"), device);
+            let logits = lm.forward(OptInput::Embeds(embeds), Some(mask), None, LogitsFor::All);
+            let want = fixture.data(&format!("lm/logits/{tag}"));
             assert_tensor_close(
-                "tiny-opt:lm/loss",
-                &loss,
-                fixture.data("lm/loss/batch"),
+                &format!("{name}:lm/logits/{tag}"),
+                &logits,
+                want,
                 Tol::LOGITS,
             );
+            if tag == "batch" {
+                let loss = lm.loss(logits, fixture.int_tensor::<B, 2>("labels/batch", device));
+                assert_tensor_close(
+                    &format!("{name}:lm/loss"),
+                    &loss,
+                    fixture.data("lm/loss/batch"),
+                    Tol::LOGITS,
+                );
+            }
         }
+        // embed_tokens of the prompt ids equals the fixture's inputs_embeds outside the image rows.
+        let ids = fixture.int_tensor::<B, 2>("input_ids/single", device);
+        let n = ids.dims()[1];
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture.dir().join("config.json")).unwrap(),
+        )
+        .unwrap();
+        let queries = config["num_query_tokens"]
+            .as_u64()
+            .expect("a BLIP-2 config") as usize;
+        let embedded = lm.embed_tokens(ids).narrow(1, queries, n - queries);
+        let want = fixture
+            .tensor::<B, 3>("lm/inputs_embeds/single", device)
+            .narrow(1, queries, n - queries);
+        assert_tensor_close("embed_tokens", &embedded, &want.to_data(), Tol::STAGE);
     }
-    // embed_tokens of the prompt ids equals the fixture's inputs_embeds outside the image rows.
-    let ids = fixture.int_tensor::<B, 2>("input_ids/single", device);
-    let n = ids.dims()[1];
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture.dir().join("config.json")).unwrap())
-            .unwrap();
-    let queries = config["num_query_tokens"]
-        .as_u64()
-        .expect("a BLIP-2 config") as usize;
-    let embedded = lm.embed_tokens(ids).narrow(1, queries, n - queries);
-    let want = fixture
-        .tensor::<B, 3>("lm/inputs_embeds/single", device)
-        .narrow(1, queries, n - queries);
-    assert_tensor_close("embed_tokens", &embedded, &want.to_data(), Tol::STAGE);
 }
 
 /// Prefill a prefix of a left-padded batch, then feed one token at a time: every step's logits equal the full

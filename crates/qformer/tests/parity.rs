@@ -62,7 +62,7 @@ fn check_stages<B: Backend>(
 }
 
 fn queries_read_images<B: Backend>(device: &B::Device) {
-    for name in ["tiny-opt", "tiny-t5"] {
+    for name in ["tiny-opt", "tiny-t5", "tiny-opt-saved", "tiny-t5-saved"] {
         let fixture = Fixture::open(name);
         let qformer = load::<B>(&fixture, device);
         assert!(

@@ -84,42 +84,44 @@ fn standalone_logits_and_loss<B: Backend>(device: &B::Device) {
 
 /// BLIP-2 feeds the encoder `inputs_embeds` (projected queries, then the prompt) with the processor's mask.
 fn blip2_t5_from_embeddings<B: Backend>(device: &B::Device) {
-    let fixture = Fixture::open("tiny-t5");
-    let t5 = load::<B>(&fixture, device);
-    for tag in ["single", "batch"] {
-        let embeds = fixture.tensor::<B, 3>(&format!("lm/inputs_embeds/{tag}"), device);
-        let mask = fixture.int_tensor::<B, 2>(&format!("attention_mask/{tag}"), device);
-        let encoded = t5.encode(T5Input::Embeds(embeds), Some(mask.clone()));
-        let want = fixture.data(&format!("lm/encoder_last_hidden_state/{tag}"));
-        assert_tensor_close(
-            &format!("tiny-t5:encoder/{tag}"),
-            &encoded,
-            want,
-            Tol::LOGITS,
-        );
-        let labels = fixture.int_tensor::<B, 2>(&format!("labels/{tag}"), device);
-        let logits = t5.decode(
-            t5.shift_right(labels.clone()),
-            encoded,
-            Some(mask),
-            None,
-            LogitsFor::All,
-        );
-        let want = fixture.data(&format!("lm/logits/{tag}"));
-        assert_tensor_close(
-            &format!("tiny-t5:lm/logits/{tag}"),
-            &logits,
-            want,
-            Tol::LOGITS,
-        );
-        if tag == "batch" {
-            let loss = t5.loss(logits, labels);
+    for name in ["tiny-t5", "tiny-t5-saved"] {
+        let fixture = Fixture::open(name);
+        let t5 = load::<B>(&fixture, device);
+        for tag in ["single", "batch"] {
+            let embeds = fixture.tensor::<B, 3>(&format!("lm/inputs_embeds/{tag}"), device);
+            let mask = fixture.int_tensor::<B, 2>(&format!("attention_mask/{tag}"), device);
+            let encoded = t5.encode(T5Input::Embeds(embeds), Some(mask.clone()));
+            let want = fixture.data(&format!("lm/encoder_last_hidden_state/{tag}"));
             assert_tensor_close(
-                "tiny-t5:lm/loss",
-                &loss,
-                fixture.data("lm/loss/batch"),
+                &format!("{name}:encoder/{tag}"),
+                &encoded,
+                want,
                 Tol::LOGITS,
             );
+            let labels = fixture.int_tensor::<B, 2>(&format!("labels/{tag}"), device);
+            let logits = t5.decode(
+                t5.shift_right(labels.clone()),
+                encoded,
+                Some(mask),
+                None,
+                LogitsFor::All,
+            );
+            let want = fixture.data(&format!("lm/logits/{tag}"));
+            assert_tensor_close(
+                &format!("{name}:lm/logits/{tag}"),
+                &logits,
+                want,
+                Tol::LOGITS,
+            );
+            if tag == "batch" {
+                let loss = t5.loss(logits, labels);
+                assert_tensor_close(
+                    &format!("{name}:lm/loss"),
+                    &loss,
+                    fixture.data("lm/loss/batch"),
+                    Tol::LOGITS,
+                );
+            }
         }
     }
 }

@@ -10,7 +10,13 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 /// Every fixture with a vision tower.
-const FIXTURES: &[&str] = &["tiny-opt", "tiny-t5", "tiny-itm"];
+const FIXTURES: &[&str] = &[
+    "tiny-opt",
+    "tiny-t5",
+    "tiny-itm",
+    "tiny-opt-saved",
+    "tiny-t5-saved",
+];
 
 fn check_run<B: Backend>(
     model: &Blip2VisionModel<B>,
