@@ -1451,8 +1451,8 @@ def pil_image_fixture(out: Path, images: dict[str, Path], seed: int) -> None:
     # JPEGs as Pillow writes them, one of each kind a decoder handles differently: gray, chroma 4:2:0 (Pillow's
     # default), 4:2:2 and 4:4:4, RGB stored without YCbCr (keep_rgb), progressive colour and gray, restart
     # intervals, CMYK (PIL reads it Adobe-inverted), an EXIF orientation (neither PIL nor HF applies it), sizes
-    # that are not a multiple of the 8 or 16 pixel MCU, and two damaged scans with their end marker intact
-    # (libjpeg warns and fills what it cannot decode; PIL returns those pixels).
+    # that are not a multiple of the 8 or 16 pixel MCU, and two damaged scans followed by the end marker
+    # (libjpeg warns and fills what it cannot decode; PIL ignores the warnings and returns those pixels).
     def photo(h: int, w: int, channels: int) -> np.ndarray:
         y, x = np.mgrid[0:h, 0:w].astype(np.float64)
         planes = [x / (w - 1), y / (h - 1), 0.5 + 0.5 * np.sin(x / 2.3 + y / 3.1), 0.5 + 0.4 * np.cos(x / 3.7 - y / 1.9)]
@@ -1464,16 +1464,15 @@ def pil_image_fixture(out: Path, images: dict[str, Path], seed: int) -> None:
         image.save(buffer, "JPEG", **options)
         return buffer.getvalue()
 
-    def damaged(data: bytes, cut: int) -> bytes:
-        """`cut` bytes taken out of the middle of the (last) scan; the end-of-image marker stays."""
+    def middle_of_scan(data: bytes) -> int:
         sos = data.rfind(b"\xff\xda")
         start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
-        middle = (start + len(data) - 2) // 2
-        return data[:middle] + data[middle + cut:]
+        return (start + len(data) - 2) // 2
 
     orientation = Image.Exif()
     orientation[0x0112] = 6  # "rotate 90 CW to display"
     restart = jpeg(Image.fromarray(photo(25, 33, 3), "RGB"), quality=90, restart_marker_blocks=2)
+    cut_scan = jpeg(Image.fromarray(photo(23, 31, 3), "RGB"), quality=90)
     files.update({
         "gray_13x11.jpg": jpeg(Image.fromarray(photo(11, 13, 1)[..., 0], "L"), quality=85),
         "gray_progressive_21x13.jpg": jpeg(Image.fromarray(photo(13, 21, 1)[..., 0], "L"), quality=80,
@@ -1488,8 +1487,10 @@ def pil_image_fixture(out: Path, images: dict[str, Path], seed: int) -> None:
         "cmyk_15x13.jpg": jpeg(Image.fromarray(photo(13, 15, 4), "CMYK"), quality=90),
         "exif_rotated_13x11.jpg": jpeg(Image.fromarray(photo(11, 13, 3), "RGB"), quality=90,
                                        exif=orientation.tobytes()),
-        "damaged_31x23.jpg": damaged(jpeg(Image.fromarray(photo(23, 31, 3), "RGB"), quality=90), 40),
-        "damaged_restart_33x25.jpg": damaged(restart, 40),
+        # The scan cut in the middle and the end marker written after it: "premature end of data segment".
+        "cut_scan_31x23.jpg": cut_scan[:middle_of_scan(cut_scan)] + b"\xff\xd9",
+        # 40 bytes taken out of the middle of the scan: "bad Huffman code", resynchronised at a restart marker.
+        "damaged_restart_33x25.jpg": restart[:middle_of_scan(restart)] + restart[middle_of_scan(restart) + 40:],
     })
     for name, data in files.items():
         path = directory / name

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use blip2::{Blip2, Error, Generated};
+use blip2::{Blip2, Error, Generated, ImageFeatures};
 use blip2_generation::GenerationConfig;
 use blip2_nn::backend::FloatDType;
 use blip2_testkit::{Fixture, Flex, assert_ids_eq};
@@ -31,17 +31,20 @@ fn setup(name: &str, beams: usize) -> (Fixture, Blip2<B>, Vec<PathBuf>) {
     (fixture, blip2, images)
 }
 
-/// The fixture's images as the processor sees them. PNGs are decoded from their files; a JPEG's pixels are
-/// PIL's (`processor/rgb/*`), because zune-jpeg and libjpeg-turbo decode a few levels apart (docs/numerics.md),
-/// which moves a random tiny model's ids.
-fn decoded(fixture: &Fixture, blip2: &Blip2<B>, files: &[PathBuf]) -> Vec<image::RgbImage> {
-    files
+/// The fixture's images encoded as a user encodes them: read from their files, JPEGs included (libjpeg-turbo
+/// decodes them as Pillow does). Without the `libjpeg-turbo` feature a JPEG's pixels are PIL's
+/// (`processor/rgb/*`) instead: the pure-Rust decoder is a few levels off (docs/numerics.md), which moves a
+/// random tiny model's ids.
+fn encoded(fixture: &Fixture, blip2: &Blip2<B>, files: &[PathBuf]) -> ImageFeatures<B> {
+    if cfg!(feature = "libjpeg-turbo") {
+        return blip2.encode_image_files(files).unwrap();
+    }
+    let images: Vec<image::RgbImage> = files
         .iter()
         .map(|file| {
             if file.extension().is_some_and(|e| e == "jpg") {
                 let stem = file.file_stem().unwrap().to_str().unwrap();
-                let key = format!("processor/rgb/{stem}");
-                let data = fixture.data(&key);
+                let data = fixture.data(&format!("processor/rgb/{stem}"));
                 let (h, w) = (data.shape[0] as u32, data.shape[1] as u32);
                 let bytes: Vec<u8> = data.clone().to_vec().unwrap();
                 blip2
@@ -53,7 +56,8 @@ fn decoded(fixture: &Fixture, blip2: &Blip2<B>, files: &[PathBuf]) -> Vec<image:
                 blip2.open_images(&[file]).unwrap().remove(0)
             }
         })
-        .collect()
+        .collect();
+    blip2.encode_images(&images).unwrap()
 }
 
 fn sequences(out: &[Generated]) -> Vec<Vec<i64>> {
@@ -77,9 +81,7 @@ fn end_to_end(name: &str) {
     let (single, batch) = prompts(&Fixture::open(name));
     for (beams, kind) in [(1, "greedy"), (3, "beam3")] {
         let (fixture, blip2, files) = setup(name, beams);
-        let images = blip2
-            .encode_images(&decoded(&fixture, &blip2, &files))
-            .unwrap();
+        let images = encoded(&fixture, &blip2, &files);
         let out = blip2.generate(&images, &batch).unwrap();
         assert_ids_eq(
             &format!("{name} {kind} batch"),
@@ -261,9 +263,7 @@ fn the_legacy_layout_captions_and_answers_alike() {
 fn streamed_text_adds_up_to_the_generated_text() {
     for name in ["tiny-opt", "tiny-t5"] {
         let (fixture, blip2, files) = setup(name, 1);
-        let images = blip2
-            .encode_images(&decoded(&fixture, &blip2, &files))
-            .unwrap();
+        let images = encoded(&fixture, &blip2, &files);
         let first = images.select(&[0]);
         let mut pieces = Vec::new();
         let streamed = blip2

@@ -84,8 +84,8 @@ mod text;
 pub use crate::error::{Error, MEMORY};
 pub use crate::image::{
     BlipImageProcessor, ImageProcessorConfig, Limits, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-    PixelValues, Resample, Size, convert_to_rgb, decode_bytes, decode_file, over_white,
-    resize_bicubic,
+    PixelValues, Resample, Size, cmyk_to_rgb, convert_to_rgb, decode_bytes, decode_file,
+    over_white, resize_bicubic,
 };
 pub use crate::text::{
     BatchEncoding, Blip2Processor, Blip2Tokenizer, DEFAULT_IMAGE_TOKEN, EncodeOptions, Padding,

@@ -305,3 +305,167 @@ fn batch_errors() {
     ));
     assert!(no_convert.open(image_path("rgb_37x29.png")).is_ok());
 }
+
+/// Every JPEG the fixtures hold (the shared images and the `pil-image` kinds: gray, 4:2:0, 4:2:2, 4:4:4,
+/// RGB, progressive, restart intervals, CMYK).
+fn fixture_jpegs() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = ["images", "pil-image"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(fixtures_root().join(dir)).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    out.sort();
+    assert!(out.len() >= 15, "{out:?}");
+    out
+}
+
+/// A JPEG cut anywhere before its end-of-image marker is refused, as PIL refuses it ("image file is
+/// truncated"), with an error naming the file; decoding never panics.
+#[test]
+fn truncated_jpegs_are_refused_at_every_length() {
+    let p = processor();
+    for path in fixture_jpegs() {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        if file.starts_with("cut_scan") {
+            continue; // its scan is already cut (before its end marker): see `damaged_jpegs_...`
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(p.decode(&bytes).is_ok(), "{file}");
+        let end = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]).unwrap();
+        for keep in 0..=end + 1 {
+            match p.decode(&bytes[..keep]) {
+                Err(Error::Decode { name, reason }) => {
+                    assert_eq!(name, MEMORY);
+                    if keep > 3 {
+                        assert!(
+                            reason.contains("truncated file"),
+                            "{file} cut to {keep}: {reason}"
+                        );
+                    }
+                }
+                Err(Error::UnsupportedFormat { .. }) if keep < 3 => {}
+                other => panic!("{file} cut to {keep} bytes: {other:?}"),
+            }
+        }
+        // Bytes after the end marker are ignored, as in PIL.
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(b"\0\0trailing bytes\xFF\xD8");
+        assert_eq!(
+            p.decode(&trailing).unwrap(),
+            p.decode(&bytes).unwrap(),
+            "{file}"
+        );
+    }
+}
+
+/// Damaged JPEG data never panics or aborts the process: every single-byte change of a header or scan
+/// either decodes (libjpeg warned and filled what it could not decode, which PIL accepts too) or is an
+/// error naming the file.
+#[test]
+fn corrupt_jpegs_decode_or_fail_cleanly() {
+    let p = processor();
+    let dir = temp_dir("corrupt-jpeg");
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        // xorshift64*: a fixed, dependency-free sequence.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let (mut decoded, mut refused) = (0, 0);
+    for path in fixture_jpegs() {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let bytes = std::fs::read(&path).unwrap();
+        for _ in 0..150 {
+            let mut broken = bytes.clone();
+            // Mostly the first 700 bytes (markers, tables, the start of the scan), some anywhere.
+            let span = if next() % 4 == 0 {
+                bytes.len()
+            } else {
+                bytes.len().min(700)
+            };
+            let at = 2 + (next() as usize) % (span - 2);
+            broken[at] = match next() % 3 {
+                0 => 0xFF,
+                1 => broken[at] ^ (1 << (next() % 8)),
+                _ => next() as u8,
+            };
+            let cut = dir.join(format!("broken_{file}"));
+            std::fs::write(&cut, &broken).unwrap();
+            match p.open(&cut) {
+                Ok(image) => {
+                    decoded += 1;
+                    assert!(image.width() > 0 && image.height() > 0);
+                }
+                Err(
+                    Error::Decode { name, .. }
+                    | Error::UnsupportedFormat { name, .. }
+                    | Error::TooLarge { name, .. }
+                    | Error::ZeroSize { name, .. },
+                ) => {
+                    refused += 1;
+                    assert!(name.ends_with(&format!("broken_{file}")), "{name}");
+                }
+                Err(other) => panic!("{file}, byte {at}: {other:?}"),
+            }
+        }
+    }
+    // Both outcomes occur: the test exercises warnings and fatal errors.
+    assert!(
+        decoded > 100 && refused > 100,
+        "{decoded} decoded, {refused} refused"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The header's size is checked before the pixels are allocated: a JPEG claiming 60000x60000 pixels (its
+/// SOF patched) is refused at once, and so is one over a tight memory limit.
+#[test]
+fn jpeg_bombs_are_refused_before_decoding() {
+    let p = processor();
+    let mut bytes = std::fs::read(image_path("photo_45x33.jpg")).unwrap();
+    let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    // FF C0, length (2), precision (1), height (2), width (2).
+    bytes[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+    match p.decode(&bytes) {
+        Err(Error::TooLarge {
+            width: 60_000,
+            height: 60_000,
+            limit: 89_478_485,
+            what: "pixels",
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    let tight = processor().with_limits(Limits {
+        max_alloc: 1000,
+        ..Limits::default()
+    });
+    let err = tight.open(image_path("photo_45x33.jpg")).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::TooLarge {
+                what: "bytes of memory",
+                ..
+            } | Error::DecoderLimit { .. }
+        ),
+        "{err}"
+    );
+}
+
+/// PIL opens only 8-bit JPEGs ("cannot handle 12-bit layers"); a 12-bit one is an unsupported format.
+#[cfg(feature = "libjpeg-turbo")]
+#[test]
+fn twelve_bit_jpegs_are_unsupported() {
+    let mut bytes = std::fs::read(image_path("gray_27x35.jpg")).unwrap();
+    let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    bytes[sof + 4] = 12;
+    let err = processor().decode(&bytes).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedFormat { reason, .. } if reason.contains("12-bit")),
+        "{err}"
+    );
+}

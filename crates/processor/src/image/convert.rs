@@ -36,6 +36,19 @@ pub fn over_white(c: u8, a: u8) -> u8 {
     ((((t >> 8) + t) >> 8) >> 7) as u8
 }
 
+/// Pillow's `cmyk2rgb` (`Convert.c`) for one channel: `ink` is C, M or Y and `black` is K, as PIL holds them
+/// in mode `CMYK`; the result is R, G or B. With `nk = 255 - black` it is `nk - ink * nk / 255`, the
+/// division rounded through Pillow's `MULDIV255` (`t = a * b + 128; ((t >> 8) + t) >> 8`). PIL reads a CMYK
+/// JPEG as Adobe-inverted (raw mode `CMYK;I`), so a JPEG's stored samples are inverted before this.
+/// The `pil-image` fixture checks all 65,536 (ink, black) pairs against Pillow.
+#[inline]
+pub fn cmyk_to_rgb(ink: u8, black: u8) -> u8 {
+    let nk = 255 - u32::from(black);
+    let t = u32::from(ink) * nk + 128;
+    // `((t >> 8) + t) >> 8` is at most `nk`: the result is in 0..=255, as Pillow's CLIP8 keeps it.
+    nk.saturating_sub(((t >> 8) + t) >> 8) as u8
+}
+
 /// HF `convert_to_rgb` for a decoded image (see the module doc for the rules). `name` (a file or
 /// `<memory>`) is only used in errors.
 ///
@@ -134,6 +147,15 @@ mod tests {
         for c in 0..=255u8 {
             assert_eq!(over_white(c, 255), c);
             assert_eq!(over_white(c, 0), 255);
+        }
+    }
+
+    #[test]
+    fn cmyk_without_ink_is_the_inverted_black() {
+        for v in 0..=255u8 {
+            assert_eq!(cmyk_to_rgb(0, v), 255 - v);
+            assert_eq!(cmyk_to_rgb(v, 0), 255 - v);
+            assert_eq!(cmyk_to_rgb(v, 255), 0);
         }
     }
 

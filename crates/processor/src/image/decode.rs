@@ -1,6 +1,11 @@
-//! Decoding image files and bytes with the `image` crate (PNG, JPEG, WebP, GIF first frame, BMP, TIFF), the
-//! counterpart of `PIL.Image.open(...).load()`, with limits that refuse decompression bombs before the decoder
-//! allocates the pixels.
+//! Decoding image files and bytes, the counterpart of `PIL.Image.open(...).load()`, with limits that refuse
+//! decompression bombs before the decoder allocates the pixels.
+//!
+//! JPEG goes through libjpeg-turbo, the library Pillow uses, set up as Pillow sets it up (the `jpeg`
+//! module; cargo feature `libjpeg-turbo`, on by default), so its pixels equal Pillow's bit for bit. The other
+//! formats (PNG, WebP, GIF first frame, BMP, TIFF), and JPEG when the feature is off, go through the `image`
+//! crate; its JPEG decoder (zune-jpeg) differs from Pillow's by a few levels (docs/numerics.md).
+//! A truncated JPEG is refused either way, as Pillow refuses it.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -19,7 +24,8 @@ pub struct Limits {
     pub max_pixels: u64,
     /// Longest side in pixels. Default 65,535 (the largest side a JPEG or WebP can have).
     pub max_side: u32,
-    /// Most bytes the decoder may allocate (the `image` crate's `Limits::max_alloc`). Default 1 GiB, enough
+    /// Most bytes the decoder may allocate (the `image` crate's `Limits::max_alloc`; for libjpeg-turbo,
+    /// the output plus an upper bound of a progressive JPEG's coefficient buffers). Default 1 GiB, enough
     /// for a 16-bit RGBA image at `max_pixels`.
     pub max_alloc: u64,
 }
@@ -120,13 +126,18 @@ pub(crate) fn decode_named(
             reason: "unknown file signature".to_string(),
         });
     }
-    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
-        // zune-jpeg fills the missing part of a truncated JPEG with gray; PIL refuses it ("image file is
-        // truncated"), and so do we.
-        return Err(Error::Decode {
-            name: name.to_string(),
-            reason: "the JPEG data ends before its end-of-image marker".to_string(),
-        });
+    if reader.format() == Some(ImageFormat::Jpeg) {
+        let data = jpeg_data(bytes);
+        if data == JpegData::Truncated {
+            // Both decoders would fill the missing part of a truncated JPEG (libjpeg with a warning,
+            // zune-jpeg silently); PIL refuses it ("image file is truncated"), and so do we.
+            return Err(Error::Decode {
+                name: name.to_string(),
+                reason: "the JPEG data ends before the image does (truncated file)".to_string(),
+            });
+        }
+        #[cfg(feature = "libjpeg-turbo")]
+        return super::jpeg::decode(bytes, name, limits, data);
     }
     reader.limits(limits.for_image_crate());
     // The header alone gives the size: check it before anything is allocated for the pixels.
@@ -145,15 +156,103 @@ pub(crate) fn decode_named(
     DynamicImage::from_decoder(decoder).map_err(|e| image_error(name, e))
 }
 
-/// Whether a JPEG's last scan is followed by an end-of-image marker (`FF D9`). Markers cannot occur inside
-/// entropy-coded data (an `FF` there is followed by `00` or a restart marker), so the last `FF DA` (start of
-/// scan) is the main image's, after any embedded thumbnail, and a complete file has `FF D9` after it;
-/// trailing bytes after the marker are allowed.
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
-    match (last(0xDA), last(0xD9)) {
-        (Some(sos), Some(eoi)) => eoi > sos,
-        _ => false,
+/// How a JPEG's data is laid out, as far as truncation is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum JpegData {
+    /// The data ends before libjpeg has read what it needs: Pillow raises "image file is truncated".
+    Truncated,
+    /// One sequential scan holds every component: libjpeg decodes it row by row, and all rows are out once
+    /// that scan's data ends at a marker.
+    SingleScan,
+    /// Progressive, or sequential with a scan per component: libjpeg keeps every coefficient and needs the
+    /// data up to the end-of-image marker.
+    MultiScan,
+}
+
+/// Walks a JPEG's segments as libjpeg reads them (skipping stray bytes between segments, segments by their
+/// length, entropy-coded data up to the next marker that is not a restart marker), so that an embedded
+/// thumbnail or an `FF D9` inside a segment does not count as the end.
+///
+/// Pillow feeds libjpeg the file through a suspending source and raises "image file is truncated" when
+/// libjpeg asks for bytes the file does not have before every row is out; after the last row it stops
+/// reading. So a multi-scan JPEG is complete when the walk reaches the end-of-image marker, and a
+/// single-scan one as soon as its scan's data ends at a marker (a marker inside damaged data ends the scan
+/// early; libjpeg fills the rest, with a warning). A file that ends inside its last scan is truncated here;
+/// Pillow accepts some of those when libjpeg's read-ahead happens not to ask for more (a gray file without
+/// its final `FF D9`, say), and blip2 refuses them all. Bytes after the end are ignored, as in Pillow.
+pub(crate) fn jpeg_data(bytes: &[u8]) -> JpegData {
+    let mut pos = 2; // after SOI (`FF D8`), which the format detection has seen
+    // From the frame header: progressive, number of components.
+    let mut frame = (false, 0u8);
+    // Whether the first scan is a single sequential scan of every component (known at the first SOS).
+    let mut single = None;
+    loop {
+        // The next marker: stray bytes and fill bytes (`FF FF`) are skipped, as libjpeg does (with a
+        // warning); `FF 00` outside entropy-coded data is a stray pair too.
+        let Some(offset) = bytes
+            .get(pos..)
+            .and_then(|b| b.iter().position(|&v| v == 0xFF))
+        else {
+            return JpegData::Truncated;
+        };
+        pos += offset;
+        while bytes.get(pos) == Some(&0xFF) {
+            pos += 1;
+        }
+        let Some(&marker) = bytes.get(pos) else {
+            return JpegData::Truncated;
+        };
+        pos += 1;
+        match marker {
+            0xD9 if single == Some(true) => return JpegData::SingleScan,
+            0xD9 => return JpegData::MultiScan,
+            // Markers without a length: stray pair, TEM, RSTn, SOI.
+            0x00 | 0x01 | 0xD0..=0xD8 => {}
+            _ => {
+                let Some(length) = bytes.get(pos..pos + 2) else {
+                    return JpegData::Truncated;
+                };
+                let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
+                if length < 2 {
+                    // Malformed: libjpeg reports it.
+                    return JpegData::MultiScan;
+                }
+                let segment = pos + 2;
+                pos += length;
+                if pos > bytes.len() {
+                    return JpegData::Truncated;
+                }
+                match marker {
+                    // Start of frame (not DHT `C4`, JPG `C8`, DAC `CC`): progressive `C2 C6 CA CE`.
+                    0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                        let components = bytes.get(segment + 5).copied().unwrap_or(0);
+                        frame = (matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE), components);
+                    }
+                    0xDA => {
+                        let components = bytes.get(segment).copied().unwrap_or(0);
+                        let first = single.is_none();
+                        let whole = !frame.0 && components == frame.1;
+                        single.get_or_insert(whole);
+                        // Entropy-coded data: `FF 00` is a stuffed byte and `FF D0`..`FF D7` restart
+                        // markers; any other `FF xx` (after fill bytes) ends the scan.
+                        let mut i = pos;
+                        loop {
+                            match (bytes.get(i), bytes.get(i + 1)) {
+                                (Some(0xFF), Some(0x00 | 0xD0..=0xD7 | 0xFF)) => i += 1,
+                                (Some(0xFF), Some(_)) => break,
+                                (Some(_), _) => i += 1,
+                                (None, _) => return JpegData::Truncated,
+                            }
+                        }
+                        if first && whole {
+                            return JpegData::SingleScan;
+                        }
+                        pos = i;
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }
 
@@ -172,5 +271,51 @@ fn image_error(name: &str, e: ImageError) -> Error {
             name,
             reason: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_follows_segments_and_scans() {
+        use JpegData::{MultiScan, SingleScan, Truncated};
+
+        // SOI, a COM segment holding `FF D9`, a progressive frame of one component, SOS with entropy data
+        // holding a stuffed byte, a restart marker and fill bytes, EOI.
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xFE, 0x00, 0x04, 0xFF, 0xD9];
+        jpeg.extend_from_slice(&[0xFF, 0xC2, 0x00, 0x0B, 8, 0, 1, 0, 1, 1, 1, 0x11, 0]);
+        jpeg.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 1, 1, 0, 0, 0x3F, 0]);
+        jpeg.extend_from_slice(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD3, 0x56, 0xFF, 0xFF]);
+        assert_eq!(jpeg_data(&jpeg), Truncated, "no EOI yet");
+        jpeg.extend_from_slice(&[0xFF, 0xD9]);
+        assert_eq!(jpeg_data(&jpeg), MultiScan);
+        // Trailing bytes after EOI are fine.
+        jpeg.extend_from_slice(b"trailer");
+        assert_eq!(jpeg_data(&jpeg), MultiScan);
+        // Cut inside the COM segment (its `FF D9` is not an end marker), the frame header, the scan, at
+        // the EOI.
+        for cut in [7, 12, 22, 30, 41] {
+            assert_eq!(jpeg_data(&jpeg[..cut]), Truncated, "cut at {cut}");
+        }
+        // A marker inside the scan (damaged data) whose segment runs past the end: libjpeg needs more.
+        let mut damaged = jpeg[..42].to_vec();
+        damaged[41] = 0xE1;
+        damaged.extend_from_slice(&[0x40, 0x00]);
+        assert_eq!(jpeg_data(&damaged), Truncated);
+        // As a sequential (baseline) frame, one scan holds the component: every row is out once its data
+        // ends at a marker, whatever follows.
+        jpeg[9] = 0xC0;
+        damaged[9] = 0xC0;
+        assert_eq!(jpeg_data(&jpeg), SingleScan);
+        assert_eq!(jpeg_data(&damaged), SingleScan);
+        assert_eq!(jpeg_data(&jpeg[..41]), Truncated);
+        // A segment length running past the end.
+        assert_eq!(
+            jpeg_data(&[0xFF, 0xD8, 0xFF, 0xE1, 0x10, 0x00, 0x00]),
+            Truncated
+        );
+        assert_eq!(jpeg_data(&[0xFF, 0xD8]), Truncated);
     }
 }

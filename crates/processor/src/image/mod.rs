@@ -10,6 +10,8 @@
 mod config;
 mod convert;
 mod decode;
+#[cfg(feature = "libjpeg-turbo")]
+mod jpeg;
 mod resize;
 
 use std::path::Path;
@@ -19,7 +21,7 @@ use burn::tensor::TensorData;
 use image::{DynamicImage, RgbImage};
 
 pub use config::{ImageProcessorConfig, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Resample, Size};
-pub use convert::{convert_to_rgb, over_white};
+pub use convert::{cmyk_to_rgb, convert_to_rgb, over_white};
 pub use decode::{Limits, decode_bytes, decode_file};
 pub use resize::resize_bicubic;
 
