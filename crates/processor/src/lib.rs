@@ -3,11 +3,11 @@
 //! `attention_mask` exactly.
 //!
 //! Images:
-//! - [`BlipImageProcessor`]: decode (PNG, JPEG, WebP, GIF, BMP, TIFF via the `image` crate, with
-//!   [`Limits`] against decompression bombs), convert to RGB compositing transparency onto white as PIL
-//!   does ([`convert_to_rgb`]), resize with Pillow's fixed-point bicubic ([`resize_bicubic`]), rescale and
-//!   normalize, and batch into [`PixelValues`] (`[batch, 3, height, width]`, as a Burn tensor or plain
-//!   data);
+//! - [`BlipImageProcessor`]: decode (JPEG with libjpeg-turbo, Pillow's own decoder, so the pixels equal
+//!   Pillow's; PNG, WebP, GIF, BMP, TIFF via the `image` crate; [`Limits`] against decompression bombs),
+//!   convert to RGB compositing transparency onto white as PIL does ([`convert_to_rgb`]), resize with
+//!   Pillow's fixed-point bicubic ([`resize_bicubic`]), rescale and normalize, and batch into
+//!   [`PixelValues`] (`[batch, 3, height, width]`, as a Burn tensor or plain data);
 //! - [`ImageProcessorConfig`]: its settings from `preprocessor_config.json` or the `image_processor` object
 //!   of `processor_config.json`, with HF's defaults.
 //!
@@ -30,8 +30,14 @@
 //! # Ok::<(), blip2_processor::Error>(())
 //! ```
 //!
-//! The numeric traps (PIL's alpha rounding, 16-bit images, fixed-point bicubic, JPEG decoders, f64
-//! rescale) are written down in `docs/numerics.md`, "Image preprocessing".
+//! The numeric traps (PIL's alpha rounding, 16-bit images, fixed-point bicubic, JPEG decoding and
+//! truncation, f64 rescale) are written down in `docs/numerics.md`, "Image preprocessing".
+//!
+//! Cargo features: a backend (`flex` by default; `ndarray`, `wgpu`, `vulkan`, `metal`, `cuda`), and
+//! `libjpeg-turbo` (default): JPEG decoded by libjpeg-turbo 3.1.0, compiled from the C sources vendored in
+//! `turbojpeg-sys`, bit-exact with Pillow 13 on the fixtures. Building it needs a C compiler and cmake; nasm
+//! is optional (libjpeg-turbo's x86 SIMD code, same pixels, faster). Without the feature, JPEG goes through
+//! the `image` crate's pure-Rust decoder, up to a few levels away from Pillow's pixels.
 //!
 //! Text:
 //! - [`Blip2Tokenizer`]: `tokenizer.json` through the `tokenizers` crate (OPT's byte-level BPE, T5's Unigram,

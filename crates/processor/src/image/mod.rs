@@ -2,10 +2,12 @@
 //! (alpha over white), PIL bicubic resize on uint8, rescale in f64, normalize in f32, batch as
 //! `[batch, 3, height, width]`.
 //!
-//! Deliberate deviations: images are decoded with the `image` crate (JPEG pixels may differ from PIL's
-//! libjpeg-turbo by a level or two, see docs/numerics.md); EXIF orientation is not applied (neither does HF
-//! for an image it is handed); only bicubic resampling and the `{height, width}` / `{shortest_edge}` sizes
-//! are implemented (others are rejected when the config is read).
+//! JPEG is decoded by libjpeg-turbo, set up as Pillow sets it up (`jpeg.rs`, feature `libjpeg-turbo`, on
+//! by default), the other formats by the `image` crate (`decode.rs`); both give PIL's pixels on the fixtures.
+//! Deliberate deviations: without the `libjpeg-turbo` feature JPEG pixels differ from PIL's by a few levels
+//! (see docs/numerics.md); EXIF orientation is not applied (neither does HF for an image it is handed);
+//! only bicubic resampling and the `{height, width}` / `{shortest_edge}` sizes are implemented (others are
+//! rejected when the config is read).
 
 mod config;
 mod convert;
