@@ -14,7 +14,7 @@
 //! naming the file. The library never aborts the process (TurboJPEG catches libjpeg's errors with
 //! `setjmp`/`longjmp` inside the C code and returns them) and never prints.
 
-use std::ffi::{CStr, c_int};
+use std::ffi::{CStr, c_int, c_long};
 
 use image::{DynamicImage, GrayImage, RgbImage};
 use turbojpeg_sys as tj;
@@ -36,9 +36,17 @@ pub(crate) fn decode(
     };
     let size = tj::size_t::try_from(bytes.len())
         .map_err(|_| decode_error("the file is too large for libjpeg-turbo".to_string()))?;
-    // A memory backstop for libjpeg's intermediate buffers, in megabytes; the estimate below is checked
-    // first.
-    let megabytes = c_int::try_from((limits.max_alloc >> 20).max(1)).unwrap_or(c_int::MAX);
+    // A memory backstop for libjpeg's coefficient buffers, in megabytes, rounded up: the estimate below
+    // is an upper bound of them and is checked first, with the error naming the limit. TurboJPEG
+    // multiplies it by 2^20 in a C `long`; a limit past that (32-bit `long` on Windows) means none (0).
+    let megabytes = limits.max_alloc.div_ceil(1 << 20).max(1);
+    let fits = megabytes
+        .checked_mul(1 << 20)
+        .is_some_and(|bytes| c_long::try_from(bytes).is_ok());
+    let megabytes = c_int::try_from(megabytes)
+        .ok()
+        .filter(|_| fits)
+        .unwrap_or(0);
 
     // The header alone gives the size: check it before anything is allocated for the pixels.
     // SAFETY: `bytes` is a live slice of `size` bytes; the handle is valid during the call.
