@@ -1673,8 +1673,14 @@ def generate_all(out: Path) -> None:
     logits_processors_fixture(out, SEED + 80)
     pil_image_fixture(out, images, SEED + 90)
     real_key_sets(out)
-    files = sorted(p for p in out.rglob("*") if p.is_file())
-    write_json(out / "MANIFEST.json", {
+    write_manifest(out)
+
+
+def write_manifest(out: Path) -> None:
+    """MANIFEST.json: every file under `out` with its SHA-256."""
+    manifest = out / "MANIFEST.json"
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p != manifest)
+    write_json(manifest, {
         "format_version": FORMAT_VERSION,
         "generator": "scripts/make_fixtures.py",
         "versions": versions(),
@@ -1682,7 +1688,46 @@ def generate_all(out: Path) -> None:
     })
 
 
-def compare_trees(a: Path, b: Path) -> list[str]:
+# torch's CPU kernels round differently on different processors (AVX-512/AMX on an Intel Xeon, AVX-512 on an AMD
+# Zen 4): the same generation on the two gives the same weights, ids, pixels and configs, and float references
+# apart by up to 6.1e-5 (T5 logits around 10; observed on tiny-t5-lm-v1, every other key closer). Two generations on
+# one machine are compared bit for bit; a fresh generation and the committed fixtures, which may come from another
+# processor, with this tolerance on float32 tensors and on the floats in reference.json (greedy margins moved by
+# up to 3e-6), and exactly for everything else.
+CROSS_CPU_ATOL = 1e-4
+CROSS_CPU_RTOL = 1e-5
+
+
+def close_json(x, y) -> bool:
+    if isinstance(x, float) and isinstance(y, float):
+        return abs(x - y) <= CROSS_CPU_ATOL + CROSS_CPU_RTOL * abs(y)
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(close_json(x[k], y[k]) for k in x)
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(close_json(a, b) for a, b in zip(x, y))
+    return x == y
+
+
+def close_references(a: Path, b: Path) -> str | None:
+    """None when two reference.safetensors files agree (floats within the cross-CPU tolerance), else why not."""
+    x, y = load_file(str(a)), load_file(str(b))
+    if x.keys() != y.keys():
+        return f"keys differ: {sorted(x.keys() ^ y.keys())}"
+    for key in sorted(x):
+        if x[key].dtype != y[key].dtype or x[key].shape != y[key].shape:
+            return f"{key}: {x[key].dtype} {list(x[key].shape)} vs {y[key].dtype} {list(y[key].shape)}"
+        if not x[key].dtype.is_floating_point:
+            if not torch.equal(x[key], y[key]):
+                return f"{key} differs"
+        elif not torch.allclose(x[key], y[key], rtol=CROSS_CPU_RTOL, atol=CROSS_CPU_ATOL):
+            diff = (x[key] - y[key]).abs().max().item()
+            return f"{key} differs by up to {diff:.3g}"
+    return None
+
+
+def compare_trees(a: Path, b: Path, exact: bool = True) -> list[str]:
+    """Differences between two fixture trees: bit for bit when `exact`, else with the cross-CPU tolerance on float
+    references (MANIFEST.json then compared by its file list: the hashes of such files differ)."""
     problems = []
     fa = {str(p.relative_to(a)) for p in a.rglob("*") if p.is_file()}
     fb = {str(p.relative_to(b)) for p in b.rglob("*") if p.is_file()}
@@ -1691,8 +1736,23 @@ def compare_trees(a: Path, b: Path) -> list[str]:
     for only in sorted(fb - fa):
         problems.append(f"only in {b}: {only}")
     for rel in sorted(fa & fb):
-        if not filecmp.cmp(a / rel, b / rel, shallow=False):
-            problems.append(f"differs: {rel}")
+        if filecmp.cmp(a / rel, b / rel, shallow=False):
+            continue
+        if not exact:
+            name = Path(rel).name
+            if name == "reference.safetensors":
+                why = close_references(a / rel, b / rel)
+                if why is None:
+                    continue
+                problems.append(f"differs: {rel}: {why}")
+                continue
+            if name in ("reference.json", "MANIFEST.json"):
+                x, y = (json.loads((t / rel).read_text()) for t in (a, b))
+                if name == "MANIFEST.json":
+                    x["files"], y["files"] = sorted(x["files"]), sorted(y["files"])
+                if close_json(x, y):
+                    continue
+        problems.append(f"differs: {rel}")
     return problems
 
 
@@ -1716,11 +1776,12 @@ def main() -> int:
             print("NOT deterministic: two generations differ:\n  " + "\n  ".join(problems))
             return 1
         print("deterministic: two generations are identical, bit for bit")
-        problems = compare_trees(first, args.out)
+        problems = compare_trees(first, args.out, exact=False)
         if problems:
             print(f"{args.out} differs from a fresh generation:\n  " + "\n  ".join(problems))
             return 1
-        print(f"{args.out} equals a fresh generation")
+        print(f"{args.out} equals a fresh generation (float references within {CROSS_CPU_ATOL:g} when made on "
+              "another processor)")
     return 0
 
 
