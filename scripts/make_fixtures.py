@@ -1688,9 +1688,10 @@ def write_manifest(out: Path) -> None:
     })
 
 
-# torch's CPU kernels round differently on different processors (AVX-512/AMX on an Intel Xeon, AVX-512 on an AMD
-# Zen 4): the same generation on the two gives the same weights, ids, pixels and configs, and float references
-# apart by up to 6.1e-5 (T5 logits around 10; observed on tiny-t5-lm-v1, every other key closer). Two generations on
+# torch's CPU kernels take other code paths on other processors (the project's machines: Intel Xeons with
+# AVX-512/AMX, AMD Zen 4s): a generation on a Xeon and the fixtures committed from another machine have the same
+# weights, ids, pixels and configs, and float references apart by up to 6.1e-5 (tiny-t5-lm-v1's logits, every
+# other key closer). Two generations on
 # one machine are compared bit for bit; a fresh generation and the committed fixtures, which may come from another
 # processor, with this tolerance on float32 tensors and on the floats in reference.json (greedy margins moved by
 # up to 3e-6), and exactly for everything else.
