@@ -900,8 +900,29 @@ def head_variant_refs(refs: Refs, directory: Path, is_t5: bool, seed: int, logit
                          + f", lm_head.weight {'= head/lm_head.weight' if stored else 'absent'}; transformers used "
                          f"{'the stored head' if stored else source_key}" + (f", scaled {scaled}" if is_t5 else ""))
                 variants.append({"name": name, "tie_word_embeddings": tie, "scale_decoder_outputs": scale,
-                                 "head_stored": stored, "uses_stored_head": uses_stored,
+                                 "head_stored": stored, "embeddings_stored": True, "uses_stored_head": uses_stored,
                                  "scales_decoder_outputs": scaled if is_t5 else None})
+    # The head stored without the input embeddings: transformers ties the other way round (`tie_weights` swaps
+    # source and target), so the embeddings are the stored head.
+    name = "embeddings_absent/head_stored"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shutil.copy(directory / "config.json", tmp / "config.json")
+        variant = {k: v for k, v in tensors.items() if k not in (head_key, source_key)}
+        variant[head_key] = head.clone()
+        save_file(variant, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        m = Blip2ForConditionalGeneration.from_pretrained(tmp, attn_implementation="eager").eval()
+        lm = m.language_model
+        if not torch.equal(lm.get_input_embeddings().weight, head):
+            raise AssertionError(f"{name}: transformers no longer takes the embeddings from the stored head")
+        with torch.no_grad():
+            logits = logits_of(m)
+    refs.add(f"head/{name}/logits", logits, f"lm/logits/single with {source_key} absent and lm_head.weight = "
+             "head/lm_head.weight: transformers uses the stored head as the embeddings too")
+    variants.append({"name": name, "tie_word_embeddings": "as saved", "scale_decoder_outputs": "as saved",
+                     "head_stored": True, "embeddings_stored": False, "uses_stored_head": True,
+                     "scales_decoder_outputs": bool(getattr(lm.config, "scale_decoder_outputs", False))
+                     if is_t5 else None})
     return variants
 
 

@@ -365,7 +365,8 @@ impl<B: Backend> OptForCausalLm<B> {
         dtype: FloatDType,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), Error> {
-        let prefix = if checkpoint.contains("language_model.model.decoder.embed_tokens.weight") {
+        // Any `language_model.` key means a BLIP-2 checkpoint (its `embed_tokens` may be absent, tied to the head).
+        let prefix = if checkpoint.keys().any(|k| k.starts_with("language_model.")) {
             "language_model."
         } else {
             ""
@@ -381,13 +382,19 @@ impl<B: Backend> OptForCausalLm<B> {
         // the head. So a stored head is always the head (equal to `embed_tokens` it gives the same logits), and an
         // absent one is `embed_tokens` when tied, a missing key otherwise.
         let head = format!("{prefix}lm_head.weight");
+        let embeddings = format!("{prefix}model.decoder.embed_tokens.weight");
+        // And the other way round when tied: a file with the head but no `embed_tokens` gets its embeddings from
+        // the head (transformers' `tie_weights` swaps source and target when only the target is stored).
+        let options = if config.tie_word_embeddings {
+            options.with_tied(&embeddings, &head)
+        } else {
+            options
+        };
         let own_head = !config.tie_word_embeddings || checkpoint.contains(&head);
         let module = config.build::<B>(own_head, device)?;
         let (model, mut report) = load_module(module, checkpoint, &options, device)?;
         if !own_head {
-            report
-                .tied
-                .push((head, format!("{prefix}model.decoder.embed_tokens.weight")));
+            report.tied.push((head, embeddings));
         }
         Ok((model, report))
     }

@@ -460,7 +460,8 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         dtype: FloatDType,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), Error> {
-        let prefix = if checkpoint.contains("language_model.shared.weight") {
+        // Any `language_model.` key means a BLIP-2 checkpoint (its `shared.weight` may be absent, tied to the head).
+        let prefix = if checkpoint.keys().any(|k| k.starts_with("language_model.")) {
             "language_model"
         } else {
             ""
@@ -485,6 +486,9 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         // Never ignore a stored head: transformers 5.x saves Flan-T5 with `tie_word_embeddings: true` and its own
         // `lm_head.weight`.
         let head = key("lm_head.weight");
+        // And the other way round: a file with the head but no `shared` gets its embeddings from the head
+        // (transformers' `tie_weights` swaps source and target when only the target is stored).
+        let options = options.with_tied(&key("shared.weight"), &head);
         let own_head = checkpoint.contains(&head);
         let module = config.build::<B>(own_head, device)?;
         let (model, mut report) = load_module(module, checkpoint, &options, device)?;
