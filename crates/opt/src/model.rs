@@ -3,7 +3,8 @@
 //!
 //! Keys: `model.decoder.{embed_tokens, embed_positions, project_in?, project_out?, final_layer_norm?, layers.N.*}`,
 //! and `lm_head.weight`, which is tied to `embed_tokens` and usually absent; when present it is the head (as in
-//! transformers 5.24, which unties a stored head whose values differ from `embed_tokens`). In a BLIP-2 checkpoint, all under `language_model.`.
+//! transformers 5.24, which unties a stored head whose values differ from `embed_tokens`). In a BLIP-2
+//! checkpoint, all under `language_model.`.
 //!
 //! Deliberate choices (as HF): positions are `cumsum(mask) * mask - 1` looked up at `+ 2`, so pads use row 1 and
 //! left padding (and BLIP-2's pads between the image tokens and BOS) does not shift real tokens; with a cache
