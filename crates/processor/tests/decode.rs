@@ -236,21 +236,7 @@ fn bombs_are_refused_before_decoding() {
         other => panic!("{other:?}"),
     }
     // A memory limit smaller than the decoded image.
-    let tight = processor().with_limits(Limits {
-        max_alloc: 1000,
-        ..Limits::default()
-    });
-    let err = tight.open(image_path("large_97x71.png")).unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::TooLarge {
-                what: "bytes of memory",
-                ..
-            } | Error::DecoderLimit { .. }
-        ),
-        "{err}"
-    );
+    refused_over_a_tight_memory_limit("large_97x71.png");
     // A shortest-edge resize of a thin image that would exceed the limits.
     let config = ImageProcessorConfig {
         size: Size::ShortestEdge(224),
@@ -439,21 +425,7 @@ fn jpeg_bombs_are_refused_before_decoding() {
         }) => {}
         other => panic!("{other:?}"),
     }
-    let tight = processor().with_limits(Limits {
-        max_alloc: 1000,
-        ..Limits::default()
-    });
-    let err = tight.open(image_path("photo_45x33.jpg")).unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::TooLarge {
-                what: "bytes of memory",
-                ..
-            } | Error::DecoderLimit { .. }
-        ),
-        "{err}"
-    );
+    refused_over_a_tight_memory_limit("photo_45x33.jpg");
 }
 
 /// PIL opens only 8-bit JPEGs ("cannot handle 12-bit layers"); a 12-bit one is an unsupported format.
@@ -467,5 +439,24 @@ fn twelve_bit_jpegs_are_unsupported() {
     assert!(
         matches!(&err, Error::UnsupportedFormat { reason, .. } if reason.contains("12-bit")),
         "{err}"
+    );
+}
+
+/// `file` is refused with a memory limit (1000 bytes) smaller than its decoded pixels.
+fn refused_over_a_tight_memory_limit(file: &str) {
+    let tight = processor().with_limits(Limits {
+        max_alloc: 1000,
+        ..Limits::default()
+    });
+    let err = tight.open(image_path(file)).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::TooLarge {
+                what: "bytes of memory",
+                ..
+            } | Error::DecoderLimit { .. }
+        ),
+        "{file}: {err}"
     );
 }
