@@ -8,6 +8,12 @@ use serde_json::{Map, Value};
 
 use crate::Error;
 
+/// Most rows one run decodes at once, and so the largest `num_beams` and `num_return_sequences`: prompts times
+/// `num_beams` (or times `num_return_sequences` when sampling). Each row keeps its own key-value cache, so
+/// memory and time grow with it; transformers has no cap, blip2 refuses more rather than run for minutes into
+/// gigabytes (`num_beams` 1,000,000 with 3 new tokens took 11 GB and 83 s on the tiny test model).
+pub const MAX_ROWS: usize = 1024;
+
 /// When beam search stops (transformers' `early_stopping`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EarlyStopping {
@@ -349,6 +355,20 @@ impl GenerationConfig {
         if self.max_length == Some(0) {
             return Err(Error::invalid(&["max_length"], "must be greater than 0"));
         }
+        for (field, value) in [
+            ("num_beams", self.num_beams),
+            ("num_return_sequences", self.num_return_sequences),
+        ] {
+            if value > MAX_ROWS {
+                return Err(Error::invalid(
+                    &[field],
+                    format!(
+                        "{value} is over blip2's cap of {MAX_ROWS} rows per run (each keeps its own key-value \
+                         cache; beam search usually takes 1 to 10): lower it"
+                    ),
+                ));
+            }
+        }
         if self.num_return_sequences > 1 && self.num_beams == 1 && !self.do_sample {
             return Err(Error::invalid(
                 &["num_return_sequences", "num_beams", "do_sample"],
@@ -446,6 +466,55 @@ impl GenerationConfig {
             }
         }
         out
+    }
+
+    /// How many new tokens a run generates at most after a prompt of `prompt_positions` positions (what the
+    /// model reads, `<image>` tokens and padding included), for a model whose position table holds
+    /// `max_positions` (`None`: no table, as T5's relative positions): `max_new_tokens`, else what `max_length`
+    /// leaves, else transformers' default of 20 (capped to the table).
+    ///
+    /// # Errors
+    /// [`Error::PromptTooLong`] for a prompt over the table; [`Error::TooManyNewTokens`] when the prompt and
+    /// the new tokens do not fit in it (the last new token is never read, so `prompt + new - 1` positions are
+    /// needed); [`Error::InvalidConfig`] for a `max_length` that leaves no room.
+    pub fn new_tokens_for(
+        &self,
+        prompt_positions: usize,
+        max_positions: Option<usize>,
+    ) -> Result<usize, Error> {
+        if let Some(max) = max_positions
+            && prompt_positions > max
+        {
+            return Err(Error::PromptTooLong {
+                length: prompt_positions,
+                max_positions: max,
+            });
+        }
+        let max_new = match (self.max_new_tokens, self.max_length) {
+            (Some(n), _) => n,
+            (None, Some(max_length)) => match max_length.checked_sub(prompt_positions) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    return Err(Error::invalid(
+                        &["max_length"],
+                        format!(
+                            "max_length {max_length} leaves no room after the prompt's {prompt_positions} positions: raise it or set max_new_tokens"
+                        ),
+                    ));
+                }
+            },
+            (None, None) => max_positions.map_or(20, |p| 20.min(p - prompt_positions).max(1)),
+        };
+        if let Some(max) = max_positions
+            && prompt_positions + max_new - 1 > max
+        {
+            return Err(Error::TooManyNewTokens {
+                prompt: prompt_positions,
+                max_new_tokens: max_new,
+                max_positions: max,
+            });
+        }
+        Ok(max_new)
     }
 
     /// The id finished rows are filled with: `pad_token_id`, else the first eos id.

@@ -64,6 +64,51 @@ pub enum Error {
         reason: String,
     },
 
+    /// A prompt longer than the language model's position table.
+    #[error(
+        "the prompt takes {length} positions, over the language model's {max_positions} \
+         (max_position_embeddings); shorten the prompt"
+    )]
+    PromptTooLong {
+        /// Positions the prompt takes (`<image>` tokens and padding included).
+        length: usize,
+        /// The model's position table.
+        max_positions: usize,
+    },
+
+    /// A prompt and `max_new_tokens` that together outgrow the language model's position table.
+    #[error(
+        "max_new_tokens {max_new_tokens} does not fit: the prompt takes {prompt} of the language model's \
+         {max_positions} positions (max_position_embeddings), which leaves room for {} new tokens; lower \
+         max_new_tokens or shorten the prompt",
+        max_positions + 1 - prompt
+    )]
+    TooManyNewTokens {
+        /// Positions the prompt takes.
+        prompt: usize,
+        /// New tokens asked for (from `max_new_tokens`, `max_length` or the default).
+        max_new_tokens: usize,
+        /// The model's position table.
+        max_positions: usize,
+    },
+
+    /// Prompts times beams (or return sequences) over [`MAX_ROWS`](crate::MAX_ROWS).
+    #[error(
+        "{prompts} prompts x {field} {per_prompt} = {} rows, over blip2's cap of {limit} rows per run; \
+         lower {field} or give fewer prompts at a time",
+        prompts * per_prompt
+    )]
+    TooManyRows {
+        /// The option that multiplies the rows (`num_beams` or `num_return_sequences`).
+        field: &'static str,
+        /// Its value.
+        per_prompt: usize,
+        /// Prompts in the batch.
+        prompts: usize,
+        /// The cap.
+        limit: usize,
+    },
+
     /// The language model refused an input or failed.
     #[error("language model: {0}")]
     Model(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -12,7 +12,7 @@ use crate::beam::{BeamSearch, beam_search};
 use crate::processors::{LogitsProcessor, ProcessorContext, ProcessorList, RowIds};
 use crate::sampling::{Rng, argmax, sample};
 use crate::session::{Session, Started, repeat_indices, start_decoder_only, start_encoder_decoder};
-use crate::{Error, GenerationConfig};
+use crate::{Error, GenerationConfig, MAX_ROWS};
 
 /// What generation starts from.
 ///
@@ -237,26 +237,25 @@ impl Generator {
         padding: Vec<usize>,
         prompt_len: usize,
         positions: usize,
-        max_new_default: usize,
+        max_positions: Option<usize>,
         vocab: usize,
     ) -> Result<Plan, Error> {
         let config = &self.config;
         let hidden = positions - prompt_len;
-        let max_new = match (config.max_new_tokens, config.max_length) {
-            (Some(n), _) => n,
-            (None, Some(max_length)) => match max_length.checked_sub(positions) {
-                Some(n) if n > 0 => n,
-                _ => {
-                    return Err(Error::invalid(
-                        &["max_length"],
-                        format!(
-                            "max_length {max_length} leaves no room after the prompt's {positions} positions: raise it or set max_new_tokens"
-                        ),
-                    ));
-                }
-            },
-            (None, None) => max_new_default,
-        };
+        let max_new = config.new_tokens_for(positions, max_positions)?;
+        let expand = self.expand();
+        if rows.len() * expand > MAX_ROWS {
+            return Err(Error::TooManyRows {
+                field: if config.num_beams > 1 {
+                    "num_beams"
+                } else {
+                    "num_return_sequences"
+                },
+                per_prompt: expand,
+                prompts: rows.len(),
+                limit: MAX_ROWS,
+            });
+        }
         if let Some(bad) = config
             .bad_words_ids
             .iter()
@@ -277,7 +276,6 @@ impl Generator {
             },
             &self.processors,
         );
-        let expand = self.expand();
         let rows: Vec<Vec<u32>> = repeat_indices(rows.len(), expand)
             .into_iter()
             .map(|r| rows[r].clone())
@@ -331,15 +329,12 @@ impl Generator {
         };
         let prompt_len = rows[0].len();
         // transformers' default: 20 new tokens, within the position table.
-        let max_new_default = lm
-            .max_positions()
-            .map_or(20, |p| 20.min(p.saturating_sub(len)).max(1));
         self.plan(
             rows,
             padding,
             prompt_len,
             len,
-            max_new_default,
+            lm.max_positions(),
             lm.vocab_size(),
         )
     }
@@ -406,7 +401,7 @@ impl Generator {
             vec![0; batch],
             1,
             1,
-            20,
+            None,
             lm.vocab_size(),
         )?;
         let started = start_encoder_decoder(lm, prompt.input, mask, self.expand(), start)?;

@@ -104,7 +104,7 @@ pub mod sampling;
 mod session;
 
 pub use blip2_nn::lm::{DecoderOnlyLm, EncoderDecoderLm, LmPrompt};
-pub use config::{EarlyStopping, GenerationConfig};
+pub use config::{EarlyStopping, GenerationConfig, MAX_ROWS};
 pub use error::Error;
 pub use generate::{
     GenerationOutput, Generator, NewTokens, Prompt, StoppingCriterion, TokenStream,
