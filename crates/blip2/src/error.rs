@@ -86,6 +86,71 @@ pub enum Error {
         reason: String,
     },
 
+    /// [`ImageFeatures::select`](crate::ImageFeatures::select) of a row the batch does not have.
+    #[error("no image {row} in features of {batch} images: rows are 0..{batch}")]
+    NoSuchRow {
+        /// The row asked for.
+        row: usize,
+        /// Images in the batch.
+        batch: usize,
+    },
+
+    /// An empty prompt, question or text.
+    #[error("{what} is empty: {remedy}")]
+    EmptyText {
+        /// Which one (`the prompt`, `question 2`, ...).
+        what: String,
+        /// What to do.
+        remedy: &'static str,
+    },
+
+    /// A prompt or text over the length the model takes.
+    #[error(
+        "{what} {index} (\"{start}\") is {length} tokens long, over the limit of {limit} (`{key}` in {file}); \
+         shorten it"
+    )]
+    TooLong {
+        /// `prompt` or `text`.
+        what: &'static str,
+        /// Its position in the batch.
+        index: usize,
+        /// Its first characters.
+        start: String,
+        /// Its length in tokens.
+        length: usize,
+        /// The limit.
+        limit: usize,
+        /// The config key that sets the limit (`model_max_length`, `max_position_embeddings`).
+        key: &'static str,
+        /// The file that holds the key.
+        file: String,
+    },
+
+    /// A prompt holding the image token, which the processor puts before the text itself.
+    #[error(
+        "prompt {index} contains `{token}`, the image placeholder, which blip2 puts before the text itself: \
+         remove it from the text"
+    )]
+    ImageTokenInPrompt {
+        /// Its position in the batch.
+        index: usize,
+        /// The token's text.
+        token: String,
+    },
+
+    /// Model files that do not fit together (a processor config that disagrees with the model's config).
+    #[error("`{key}` is {found} in {file}, but {expected}; fix the file or download the model again")]
+    Mismatch {
+        /// The file holding the value.
+        file: String,
+        /// The key.
+        key: &'static str,
+        /// The value found.
+        found: String,
+        /// What the model needs.
+        expected: String,
+    },
+
     /// Resolving a model directory or hub id, and hub downloads.
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),

@@ -96,13 +96,23 @@ impl<B: Backend> ImageFeatures<B> {
     }
 
     /// Keeps images `rows` (in that order; indices may repeat, e.g. one image for several prompts).
-    pub fn select(&self, rows: &[usize]) -> Self {
+    ///
+    /// # Errors
+    /// [`Error::NoSuchRow`] for a row past the batch; [`Error::BadInput`] for no rows.
+    pub fn select(&self, rows: &[usize]) -> Result<Self, Error> {
+        let batch = self.batch_size();
+        if let Some(&row) = rows.iter().find(|&&r| r >= batch) {
+            return Err(Error::NoSuchRow { row, batch });
+        }
+        if rows.is_empty() {
+            return Err(Error::bad_input("no rows to select: give at least one"));
+        }
         let device = self.language_inputs.device();
         let data: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(data, [rows.len()]), &device);
         let pick3 = |t: &Tensor<B, 3>| t.clone().select(0, index.clone());
         let pick2 = |t: &Tensor<B, 2>| t.clone().select(0, index.clone());
-        Self {
+        Ok(Self {
             vision: Blip2VisionOutput {
                 last_hidden_state: pick3(&self.vision.last_hidden_state),
                 pooler_output: pick2(&self.vision.pooler_output),
@@ -114,7 +124,7 @@ impl<B: Backend> ImageFeatures<B> {
                 hidden_states: None,
             },
             language_inputs: pick3(&self.language_inputs),
-        }
+        })
     }
 }
 

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use blip2_generation::{GenerationConfig, GenerationOutput, Generator};
 use blip2_processor::{
-    BatchEncoding, Blip2Processor, EncodeOptions, vqa_prompt, vqa_prompt_with_context,
+    BatchEncoding, Blip2Processor, EncodeOptions, ImageProcessorConfig, Limits, vqa_prompt,
+    vqa_prompt_with_context,
 };
 use burn::prelude::{Backend, Int, Tensor};
 use burn::tensor::TensorData;
@@ -49,6 +50,23 @@ pub struct Blip2<B: Backend> {
     device: B::Device,
 }
 
+/// Refuses images without pixels (a 0x0 `RgbImage` would be resized into a black picture).
+pub(crate) fn check_not_empty(images: &[RgbImage]) -> Result<(), Error> {
+    match images
+        .iter()
+        .enumerate()
+        .find(|(_, image)| image.width() == 0 || image.height() == 0)
+    {
+        Some((index, image)) => Err(blip2_processor::Error::ZeroSize {
+            name: format!("image {index} of the batch"),
+            width: u64::from(image.width()),
+            height: u64::from(image.height()),
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
 /// Rows of ids (of one length) as a `[rows, len]` tensor.
 pub(crate) fn to_tensor<B: Backend>(
     rows: &[Vec<i64>],
@@ -67,27 +85,147 @@ pub(crate) fn to_tensor<B: Backend>(
     ))
 }
 
+/// The processor of `dir` with image `limits`, its fixed resize size checked against them.
+pub(crate) fn processor_with_limits(dir: &Path, limits: Limits) -> Result<Blip2Processor, Error> {
+    let processor = Blip2Processor::from_model_dir(dir)?;
+    let image = processor.image_processor().clone().with_limits(limits);
+    let file = ImageProcessorConfig::file_in(dir)
+        .unwrap_or_else(|| dir.join("preprocessor_config.json"));
+    image
+        .config()
+        .check_limits(&limits, &file.display().to_string())?;
+    Ok(Blip2Processor::new(
+        image,
+        processor.tokenizer().clone(),
+        processor.num_query_tokens(),
+    ))
+}
+
+/// A text's first characters, for error messages.
+pub(crate) fn start_of(text: &str) -> String {
+    const SHOWN: usize = 30;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// Whether `err` says that a prompt does not fit the model (too many tokens, or no room for the new ones).
+fn is_too_long(err: &Error) -> bool {
+    use blip2_generation::Error as G;
+    matches!(
+        err,
+        Error::TooLong { .. }
+            | Error::Generation(G::PromptTooLong { .. } | G::TooManyNewTokens { .. })
+    )
+}
+
+/// Checks that `processor` fits `model`: the same query count and `<image>` id, an `<image>` id in the
+/// vocabulary. `dir` names the files when known.
+fn check_processor<B: Backend>(
+    model: &Blip2ForConditionalGeneration<B>,
+    processor: &Blip2Processor,
+    dir: Option<&Path>,
+) -> Result<(), Error> {
+    let file = |name: &str| match dir {
+        Some(dir) => dir.join(name).display().to_string(),
+        None => name.to_string(),
+    };
+    let config = &model.config;
+    let queries = config.num_query_tokens();
+    if processor.num_query_tokens() != queries {
+        let source = match dir {
+            Some(dir) if !dir.join("processor_config.json").is_file() => "config.json",
+            _ => "processor_config.json",
+        };
+        return Err(Error::Mismatch {
+            file: file(source),
+            key: "num_query_tokens",
+            found: processor.num_query_tokens().to_string(),
+            expected: format!(
+                "the model's Q-Former has {queries} queries (`num_query_tokens` in config.json)"
+            ),
+        });
+    }
+    if let Some(index) = config.image_token_index {
+        let vocab = config.text_config.vocab_size();
+        if index as usize >= vocab {
+            return Err(Error::Mismatch {
+                file: file("config.json"),
+                key: "image_token_index",
+                found: index.to_string(),
+                expected: format!(
+                    "the language model's vocabulary has {vocab} tokens (ids 0..{vocab}, `text_config.vocab_size`)"
+                ),
+            });
+        }
+        let token = &processor.tokenizer().special_tokens().image;
+        if token.id != index {
+            return Err(Error::Mismatch {
+                file: file("config.json"),
+                key: "image_token_index",
+                found: index.to_string(),
+                expected: format!(
+                    "the tokenizer's image token `{}` is id {} (tokenizer.json)",
+                    token.content, token.id
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl<B: Backend> Blip2<B> {
     /// Loads a model directory or a hub id (downloaded into the HF cache; see [`crate::hub`]): the model in
     /// `precision`, its processor, and the generation config transformers generates with
     /// ([`Blip2ForConditionalGeneration::generation_config`]: the language model's special tokens, greedy,
-    /// 20 new tokens).
+    /// 20 new tokens). Images are held to the default [`Limits`].
     ///
     /// # Errors
-    /// Locating or downloading the files, the config, the weights, the processor files.
+    /// Locating or downloading the files, the config, the weights, the processor files; as [`Self::new`].
     pub fn from_pretrained(
         model: impl AsRef<Path>,
         precision: impl Into<Precision>,
         device: &B::Device,
     ) -> Result<Self, Error> {
+        Self::from_pretrained_with_limits(model, precision, device, Limits::default())
+    }
+
+    /// [`Self::from_pretrained`] with other image [`Limits`] (for larger images, or a processor config
+    /// whose `size` is over the default limits).
+    ///
+    /// # Errors
+    /// As [`Self::from_pretrained`]; [`blip2_processor::Error::UnsupportedConfig`] naming the processor
+    /// config file and `size` when the size every image is resized to is over `limits` (checked before the
+    /// weights load).
+    pub fn from_pretrained_with_limits(
+        model: impl AsRef<Path>,
+        precision: impl Into<Precision>,
+        device: &B::Device,
+        limits: Limits,
+    ) -> Result<Self, Error> {
         let dir = crate::model::locate(model.as_ref())?;
+        let processor = processor_with_limits(&dir, limits)?;
         let model = Blip2ForConditionalGeneration::from_pretrained(&dir, precision, device)?;
-        let processor = Blip2Processor::from_model_dir(&dir)?;
-        Ok(Self::new(model, processor, device))
+        check_processor(&model, &processor, Some(&dir))?;
+        Ok(Self::unchecked(model, processor, device))
     }
 
     /// From a loaded model and processor.
+    ///
+    /// # Errors
+    /// [`Error::Mismatch`] when they do not fit: another `num_query_tokens`, an `image_token_index` that is
+    /// not the tokenizer's `<image>` or is outside the vocabulary.
     pub fn new(
+        model: Blip2ForConditionalGeneration<B>,
+        processor: Blip2Processor,
+        device: &B::Device,
+    ) -> Result<Self, Error> {
+        check_processor(&model, &processor, None)?;
+        Ok(Self::unchecked(model, processor, device))
+    }
+
+    fn unchecked(
         model: Blip2ForConditionalGeneration<B>,
         processor: Blip2Processor,
         device: &B::Device,
@@ -139,8 +277,9 @@ impl<B: Backend> Blip2<B> {
     /// prompts against it.
     ///
     /// # Errors
-    /// An empty batch, preprocessing errors.
+    /// An empty batch, an image without pixels ([`blip2_processor::Error::ZeroSize`]), preprocessing errors.
     pub fn encode_images(&self, images: &[RgbImage]) -> Result<ImageFeatures<B>, Error> {
+        check_not_empty(images)?;
         let pixels = self.processor.image_processor().preprocess(images)?;
         self.model
             .encode_images(pixels.to_tensor(&self.device), false)
@@ -161,7 +300,9 @@ impl<B: Backend> Blip2<B> {
     /// `num_return_sequences` results per image, image by image.
     ///
     /// # Errors
-    /// Tokenizing, generating.
+    /// An empty prompt ([`Error::EmptyText`]: pass `None` instead); a prompt too long for the model
+    /// ([`Error::TooLong`], or [`blip2_generation::Error::TooManyNewTokens`] when it leaves no room for
+    /// `max_new_tokens`); a prompt holding `<image>` ([`Error::ImageTokenInPrompt`]); tokenizing, generating.
     pub fn caption(
         &self,
         images: &ImageFeatures<B>,
@@ -218,6 +359,12 @@ impl<B: Backend> Blip2<B> {
             }
             return Ok(inputs);
         };
+        if prompt.trim().is_empty() {
+            return Err(Error::EmptyText {
+                what: "the prompt".to_string(),
+                remedy: "give some text, or None to caption without a prompt",
+            });
+        }
         self.prompt_inputs(batch, &vec![prompt; batch])
     }
 
@@ -233,26 +380,108 @@ impl<B: Backend> Blip2<B> {
                 prompts.len(),
             )));
         }
-        Ok(if self.model.config.image_token_index.is_some() {
-            self.processor
-                .encode_prompts(prompts, &EncodeOptions::default())?
-        } else {
+        let image_token = &self.processor.tokenizer().special_tokens().image.content;
+        for (index, prompt) in prompts.iter().enumerate() {
+            let prompt = prompt.as_ref();
+            if prompt.trim().is_empty() {
+                return Err(Error::EmptyText {
+                    what: format!("prompt {index}"),
+                    remedy: "give some text, or caption without a prompt",
+                });
+            }
+            if prompt.contains(image_token.as_str()) {
+                return Err(Error::ImageTokenInPrompt {
+                    index,
+                    token: image_token.clone(),
+                });
+            }
+        }
+        let legacy = self.model.config.image_token_index.is_none();
+        let inputs = if legacy {
             // Configs without `<image>` tokens: the model puts the queries in front of the text itself.
             self.processor
                 .tokenizer()
                 .encode_batch(prompts, &EncodeOptions::default())?
-        })
+        } else {
+            self.processor
+                .encode_prompts(prompts, &EncodeOptions::default())?
+        };
+        let queries = if legacy {
+            0
+        } else {
+            self.processor.num_query_tokens()
+        };
+        self.check_lengths(&inputs, prompts, queries)?;
+        Ok(inputs)
+    }
+
+    /// The length limits of a prompt: T5's tokenizer `model_max_length` for the text (transformers warns past
+    /// it; T5's relative positions have no hard end, but its memory grows with the square of the length),
+    /// OPT's position table for the prompt and the new tokens.
+    fn check_lengths<S: AsRef<str>>(
+        &self,
+        inputs: &BatchEncoding,
+        prompts: &[S],
+        image_tokens: usize,
+    ) -> Result<(), Error> {
+        let tokenizer = self.processor.tokenizer();
+        match &self.model.language_model {
+            crate::LanguageModel::T5(_) => {
+                let Some(limit) = tokenizer.config().model_max_length else {
+                    return Ok(());
+                };
+                for (index, mask) in inputs.attention_mask.iter().enumerate() {
+                    let length = mask.iter().filter(|&&m| m != 0).count() - image_tokens;
+                    if length > limit {
+                        let file = Path::new(tokenizer.name())
+                            .parent()
+                            .map_or_else(|| "tokenizer_config.json".into(), |dir| {
+                                dir.join("tokenizer_config.json").display().to_string()
+                            });
+                        return Err(Error::TooLong {
+                            what: "prompt",
+                            index,
+                            start: start_of(prompts[index].as_ref()),
+                            length,
+                            limit,
+                            key: "model_max_length",
+                            file,
+                        });
+                    }
+                }
+                Ok(())
+            }
+            crate::LanguageModel::Opt(m) => {
+                let len = inputs.input_ids.first().map_or(0, Vec::len);
+                let queries = self.model.config.num_query_tokens();
+                let positions = if self.model.config.image_token_index.is_none() {
+                    len + queries
+                } else {
+                    len
+                };
+                self.generation
+                    .new_tokens_for(positions, Some(m.config.max_position_embeddings))?;
+                Ok(())
+            }
+        }
     }
 
     /// Asks one question per image with the VQA template `Question: {q} Answer:`.
     ///
     /// # Errors
-    /// A count of questions other than the count of images; tokenizing, generating.
+    /// A count of questions other than the count of images; an empty question ([`Error::EmptyText`] naming
+    /// it); as [`Self::generate`].
     pub fn ask<S: AsRef<str>>(
         &self,
         images: &ImageFeatures<B>,
         questions: &[S],
     ) -> Result<Vec<Generated>, Error> {
+        if let Some(index) = questions.iter().position(|q| q.as_ref().trim().is_empty()) {
+            return Err(Error::EmptyText {
+                what: format!("question {index}"),
+                remedy: "ask something about the image",
+            });
+        }
         let prompts: Vec<String> = questions.iter().map(|q| vqa_prompt(q.as_ref())).collect();
         self.generate(images, &prompts)
     }
@@ -260,7 +489,12 @@ impl<B: Backend> Blip2<B> {
     /// Generates from one raw prompt per image (no template).
     ///
     /// # Errors
-    /// A count of prompts other than the count of images, an empty prompt list; tokenizing, generating.
+    /// A count of prompts other than the count of images, an empty prompt list, an empty prompt; a prompt
+    /// holding the image token `<image>` ([`Error::ImageTokenInPrompt`]: the processor puts the image tokens
+    /// before the text itself); a prompt over the model's length ([`Error::TooLong`] for T5's tokenizer
+    /// `model_max_length`; [`blip2_generation::Error::PromptTooLong`] and
+    /// [`blip2_generation::Error::TooManyNewTokens`] for OPT's position table, which must also hold
+    /// `max_new_tokens`); tokenizing, generating.
     pub fn generate<S: AsRef<str>>(
         &self,
         images: &ImageFeatures<B>,
@@ -285,6 +519,7 @@ impl<B: Backend> Blip2<B> {
             blip2: self,
             image,
             history: Vec::new(),
+            forgotten: 0,
         })
     }
 
@@ -403,27 +638,57 @@ impl<B: Backend> Blip2<B> {
 
 /// A conversation about one image: every question is asked with the earlier questions and answers before it
 /// (`Question: q Answer: a. ... Question: {new} Answer:`, LAVIS's format).
+///
+/// When the earlier turns and the new question no longer fit the language model (OPT's position table with
+/// room for `max_new_tokens`, T5's tokenizer `model_max_length`), the oldest turns are left out until they
+/// do, and forgotten once the answer comes; [`Chat::forgotten`] says how many (a short-context model would
+/// otherwise fail on every question after the first few).
 #[derive(Debug)]
 pub struct Chat<'a, B: Backend> {
     blip2: &'a Blip2<B>,
     image: ImageFeatures<B>,
     history: Vec<(String, String)>,
+    forgotten: usize,
 }
 
 impl<B: Backend> Chat<'_, B> {
-    /// Asks the next question; the answer joins the history.
-    ///
-    /// # Errors
-    /// An empty question; tokenizing, generating.
-    pub fn ask(&mut self, question: &str) -> Result<Generated, Error> {
+    /// The prompt for `question` with as many of the latest turns as fit, and how many oldest turns were left
+    /// out.
+    fn fit(&self, question: &str) -> Result<(String, usize), Error> {
         if question.trim().is_empty() {
-            return Err(Error::bad_input("the question is empty"));
+            return Err(Error::EmptyText {
+                what: "the question".to_string(),
+                remedy: "ask something about the image",
+            });
         }
-        let prompt = vqa_prompt_with_context(&self.history, question);
-        let mut answer = self.blip2.generate(&self.image, &[prompt])?;
-        let answer = answer.remove(0);
+        let mut skip = 0;
+        loop {
+            let prompt = vqa_prompt_with_context(&self.history[skip..], question);
+            match self.blip2.prompt_inputs(1, &[prompt.as_str()]) {
+                Ok(_) => return Ok((prompt, skip)),
+                Err(e) if is_too_long(&e) && skip < self.history.len() => skip += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn remember(&mut self, question: &str, answer: &Generated, skip: usize) {
+        self.history.drain(..skip);
+        self.forgotten = skip;
         self.history
             .push((question.to_string(), answer.text.clone()));
+    }
+
+    /// Asks the next question; the answer joins the history. The oldest turns are forgotten when the history
+    /// and the question do not fit the model (see [`Chat::forgotten`]).
+    ///
+    /// # Errors
+    /// An empty question; a question that does not fit the model even alone; tokenizing, generating. The
+    /// history is unchanged after an error.
+    pub fn ask(&mut self, question: &str) -> Result<Generated, Error> {
+        let (prompt, skip) = self.fit(question)?;
+        let answer = self.blip2.generate(&self.image, &[prompt])?.remove(0);
+        self.remember(question, &answer, skip);
         Ok(answer)
     }
 
@@ -437,16 +702,17 @@ impl<B: Backend> Chat<'_, B> {
         question: &str,
         on_text: impl FnMut(&str),
     ) -> Result<Generated, Error> {
-        if question.trim().is_empty() {
-            return Err(Error::bad_input("the question is empty"));
-        }
-        let prompt = vqa_prompt_with_context(&self.history, question);
+        let (prompt, skip) = self.fit(question)?;
         let answer = self
             .blip2
             .generate_streaming(&self.image, &prompt, on_text)?;
-        self.history
-            .push((question.to_string(), answer.text.clone()));
+        self.remember(question, &answer, skip);
         Ok(answer)
+    }
+
+    /// How many of the oldest turns the last answered question forgot to fit the model (0 when all fitted).
+    pub fn forgotten(&self) -> usize {
+        self.forgotten
     }
 
     /// The questions and answers so far.
@@ -457,5 +723,6 @@ impl<B: Backend> Chat<'_, B> {
     /// Forgets the history (the image stays encoded).
     pub fn clear(&mut self) {
         self.history.clear();
+        self.forgotten = 0;
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use blip2_processor::{Blip2Processor, EncodeOptions};
+use blip2_processor::{Blip2Processor, EncodeOptions, Limits};
 use blip2_qformer::QFormerInput;
 use burn::prelude::{Backend, Tensor};
 use burn::tensor::activation::softmax;
@@ -56,7 +56,8 @@ fn rows(t: Tensor<impl Backend, 2>) -> Result<Vec<Vec<f32>>, Error> {
 }
 
 impl<B: Backend> Blip2Retrieval<B> {
-    /// Loads a retrieval model directory or hub id, and its processor.
+    /// Loads a retrieval model directory or hub id, and its processor (images held to the default
+    /// [`Limits`]).
     ///
     /// # Errors
     /// Locating or downloading the files, the config, the weights, the processor files.
@@ -65,9 +66,23 @@ impl<B: Backend> Blip2Retrieval<B> {
         precision: impl Into<Precision>,
         device: &B::Device,
     ) -> Result<Self, Error> {
+        Self::from_pretrained_with_limits(model, precision, device, Limits::default())
+    }
+
+    /// [`Self::from_pretrained`] with other image [`Limits`].
+    ///
+    /// # Errors
+    /// As [`Self::from_pretrained`]; [`blip2_processor::Error::UnsupportedConfig`] naming the processor
+    /// config file and `size` when the size every image is resized to is over `limits`.
+    pub fn from_pretrained_with_limits(
+        model: impl AsRef<Path>,
+        precision: impl Into<Precision>,
+        device: &B::Device,
+        limits: Limits,
+    ) -> Result<Self, Error> {
         let dir = crate::model::locate(model.as_ref())?;
+        let processor = crate::pipeline::processor_with_limits(&dir, limits)?;
         let model = Blip2ForImageTextRetrieval::from_pretrained(&dir, precision, device)?;
-        let processor = Blip2Processor::from_model_dir(&dir)?;
         Ok(Self::new(model, processor, device))
     }
 
@@ -97,8 +112,9 @@ impl<B: Backend> Blip2Retrieval<B> {
     /// Preprocesses and encodes images (kept for any number of texts).
     ///
     /// # Errors
-    /// An empty batch, preprocessing errors.
+    /// An empty batch, an image without pixels, preprocessing errors.
     pub fn encode_images(&self, images: &[RgbImage]) -> Result<EncodedImages<B>, Error> {
+        crate::pipeline::check_not_empty(images)?;
         let pixels = self.processor.image_processor().preprocess(images)?;
         self.model
             .encode_images(pixels.to_tensor(&self.device), false)
@@ -120,15 +136,34 @@ impl<B: Backend> Blip2Retrieval<B> {
     /// Tokenizes and encodes texts (kept for any number of images).
     ///
     /// # Errors
-    /// An empty list, an empty text, a text longer than the Q-Former's positions.
+    /// An empty list, an empty text ([`Error::EmptyText`]), a text longer than the Q-Former's positions
+    /// ([`Error::TooLong`] naming it).
     pub fn encode_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<EncodedTexts<B>, Error> {
-        if texts.iter().any(|t| t.as_ref().trim().is_empty()) {
-            return Err(Error::bad_input("a text is empty"));
+        if let Some(index) = texts.iter().position(|t| t.as_ref().trim().is_empty()) {
+            return Err(Error::EmptyText {
+                what: format!("text {index}"),
+                remedy: "give some text to match",
+            });
         }
         let enc = self
             .processor
             .tokenizer()
             .encode_batch(texts, &EncodeOptions::default())?;
+        let limit = self.model.config.qformer.qformer.max_position_embeddings;
+        for (index, mask) in enc.attention_mask.iter().enumerate() {
+            let length = mask.iter().filter(|&&m| m != 0).count();
+            if length > limit {
+                return Err(Error::TooLong {
+                    what: "text",
+                    index,
+                    start: crate::pipeline::start_of(texts[index].as_ref()),
+                    length,
+                    limit,
+                    key: "qformer_config.max_position_embeddings",
+                    file: "config.json".to_string(),
+                });
+            }
+        }
         let ids = to_tensor::<B>(&enc.input_ids, &self.device)?;
         let mask = to_tensor::<B>(&enc.attention_mask, &self.device)?;
         self.model.encode_texts(ids, Some(mask))

@@ -77,7 +77,7 @@ fn inputs_logits_and_loss<B: Backend>(name: &str, device: &B::Device) {
     let t5 = model.language_model.is_encoder_decoder();
     for tag in ["single", "batch"] {
         let rows = if tag == "single" { vec![0] } else { vec![0, 1] };
-        let images = images.select(&rows);
+        let images = images.select(&rows).unwrap();
         let ids = fixture.int_tensor::<B, 2>(&format!("input_ids/{tag}"), device);
         let mask = fixture.int_tensor::<B, 2>(&format!("attention_mask/{tag}"), device);
         let inputs = model
@@ -152,7 +152,7 @@ fn generation<B: Backend>(name: &str, device: &B::Device) {
             &[0][..]
         } else {
             &[0, 1][..]
-        });
+        }).unwrap();
         let ids = fixture.int_tensor::<B, 2>(&format!("input_ids/{tag}"), device);
         let mask = fixture.int_tensor::<B, 2>(&format!("attention_mask/{tag}"), device);
         for (beams, key) in [(1, "gen/greedy"), (3, "gen/beam3")] {
@@ -167,7 +167,7 @@ fn generation<B: Backend>(name: &str, device: &B::Device) {
             check_ids(&fixture, &format!("{key}/{tag}"), &out);
         }
     }
-    let first = all.select(&[0]);
+    let first = all.select(&[0]).unwrap();
     let ids = fixture.int_tensor::<B, 2>("input_ids/single", device);
     let mask = fixture.int_tensor::<B, 2>("attention_mask/single", device);
     let out = model
@@ -206,7 +206,7 @@ fn batch_rows_match_single_runs<B: Backend>(name: &str, device: &B::Device) {
             let n = kept.len();
             let alone = model
                 .generate(
-                    &all.select(&[row]),
+                    &all.select(&[row]).unwrap(),
                     Tensor::from_data(TensorData::new(kept, [1, n]), device),
                     None,
                     config(&model, &fixture, beams, 1),
@@ -371,7 +371,7 @@ fn t5_gradients() {
 /// dropped, so the generated tokens must equal the fixture's.
 fn legacy_prompt_layout<B: Backend>(device: &B::Device) {
     let (fixture, mut model) = load::<B>("tiny-opt", device);
-    let images = images(&fixture, &model, device).select(&[0]);
+    let images = images(&fixture, &model, device).select(&[0]).unwrap();
     let ids = fixture.int_tensor::<B, 2>("input_ids/single", device);
     let mask = fixture.int_tensor::<B, 2>("attention_mask/single", device);
     let current = model

@@ -88,7 +88,7 @@ fn end_to_end(name: &str) {
             &sequences(&out),
             &fixture.id_rows(&format!("gen/{kind}/batch")),
         );
-        let first = images.select(&[0]);
+        let first = images.select(&[0]).unwrap();
         let out = blip2.generate(&first, &[single.as_str()]).unwrap();
         assert_ids_eq(
             &format!("{name} {kind} single"),
@@ -243,7 +243,7 @@ fn the_legacy_layout_captions_and_answers_alike() {
     );
     let mut model = model;
     model.config.image_token_index = None;
-    let mut legacy = Blip2::new(model, processor, &Default::default());
+    let mut legacy = Blip2::new(model, processor, &Default::default()).unwrap();
     legacy.set_generation_config(config).unwrap();
     let images = legacy.encode_image_files(&files[..1]).unwrap();
     let tail = |key: &str, n: usize| -> Vec<i64> {
@@ -264,7 +264,7 @@ fn streamed_text_adds_up_to_the_generated_text() {
     for name in ["tiny-opt", "tiny-t5"] {
         let (fixture, blip2, files) = setup(name, 1);
         let images = encoded(&fixture, &blip2, &files);
-        let first = images.select(&[0]);
+        let first = images.select(&[0]).unwrap();
         let mut pieces = Vec::new();
         let streamed = blip2
             .caption_streaming(&first, None, |p| pieces.push(p.to_string()))

@@ -6,11 +6,12 @@
 //! [`ImageProcessorConfig::default`] is different on purpose: it is what the BLIP-2 hub checkpoints store
 //! (224x224), since that is what a user without a config file wants. Unknown keys are ignored.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, MEMORY};
+use crate::image::Limits;
 
 /// OpenAI CLIP's per-channel mean (transformers `OPENAI_CLIP_MEAN`), used by every BLIP-2 checkpoint.
 pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
@@ -215,6 +216,54 @@ impl ImageProcessorConfig {
             return Err(fields.unsupported("image_std", "a standard deviation must not be zero"));
         }
         Ok(config)
+    }
+}
+
+impl ImageProcessorConfig {
+    /// The file [`from_model_dir`](Self::from_model_dir) reads in `dir`: `processor_config.json` when it holds
+    /// an `image_processor` object, else `preprocessor_config.json`; `None` when neither is there.
+    pub fn file_in(dir: impl AsRef<Path>) -> Option<PathBuf> {
+        let dir = dir.as_ref();
+        let processor = dir.join("processor_config.json");
+        if read_json(&processor).is_ok_and(|v| v.get("image_processor").is_some()) {
+            return Some(processor);
+        }
+        Some(dir.join("preprocessor_config.json")).filter(|p| p.is_file())
+    }
+
+    /// Checks that the fixed `size` every image is resized to fits `limits`. Such a size is the config's
+    /// choice, not the image's, so it is checked once, when a processor is set up, and reported as a problem
+    /// of the config file `name` (the image limits are also checked for each resize, where a
+    /// `shortest_edge` size can still be over them for a very thin image).
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedConfig`] naming `name`, the `size` key and the limit.
+    pub fn check_limits(&self, limits: &Limits, name: &str) -> Result<(), Error> {
+        let Size::Fixed { height, width } = self.size else {
+            return Ok(());
+        };
+        if !self.do_resize {
+            return Ok(());
+        }
+        let (h, w) = (u64::from(height), u64::from(width));
+        let over = |limit: u64, what: &str| Error::UnsupportedConfig {
+            name: name.to_string(),
+            key: "size".to_string(),
+            value: format!("{{\"height\": {height}, \"width\": {width}}}"),
+            reason: format!(
+                "resizing every image to {width}x{height} is over the image limit of {limit} {what} \
+                 (BLIP-2 checkpoints use 224x224); fix the file, or raise the limit if you mean it \
+                 (`Limits::max_pixels` and `max_side`; the CLI's --max-image-pixels)"
+            ),
+        };
+        let side = u64::from(limits.max_side);
+        if w > side || h > side {
+            return Err(over(side, "pixels per side"));
+        }
+        if w * h > limits.max_pixels {
+            return Err(over(limits.max_pixels, "pixels"));
+        }
+        Ok(())
     }
 }
 
