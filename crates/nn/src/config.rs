@@ -21,13 +21,14 @@ pub fn model_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Reads the config that `path` names (see [`config_path`]).
+/// Reads the config that `path` names (see [`config_path`]), at most
+/// [`MAX_JSON_BYTES`](crate::limits::MAX_JSON_BYTES).
 ///
 /// # Errors
-/// The file's path with the OS error, for the caller's own error type.
+/// The file's path with the OS error (`FileTooLarge` past the limit), for the caller's own error type.
 pub fn read_config(path: &Path) -> Result<(PathBuf, String), (PathBuf, std::io::Error)> {
     let path = config_path(path);
-    match std::fs::read_to_string(&path) {
+    match crate::limits::read_to_string_bounded(&path, crate::limits::MAX_JSON_BYTES) {
         Ok(text) => Ok((path, text)),
         Err(source) => Err((path, source)),
     }
@@ -51,4 +52,36 @@ impl TokenIds {
             Self::Many(ids) => ids.clone(),
         }
     }
+}
+
+/// Deserializes one section of a config (a JSON object) into `T`, whose fields all have defaults
+/// (`#[serde(default)]`). serde's own message does not say which field is wrong ("invalid type: floating point
+/// `1.5`, expected usize"); this one does: on failure each key is tried alone, and the error names the first one
+/// that fails with its value (`` `num_hidden_layers` = 1e9: invalid type: floating point `1000000000.0`, expected
+/// usize ``).
+///
+/// # Errors
+/// serde's error, with the key and value in front when one key alone fails.
+pub fn from_section<T: serde::de::DeserializeOwned>(
+    section: serde_json::Value,
+) -> Result<T, serde_json::Error> {
+    use serde::de::Error as _;
+    let error = match T::deserialize(&section) {
+        Ok(value) => return Ok(value),
+        Err(error) => error,
+    };
+    if let serde_json::Value::Object(map) = &section {
+        for (key, value) in map {
+            let mut probe = serde_json::Map::new();
+            probe.insert(key.clone(), value.clone());
+            if let Err(e) = T::deserialize(&serde_json::Value::Object(probe)) {
+                let mut shown = value.to_string();
+                if shown.chars().count() > 80 {
+                    shown = format!("{}...", shown.chars().take(77).collect::<String>());
+                }
+                return Err(serde_json::Error::custom(format!("`{key}` = {shown}: {e}")));
+            }
+        }
+    }
+    Err(error)
 }

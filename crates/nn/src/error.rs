@@ -162,6 +162,51 @@ pub enum Error {
         reason: String,
     },
 
+    /// A config value over one of blip2's resource limits ([`crate::limits`]): refused before anything is
+    /// allocated.
+    #[error(
+        "`{key}` = {value}{} is over blip2's limit of {limit}; the config is damaged or not a model blip2 can \
+         run (the limits are in blip2_nn::limits and docs/weights.md)",
+        crate::limits::location(path)
+    )]
+    LimitExceeded {
+        /// The config file, when known.
+        path: Option<PathBuf>,
+        /// The config key (with its section in a BLIP-2 config, e.g. `vision_config.num_hidden_layers`), or
+        /// what was counted (`parameters`).
+        key: String,
+        /// The value found.
+        value: u64,
+        /// The largest value accepted.
+        limit: u64,
+    },
+
+    /// A safetensors header longer than [`crate::limits::MAX_SAFETENSORS_HEADER_BYTES`].
+    #[error(
+        "{path} is not a usable safetensors file: its header is {len} bytes, over the limit of {limit} bytes \
+         (the safetensors format's own); the file is damaged or not safetensors"
+    )]
+    HeaderTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The header length the file states.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+
+    /// A tensor entry of a safetensors header that cannot be right: a shape whose size overflows, a byte range
+    /// that does not fit the shape and dtype, lies outside the data, or overlaps another tensor's.
+    #[error("{path} is damaged: tensor `{key}` {reason}; download the file again")]
+    BadTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A config value blip2 does not support (e.g. an unknown activation name).
     #[error("unsupported value {value:?} for `{key}`: {reason}")]
     UnsupportedConfig {
@@ -175,6 +220,30 @@ pub enum Error {
 }
 
 impl Error {
+    /// Names the config file (and, in a BLIP-2 config, the section such as `vision_config`) in a
+    /// [`Error::LimitExceeded`] raised by a `validate` that did not know them; other errors are returned as they
+    /// are.
+    #[must_use]
+    pub fn in_config(self, file: &std::path::Path, section: Option<&str>) -> Self {
+        match self {
+            Self::LimitExceeded {
+                path,
+                key,
+                value,
+                limit,
+            } => Self::LimitExceeded {
+                path: path.or_else(|| Some(file.to_path_buf())),
+                key: match section {
+                    Some(section) if !key.starts_with(section) => format!("{section}.{key}"),
+                    _ => key,
+                },
+                value,
+                limit,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

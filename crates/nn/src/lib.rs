@@ -12,7 +12,8 @@
 //! - [`KvCache`]: per-layer key/value caches for incremental decoding and beam search;
 //! - [`lm`]: the step traits a language model implements so that a decoding loop can drive it;
 //! - [`alloc`]: opt-in allocator tuning for CPU inference in applications;
-//! - [`config`]: finding and reading a model's `config.json`.
+//! - [`config`]: finding and reading a model's `config.json`;
+//! - [`limits`]: the largest sizes blip2 accepts from a config or a file.
 //!
 //! ```
 //! use blip2_nn::{Activation, backend::DefaultBackend};
@@ -32,6 +33,7 @@ pub mod backend;
 pub mod config;
 mod error;
 mod kv_cache;
+pub mod limits;
 mod linear;
 pub mod lm;
 pub mod loader;

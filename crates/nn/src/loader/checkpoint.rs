@@ -92,7 +92,8 @@ impl Checkpoint {
             path: index.to_path_buf(),
             reason,
         };
-        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+        let text = crate::limits::read_to_string_bounded(index, crate::limits::MAX_JSON_BYTES)
+            .map_err(|e| Error::io(index, e))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
         let map = json
@@ -128,6 +129,7 @@ impl Checkpoint {
                     shard: shard_path,
                 });
             }
+            check_link_stays_inside(dir, &shard_path).map_err(bad)?;
             paths.push(shard_path);
         }
         let checkpoint = Self::from_files(index, paths)?;
@@ -267,11 +269,193 @@ impl Checkpoint {
     }
 }
 
+/// A shard that is a symbolic link must resolve inside the model directory, or into the `blobs/` folder of the
+/// HF cache repository whose snapshot the directory is (`<repo>/snapshots/<commit>/x -> ../../blobs/<hash>`, the
+/// layout of `huggingface_hub` and `hf-hub`); a link anywhere else is refused, so that an index cannot make blip2
+/// read a file outside the model.
+fn check_link_stays_inside(dir: &Path, shard: &Path) -> Result<(), String> {
+    let is_link = std::fs::symlink_metadata(shard).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return Ok(());
+    }
+    let resolve = |p: &Path| {
+        std::fs::canonicalize(p).map_err(|e| format!("cannot resolve {}: {e}", p.display()))
+    };
+    let target = resolve(shard)?;
+    let dir = resolve(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })?;
+    if target.starts_with(&dir) {
+        return Ok(());
+    }
+    let snapshots = dir.parent();
+    let cache_blobs = snapshots
+        .filter(|s| s.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(Path::parent)
+        .map(|repo| repo.join("blobs"));
+    if cache_blobs.is_some_and(|blobs| target.parent() == Some(blobs.as_path())) {
+        return Ok(());
+    }
+    Err(format!(
+        "the shard {} is a link to {}, outside the model directory {}; copy the file into the directory \
+         (or link the whole directory)",
+        shard.display(),
+        target.display(),
+        dir.display()
+    ))
+}
+
+/// Bits per element of a safetensors dtype name; `None` for a name the format does not define (the crate then
+/// refuses the header).
+fn dtype_bits(name: &str) -> Option<u64> {
+    Some(match name {
+        "F4" => 4,
+        "F6_E2M3" | "F6_E3M2" => 6,
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 8,
+        "U16" | "I16" | "F16" | "BF16" => 16,
+        "U32" | "I32" | "F32" => 32,
+        "U64" | "I64" | "F64" | "C64" => 64,
+        _ => return None,
+    })
+}
+
+/// Checks what the `safetensors` crate does not, or reports without naming the tensor: the header length
+/// against [`MAX_SAFETENSORS_HEADER_BYTES`](crate::limits::MAX_SAFETENSORS_HEADER_BYTES), each tensor's
+/// element count and byte count (checked arithmetic), its byte range against its shape and dtype, and the
+/// ranges against each other (sorted, they must tile the data without overlap or gap). Entries too malformed
+/// to read are left to the crate, which refuses them; a file shorter than its header says is left to it too (a
+/// truncated download, reported with both lengths).
+fn check_header(path: &Path, buffer: &[u8]) -> Result<(), Error> {
+    let Some(len) = buffer.get(..8) else {
+        return Ok(());
+    };
+    let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+    let limit = crate::limits::MAX_SAFETENSORS_HEADER_BYTES;
+    if n > limit {
+        return Err(Error::HeaderTooLarge {
+            path: path.to_path_buf(),
+            len: n,
+            limit,
+        });
+    }
+    let Some(header) = buffer.get(8..8 + n as usize) else {
+        return Ok(());
+    };
+    let Ok(serde_json::Value::Object(entries)) = serde_json::from_slice(header) else {
+        return Ok(());
+    };
+    let bad = |key: &str, reason: String| Error::BadTensor {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        reason,
+    };
+    let mut ranges: Vec<(u64, u64, &str)> = Vec::with_capacity(entries.len());
+    // Whether every entry could be read: only then are the ranges checked against each other.
+    let mut complete = true;
+    for (key, entry) in &entries {
+        if key == "__metadata__" {
+            continue;
+        }
+        let dtype = entry.get("dtype").and_then(|d| d.as_str());
+        let shape: Option<Vec<u64>> = entry
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|dims| dims.iter().map(serde_json::Value::as_u64).collect());
+        let offsets: Option<Vec<u64>> = entry
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .and_then(|o| o.iter().map(serde_json::Value::as_u64).collect());
+        let (Some(dtype), Some(shape), Some(offsets)) = (dtype, shape, offsets) else {
+            complete = false;
+            continue;
+        };
+        let (Some(bits), [start, end]) = (dtype_bits(dtype), offsets.as_slice()) else {
+            complete = false;
+            continue;
+        };
+        let (start, end) = (*start, *end);
+        let elements = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let Some(bits) = elements
+            .and_then(|e| e.checked_mul(bits))
+            .filter(|b| usize::try_from(*b).is_ok())
+        else {
+            return Err(bad(
+                key,
+                format!("has shape {shape:?} of dtype {dtype}, whose size overflows"),
+            ));
+        };
+        if bits % 8 != 0 {
+            // Sub-byte dtypes must fill whole bytes: the crate refuses the rest.
+            complete = false;
+            continue;
+        }
+        let bytes = bits / 8;
+        if end < start {
+            return Err(bad(
+                key,
+                format!("has data offsets [{start}, {end}], which end before they start"),
+            ));
+        }
+        if end - start != bytes {
+            return Err(bad(
+                key,
+                format!(
+                    "has shape {shape:?} of dtype {dtype} ({bytes} bytes) but its data offsets [{start}, {end}] \
+                     hold {} bytes",
+                    end - start
+                ),
+            ));
+        }
+        ranges.push((start, end, key));
+    }
+    if !complete {
+        return Ok(());
+    }
+    ranges.sort_unstable();
+    let mut covered: (u64, &str) = (0, "");
+    for &(start, end, key) in &ranges {
+        if start < covered.0 {
+            return Err(bad(
+                key,
+                format!(
+                    "has data offsets [{start}, {end}], which overlap those of `{}` (ending at {})",
+                    covered.1, covered.0
+                ),
+            ));
+        }
+        if start > covered.0 {
+            return Err(bad(
+                key,
+                format!(
+                    "has data offsets [{start}, {end}], leaving bytes {}..{start} of the data unused (the format \
+                     stores tensors back to back)",
+                    covered.0
+                ),
+            ));
+        }
+        covered = (end, key);
+    }
+    // The data must end where the file does. Checked here (not left to the crate) so that ranges near u64::MAX
+    // cannot overflow its arithmetic.
+    let expected = n.saturating_add(8).saturating_add(covered.0);
+    if expected != buffer.len() as u64 {
+        return Err(Error::Truncated {
+            path: path.to_path_buf(),
+            expected,
+            found: buffer.len() as u64,
+        });
+    }
+    Ok(())
+}
+
 /// Parses and validates a safetensors header against the whole file.
 fn read_header(
     path: &Path,
     buffer: &[u8],
 ) -> Result<(usize, safetensors::tensor::Metadata), Error> {
+    check_header(path, buffer)?;
     SafeTensors::read_metadata(buffer).map_err(|e| match e {
         SafeTensorError::MetadataIncompleteBuffer | SafeTensorError::InvalidHeaderLength => {
             match declared_len(buffer) {
@@ -291,11 +475,49 @@ fn read_header(
             expected: 8,
             found: buffer.len() as u64,
         },
+        SafeTensorError::ValidationOverflow => Error::BadHeader {
+            path: path.to_path_buf(),
+            reason: overflow_reason(buffer),
+        },
         other => Error::BadHeader {
             path: path.to_path_buf(),
             reason: header_reason(&other),
         },
     })
+}
+
+/// Names the tensor whose byte size overflows (the safetensors crate's `ValidationOverflow` does not).
+fn overflow_reason(buffer: &[u8]) -> String {
+    let n = buffer
+        .get(..8)
+        .and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok());
+    let header = n
+        .and_then(|n| buffer.get(8..8usize.checked_add(n)?))
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok());
+    let tensor = header.as_ref().and_then(|h| h.as_object()).and_then(|map| {
+        map.iter().find(|(_, info)| {
+            let bytes: usize = match info.get("dtype").and_then(|d| d.as_str()) {
+                Some("F64" | "I64" | "U64" | "C64") => 8,
+                Some("F32" | "I32" | "U32") => 4,
+                Some("F16" | "BF16" | "I16" | "U16") => 2,
+                _ => 1,
+            };
+            let shape = info.get("shape").and_then(|s| s.as_array());
+            shape.is_some_and(|dims| {
+                dims.iter()
+                    .try_fold(bytes, |acc, d| acc.checked_mul(usize::try_from(d.as_u64()?).ok()?))
+                    .is_none()
+            })
+        })
+    });
+    match tensor {
+        Some((key, info)) => format!(
+            "tensor `{key}` has shape {}, whose size in bytes overflows: the header is damaged",
+            info.get("shape").map_or_else(String::new, ToString::to_string)
+        ),
+        None => "a tensor's shape is so large that its size in bytes overflows: the header is damaged"
+            .to_string(),
+    }
 }
 
 fn header_reason(e: &SafeTensorError) -> String {
@@ -328,7 +550,7 @@ fn declared_len(buffer: &[u8]) -> Option<u64> {
         // The header itself is cut off: all that is known is that it needs 8 + n bytes.
         None => 0,
     };
-    Some(8 + n + data_end)
+    Some(n.saturating_add(8).saturating_add(data_end))
 }
 
 /// Converts little-endian tensor bytes of dtype `from` into a `TensorData` of `to`; `None` for non-float input.

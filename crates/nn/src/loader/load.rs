@@ -106,6 +106,27 @@ pub enum Problem {
     },
 }
 
+impl Problem {
+    /// The kinds, as the report counts them.
+    const KINDS: [&'static str; 5] = [
+        "missing",
+        "unexpected",
+        "shape mismatches",
+        "wrong dtypes",
+        "unsupported parameters",
+    ];
+
+    fn kind_index(&self) -> usize {
+        match self {
+            Self::Missing { .. } => 0,
+            Self::Unexpected { .. } => 1,
+            Self::ShapeMismatch { .. } => 2,
+            Self::WrongDtype { .. } => 3,
+            Self::UnsupportedParam { .. } => 4,
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -151,6 +172,10 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// How many problems of each kind (missing, unexpected, shape mismatch, ...) the report's message lists;
+    /// the rest are counted ("... and 1234 more missing"). [`LoadReport::problems`] keeps them all.
+    pub const MAX_LISTED: usize = 20;
+
     /// Whether nothing is missing, unexpected or mismatched.
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
@@ -196,8 +221,25 @@ impl fmt::Display for LoadReport {
             self.problems.len(),
             if self.problems.len() == 1 { "" } else { "s" }
         )?;
+        // A damaged config can make every key of a checkpoint unexpected, or ask for thousands of parameters:
+        // list the first few of each kind, then count the rest.
+        let mut shown = [0usize; Problem::KINDS.len()];
         for problem in &self.problems {
-            write!(f, "\n  - {problem}")?;
+            let kind = problem.kind_index();
+            shown[kind] += 1;
+            if shown[kind] <= Self::MAX_LISTED {
+                write!(f, "\n  - {problem}")?;
+            }
+        }
+        for (kind, &count) in shown.iter().enumerate() {
+            if count > Self::MAX_LISTED {
+                write!(
+                    f,
+                    "\n  - ... and {} more {} (LoadReport::problems has them all)",
+                    count - Self::MAX_LISTED,
+                    Problem::KINDS[kind]
+                )?;
+            }
         }
         Ok(())
     }
