@@ -45,6 +45,8 @@ mod retrieval_pipeline;
 pub use blip2_generation as generation;
 /// The processor crate (image preprocessing, tokenizer, prompt templates), re-exported.
 pub use blip2_processor as processor;
+/// The vision crate (its error type, for matching on [`Error::Vision`]), re-exported.
+pub use blip2_vision as vision;
 
 pub use config::{Blip2Config, TextConfig};
 pub use error::Error;

@@ -98,6 +98,17 @@ pub struct Common {
     )]
     pub batch_size: usize,
 
+    /// Largest image to read or resize to, in pixels (width x height) [default: 89478485, Pillow's
+    /// decompression-bomb limit]; raise it for huge images or a processor config with a larger `size`
+    #[arg(
+        long,
+        global = true,
+        value_name = "PIXELS",
+        value_parser = parse_positive_u64,
+        help_heading = "Model and device"
+    )]
+    pub max_image_pixels: Option<u64>,
+
     /// Write the results to FILE: JSON lines (.jsonl, .ndjson) or CSV (.csv); embed writes .safetensors plus
     /// a .jsonl index beside it
     #[arg(
@@ -393,6 +404,29 @@ impl ScoreKind {
 fn parse_dtype(s: &str) -> Result<FloatDType, String> {
     s.parse()
         .map_err(|_| format!("`{s}` is not a dtype: use f32, f16 or bf16"))
+}
+
+fn parse_positive_u64(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{s}` is not a positive whole number")),
+    }
+}
+
+impl Common {
+    /// The image limits: the library's defaults, with `--max-image-pixels` (and the decoder's memory
+    /// allowance raised in proportion: 12 bytes a pixel, as the defaults allow).
+    pub fn image_limits(&self) -> blip2::processor::Limits {
+        let defaults = blip2::processor::Limits::default();
+        match self.max_image_pixels {
+            Some(pixels) => blip2::processor::Limits {
+                max_pixels: pixels,
+                max_alloc: defaults.max_alloc.max(pixels.saturating_mul(12)),
+                ..defaults
+            },
+            None => defaults,
+        }
+    }
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {

@@ -124,6 +124,11 @@ impl From<blip2_nn::Error> for CliError {
     }
 }
 
+/// The command-line flag of a generation option (`num_beams` -> `--num-beams`).
+fn flag(field: &str) -> String {
+    format!("--{}", field.replace('_', "-"))
+}
+
 impl From<blip2::Error> for CliError {
     fn from(err: blip2::Error) -> Self {
         use blip2::Error as E;
@@ -133,6 +138,17 @@ impl From<blip2::Error> for CliError {
         match err {
             E::Nn(e) => e.into(),
             E::Hub(_) => Self::new(Exit::Model, message),
+            E::Vision(blip2::vision::Error::BadPixelValues { .. }) => Self::input(
+                // The library's remedy (`interpolate_pos_encoding`) is not a flag of the CLI.
+                message.replace(" or pass interpolate_pos_encoding", ""),
+            )
+            .with_hint(
+                "the model's processor config has `do_resize: false`, so images go in at their own size: resize \
+                 the image to the size named first, or set `do_resize` to true in its preprocessor_config.json",
+            ),
+            E::Mismatch { .. } => Self::new(Exit::Model, message).with_hint(
+                "the processor files (processor_config.json, tokenizer files) must come with the checkpoint",
+            ),
             E::Io { .. }
             | E::Json { .. }
             | E::NotABlip2Config { .. }
@@ -143,24 +159,61 @@ impl From<blip2::Error> for CliError {
             | E::Opt(_)
             | E::T5(_) => Self::new(Exit::Model, message)
                 .with_hint("--model must be a BLIP-2 checkpoint: a folder with config.json and the weights"),
-            E::Generation(
-                G::InvalidConfig { .. } | G::Unsupported { .. } | G::UnknownField { .. },
-            ) => Self::usage(message).with_hint("see `--help` for the generation options"),
+            E::Generation(G::InvalidConfig { ref fields, .. }) => {
+                let flags: Vec<String> = fields.iter().map(|f| flag(f)).collect();
+                Self::usage(message).with_hint(format!(
+                    "check {}; `--help` lists the generation options",
+                    flags.join(", ")
+                ))
+            }
+            E::Generation(G::Unsupported { .. } | G::UnknownField { .. }) => {
+                Self::usage(message).with_hint("see `--help` for the generation options")
+            }
+            E::Generation(G::TooManyNewTokens { .. }) => Self::usage(message).with_hint(
+                "lower --max-new-tokens, or shorten the prompt (in `chat`, /clear forgets the earlier turns)",
+            ),
+            E::Generation(G::PromptTooLong { .. }) => Self::usage(message)
+                .with_hint("shorten the prompt or question (in `chat`, /clear forgets the earlier turns)"),
+            E::Generation(G::TooManyRows { field, .. }) => Self::usage(message).with_hint(format!(
+                "lower {} or --batch-size",
+                flag(field)
+            )),
             E::Generation(_) => Self::new(Exit::Failure, message),
             E::Processor(e) => match e {
-                P::Io { .. }
-                | P::UnsupportedFormat { .. }
-                | P::Decode { .. }
-                | P::TooLarge { .. }
-                | P::DecoderLimit { .. }
-                | P::ZeroSize { .. } => Self::input(message),
+                P::TooLarge { .. } | P::DecoderLimit { .. } => Self::input(message).with_hint(
+                    "shrink the image, or pass --max-image-pixels with a larger number if you trust it",
+                ),
+                P::Io { .. } | P::UnsupportedFormat { .. } | P::Decode { .. } | P::ZeroSize { .. } => {
+                    Self::input(message)
+                }
+                P::BatchSizeMismatch { .. } => {
+                    Self::input(message).with_hint("pass --batch-size 1 to take the images one at a time")
+                }
                 P::EmptyPrompts | P::PromptTooLong { .. } => Self::usage(message),
                 P::Nn(e) => e.into(),
+                P::UnsupportedConfig { ref key, .. } if key == "size" => {
+                    Self::new(Exit::Model, message).with_hint(
+                        "fix the processor config, or pass --max-image-pixels with a larger number to allow it",
+                    )
+                }
+                P::UnsupportedConfig { .. } | P::BadConfig { .. } => Self::new(Exit::Model, message)
+                    .with_hint("the model's processor config cannot be used: fix it or download the model again"),
                 _ => Self::new(Exit::Model, message).with_hint(
                     "the model folder needs its processor files (tokenizer.json, preprocessor_config.json, ...)",
                 ),
             },
-            E::BadInput { .. } => Self::usage(message),
+            E::ImageTokenInPrompt { token, .. } => Self::usage(format!(
+                "the question or prompt contains `{token}`, the model's image placeholder; blip2 puts the image \
+                 before the text itself"
+            ))
+            .with_hint(format!("remove `{token}` from the text")),
+            E::TooLong { what: "text", .. } => {
+                Self::usage(message).with_hint("shorten the --text (or the line of --texts)")
+            }
+            E::TooLong { .. } => {
+                Self::usage(message).with_hint("shorten the prompt or question")
+            }
+            E::EmptyText { .. } | E::BadInput { .. } => Self::usage(message),
             _ => Self::new(Exit::Failure, message),
         }
     }

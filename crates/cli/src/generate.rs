@@ -97,6 +97,18 @@ pub fn ask_prompt(template: &str, question: &str) -> Result<String, CliError> {
     if question.trim().is_empty() {
         return Err(CliError::usage("the question is empty"));
     }
+    let image = blip2::processor::DEFAULT_IMAGE_TOKEN;
+    if question.contains(image) || template.contains(image) {
+        let what = if question.contains(image) {
+            "the question"
+        } else {
+            "--template"
+        };
+        return Err(CliError::usage(format!(
+            "{what} contains `{image}`, the model's image placeholder; blip2 puts the image before the text itself"
+        ))
+        .with_hint(format!("remove `{image}` from it")));
+    }
     if !template.contains("{}") {
         return Err(CliError::usage(format!(
             "--template \"{template}\" has no {{}} where the question goes"
@@ -564,6 +576,12 @@ pub fn chat<B: Backend>(
         };
         match answer {
             Ok(answer) => {
+                if chat.forgotten() > 0 {
+                    reporter.note(format!(
+                        "(forgot the {} oldest turn(s) so that the question fits the model; /clear forgets them all)",
+                        chat.forgotten()
+                    ));
+                }
                 if common.json {
                     let row = Turn {
                         turn,

@@ -219,8 +219,14 @@ fn describe(located: &Located, dtype: FloatDType) -> Result<ModelInfo, CliError>
             patches + 1
         ),
         qformer: format!(
-            "{} layers, hidden {}, cross-attention every {} layers",
-            q.num_hidden_layers, q.hidden_size, q.cross_attention_frequency
+            "{} layers, hidden {}, cross-attention {}",
+            q.num_hidden_layers,
+            q.hidden_size,
+            match q.cross_attention_frequency {
+                1 => "in every layer".to_string(),
+                2 => "in every other layer".to_string(),
+                n => format!("every {n} layers"),
+            }
         ),
         num_query_tokens: config.num_query_tokens(),
         parameters,

@@ -117,7 +117,7 @@ pub fn load_blip2<B: Backend>(
         return Err(located.wrong_kind(command, ModelKind::Generation));
     }
     loading(located, common.dtype, &B::name(device), reporter, |dir| {
-        Blip2::<B>::from_pretrained(dir, common.dtype, device)
+        Blip2::<B>::from_pretrained_with_limits(dir, common.dtype, device, common.image_limits())
     })
 }
 
@@ -136,6 +136,11 @@ pub fn load_retrieval<B: Backend>(
         return Err(located.wrong_kind(command, ModelKind::Retrieval));
     }
     loading(located, common.dtype, &B::name(device), reporter, |dir| {
-        Blip2Retrieval::<B>::from_pretrained(dir, common.dtype, device)
+        Blip2Retrieval::<B>::from_pretrained_with_limits(
+            dir,
+            common.dtype,
+            device,
+            common.image_limits(),
+        )
     })
 }
