@@ -15,7 +15,7 @@ use crate::args::{Common, GenerationArgs, Stream};
 use crate::error::{CliError, Exit};
 use crate::inputs::open_all;
 use crate::model::{Located, load_blip2};
-use crate::output::{Done, Record, RowWriter};
+use crate::output::{Done, Record, RowWriter, RunRecord};
 use crate::progress::{Reporter, summary};
 
 /// CSV columns of `caption`.
@@ -343,7 +343,22 @@ pub fn run<B: Backend>(
     };
     let (writer, done) = match &common.output {
         Some(path) => {
-            let (w, done) = RowWriter::open(path, task.columns(), common.resume, common.overwrite)?;
+            // What the rows depend on, checked by --resume against the file's record.
+            let run = RunRecord::new(command, located)
+                .with("prompt", task.prompt())
+                .with("question", task.question())
+                .with(
+                    "generation",
+                    generation_config(&GenerationConfig::default(), args),
+                );
+            let (w, done) = RowWriter::open(
+                path,
+                task.columns(),
+                common.resume,
+                common.overwrite,
+                &run,
+                reporter,
+            )?;
             (Some(w), done)
         }
         None => (None, Done::default()),
@@ -459,7 +474,8 @@ pub fn run<B: Backend>(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let mut line = summary(task.verb(), todo.len(), "images", started);
+    // Images that could not be read are counted apart, not as captioned.
+    let mut line = summary(task.verb(), todo.len() - failed, "images", started);
     if failed > 0 {
         line.push_str(&format!(
             "; {failed} could not be read (their rows carry the error)"

@@ -15,8 +15,10 @@ use crate::error::CliError;
 /// extension; one that is not an image becomes a row with an error.
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
 
-/// The image paths `args` name, in order, each once. Folders are walked recursively in name order (hidden
-/// entries and symlinked folders skipped); glob patterns expand in name order.
+/// The image paths `args` name, in order, each once. Folders (named as arguments or on stdin) are walked
+/// recursively in name order (hidden entries and symlinked folders skipped); glob patterns expand in name order,
+/// `**` never entering a symlinked folder (so a symlink loop cannot make it endless). Paths that resolve to the
+/// same file are one image, under the first spelling.
 ///
 /// # Errors
 /// A path that does not exist, a pattern that matches nothing, a folder without images, unreadable stdin.
@@ -32,34 +34,26 @@ pub fn image_paths(args: &[String], stdin: impl BufRead) -> Result<Vec<PathBuf>,
                 let line = line
                     .map_err(|e| CliError::input(format!("cannot read paths from stdin: {e}")))?;
                 let line = line.trim();
-                if !line.is_empty() && !line.starts_with('#') {
-                    out.push(PathBuf::from(line));
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let path = Path::new(line);
+                if path.is_dir() {
+                    folder(path, &mut out)?;
+                } else {
+                    // A missing or unreadable file becomes a row with its error.
+                    out.push(path.to_path_buf());
                 }
             }
             continue;
         }
         let path = Path::new(arg);
         if path.is_dir() {
-            let before = out.len();
-            walk(path, &mut out)?;
-            if out.len() == before {
-                return Err(CliError::input(format!(
-                    "no images in folder {arg} (looked for {} files, recursively)",
-                    IMAGE_EXTENSIONS.join(", ")
-                )));
-            }
+            folder(path, &mut out)?;
         } else if path.exists() {
             out.push(path.to_path_buf());
         } else if arg.contains(['*', '?', '[']) {
-            // As a shell does: `*` does not match a leading dot.
-            let options = glob::MatchOptions {
-                require_literal_leading_dot: true,
-                ..glob::MatchOptions::new()
-            };
-            let matches = glob::glob_with(arg, options).map_err(|e| {
-                CliError::usage(format!("`{arg}` is not a valid glob pattern: {}", e.msg))
-            })?;
-            let mut found: Vec<PathBuf> = matches.filter_map(Result::ok).collect();
+            let mut found = expand_glob(arg)?;
             found.sort();
             let before = out.len();
             for p in found {
@@ -77,12 +71,153 @@ pub fn image_paths(args: &[String], stdin: impl BufRead) -> Result<Vec<PathBuf>,
                 .with_hint("pass image files, folders, quoted glob patterns like 'photos/*.jpg', or - to read paths from stdin"));
         }
     }
+    // One image per file: `a.png`, `./a.png` and a link to it are one, under the first spelling.
     let mut seen = HashSet::new();
-    out.retain(|p| seen.insert(p.clone()));
+    out.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
     if out.is_empty() {
         return Err(CliError::input("no images given"));
     }
     Ok(out)
+}
+
+/// The images of a folder named as an argument or on stdin.
+fn folder(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
+    let before = out.len();
+    walk(path, out)?;
+    if out.len() == before {
+        return Err(CliError::input(format!(
+            "no images in folder {} (looked for {} files, recursively)",
+            path.display(),
+            IMAGE_EXTENSIONS.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The paths a glob pattern matches, as the `glob` crate finds them (one component at a time, `*` not matching
+/// a leading dot, as a shell does), except that `**` enters real folders only, never a symlinked one (as bash's
+/// globstar): the `glob` crate follows a symlink loop forever.
+fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>, CliError> {
+    let invalid =
+        |e: glob::PatternError| CliError::usage(format!("`{pattern}` is not a valid glob pattern: {}", e.msg));
+    glob::Pattern::new(pattern).map_err(invalid)?;
+    let options = glob::MatchOptions {
+        require_literal_leading_dot: true,
+        require_literal_separator: true,
+        ..glob::MatchOptions::new()
+    };
+    // The root (`/`, or a Windows prefix) is taken as it is; the rest is matched component by component.
+    let mut root = PathBuf::new();
+    let mut rest = pattern;
+    for component in Path::new(pattern).components() {
+        match component {
+            std::path::Component::Prefix(_) | std::path::Component::RootDir => {
+                root.push(component.as_os_str());
+            }
+            _ => break,
+        }
+    }
+    if !root.as_os_str().is_empty() {
+        let root_len = root.as_os_str().len().min(pattern.len());
+        rest = pattern
+            .get(root_len..)
+            .unwrap_or_default()
+            .trim_start_matches(std::path::is_separator);
+    }
+    let mut parts = Vec::new();
+    for part in rest.split(std::path::is_separator).filter(|p| !p.is_empty()) {
+        let has_meta = part.contains(['*', '?', '[']);
+        parts.push(if part == "**" {
+            GlobPart::Recursive
+        } else if has_meta {
+            GlobPart::Pattern(glob::Pattern::new(part).map_err(invalid)?)
+        } else {
+            GlobPart::Literal(part)
+        });
+    }
+    let mut out = Vec::new();
+    expand(&root, &parts, options, &mut out);
+    Ok(out)
+}
+
+enum GlobPart<'a> {
+    Literal(&'a str),
+    Pattern(glob::Pattern),
+    Recursive,
+}
+
+/// The entries of `dir` (spelled `""` for the current folder), without the hidden ones, each with whether it
+/// is a real folder (not a symlink to one); unreadable folders have none.
+fn entries(dir: &Path) -> Vec<(String, bool)> {
+    let listed = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(read) = std::fs::read_dir(listed) else {
+        return Vec::new();
+    };
+    read.filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let real_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            (!name.starts_with('.')).then_some((name, real_dir))
+        })
+        .collect()
+}
+
+fn expand(dir: &Path, parts: &[GlobPart<'_>], options: glob::MatchOptions, out: &mut Vec<PathBuf>) {
+    let Some((first, rest)) = parts.split_first() else {
+        out.push(dir.to_path_buf());
+        return;
+    };
+    match first {
+        GlobPart::Literal(name) => {
+            let path = dir.join(name);
+            if rest.is_empty() {
+                if std::fs::symlink_metadata(&path).is_ok() {
+                    out.push(path);
+                }
+            } else if path.is_dir() {
+                expand(&path, rest, options, out);
+            }
+        }
+        GlobPart::Pattern(pattern) => {
+            for (name, _) in entries(dir) {
+                if pattern.matches_with(&name, options) {
+                    let path = dir.join(&name);
+                    if rest.is_empty() {
+                        out.push(path);
+                    } else if path.is_dir() {
+                        expand(&path, rest, options, out);
+                    }
+                }
+            }
+        }
+        GlobPart::Recursive => {
+            let after = rest
+                .iter()
+                .position(|p| !matches!(p, GlobPart::Recursive))
+                .map_or(&[][..], |i| &rest[i..]);
+            if after.is_empty() {
+                // A trailing `**`: everything below, files and real folders (walked by the caller).
+                for (name, real_dir) in entries(dir) {
+                    let path = dir.join(&name);
+                    if real_dir || path.is_file() {
+                        out.push(path);
+                    }
+                }
+                return;
+            }
+            // Zero folders, then each real folder below, keeping the `**`.
+            expand(dir, after, options, out);
+            for (name, real_dir) in entries(dir) {
+                if real_dir {
+                    expand(&dir.join(&name), parts, options, out);
+                }
+            }
+        }
+    }
 }
 
 fn is_image(path: &Path) -> bool {
@@ -91,6 +226,8 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// Walks a folder in name order, into real subfolders only (a symlinked folder is skipped, so a loop cannot
+/// make the walk endless); files and symlinks to files with an image extension are taken.
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| CliError::input(format!("cannot read folder {}: {e}", dir.display())))?;

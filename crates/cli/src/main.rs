@@ -36,9 +36,14 @@ fn main() -> ExitCode {
             };
         }
     };
+    die_on_broken_pipe();
     blip2_nn::alloc::tune_malloc_for_inference();
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if is_broken_pipe(info) {
+            // A reader that went away (`| head -1`) is not a crash: end quietly, as with SIGPIPE.
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
         eprintln!(
             "error: blip2 crashed: {info}\n  hint: this is a bug, or a backend failure such as running out of GPU \
              memory; rows written so far are kept. Please report it with the command line (RUST_BACKTRACE=1 \
@@ -55,6 +60,36 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit.code())
         }
     }
+}
+
+/// The status of a process that wrote to a closed pipe: 128 + SIGPIPE, what a shell reports for `ls | head`.
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Writing to a closed pipe (`blip2 caption ... | head -1`) ends the process quietly, killed by SIGPIPE as `ls`
+/// or `cat` are: Rust's runtime ignores the signal, which turns the write into an error, and `println!` into a
+/// panic. Sockets are not affected (the standard library sends with `MSG_NOSIGNAL`).
+#[cfg(unix)]
+fn die_on_broken_pipe() {
+    // SAFETY: `signal` with a valid signal number and `SIG_DFL` only restores the default action; no thread
+    // has started yet.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn die_on_broken_pipe() {}
+
+/// Whether a panic is `println!`'s on a closed pipe (where SIGPIPE does not end the process first).
+fn is_broken_pipe(info: &std::panic::PanicHookInfo<'_>) -> bool {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    message.starts_with("failed printing to std")
+        && (message.contains("(os error 32)") || message.contains("(os error 232)")) // EPIPE, ERROR_NO_DATA
 }
 
 /// Everything a command needs before its backend is chosen: the checks that need no model run here, so a
@@ -135,6 +170,8 @@ fn run(cli: Cli) -> Result<Exit, CliError> {
             DEFAULT_MODEL
         }
         Command::Embed(a) => {
+            // The output is checked before anything is computed.
+            retrieval::check_embed_output(common)?;
             texts = inputs::texts(&a.texts)?;
             if !a.images.is_empty() {
                 images = inputs::image_paths(&a.images, stdin())?;

@@ -16,7 +16,7 @@ use crate::error::{CliError, Exit};
 use crate::generate::image_key;
 use crate::inputs::open_all;
 use crate::model::{Located, ModelKind, load_blip2, load_retrieval};
-use crate::output::{Record, RowWriter};
+use crate::output::{Record, RowWriter, RunRecord};
 use crate::progress::{Reporter, summary};
 
 /// CSV columns of `match`.
@@ -101,23 +101,15 @@ fn write_atomic(
         })
 }
 
-/// `embed`.
+/// Checks `embed`'s `--output` before the model loads: a `.safetensors` name in a writable folder, not there
+/// yet (or `--overwrite`), nor its index.
 ///
 /// # Errors
-/// Flags that do not fit, the model, the output.
-#[allow(clippy::too_many_arguments)]
-pub fn embed<B: Backend>(
-    common: &Common,
-    located: &Located,
-    images: Vec<PathBuf>,
-    texts: Vec<String>,
-    kinds: &[EmbedKind],
-    device: &B::Device,
-    reporter: &Reporter,
-) -> Result<Exit, CliError> {
+/// No `--output`, another extension, `--resume`, an existing file, a folder that is missing or read-only.
+pub fn check_embed_output(common: &Common) -> Result<&Path, CliError> {
     let output = common
         .output
-        .as_ref()
+        .as_deref()
         .ok_or_else(|| CliError::usage("embed writes a file: pass --output FILE.safetensors"))?;
     if output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         return Err(CliError::usage(format!(
@@ -133,6 +125,26 @@ pub fn embed<B: Backend>(
     let index = index_path(output);
     check_new(output, common.overwrite)?;
     check_new(&index, common.overwrite)?;
+    crate::output::check_can_create(output)?;
+    Ok(output)
+}
+
+/// `embed`.
+///
+/// # Errors
+/// Flags that do not fit, the model, the output.
+#[allow(clippy::too_many_arguments)]
+pub fn embed<B: Backend>(
+    common: &Common,
+    located: &Located,
+    images: Vec<PathBuf>,
+    texts: Vec<String>,
+    kinds: &[EmbedKind],
+    device: &B::Device,
+    reporter: &Reporter,
+) -> Result<Exit, CliError> {
+    let output = check_embed_output(common)?;
+    let index = index_path(output);
     if kinds.contains(&EmbedKind::Multimodal) && images.len() != texts.len() {
         return Err(CliError::usage(format!(
             "multimodal features pair image i with text i: {} images and {} texts",
@@ -287,6 +299,23 @@ pub fn embed<B: Backend>(
             (*name, bytes, rows.shape())
         })
         .collect();
+    if bytes.is_empty() {
+        // Every image failed and no text was asked for: there are no features to write.
+        let mut named = std::collections::HashSet::new();
+        for row in &index_rows {
+            let row: serde_json::Value = serde_json::from_str(row).unwrap_or_default();
+            if let (Some(image), Some(error)) = (row["image"].as_str(), row["error"].as_str())
+                && named.insert(image.to_string())
+            {
+                reporter.error(format!("{image}: error: {error}"));
+            }
+        }
+        return Err(CliError::input(format!(
+            "none of the {} images could be read: nothing was written to {}",
+            images.len(),
+            output.display()
+        )));
+    }
     let views = bytes
         .iter()
         .map(|(name, bytes, shape)| {
@@ -325,7 +354,7 @@ pub fn embed<B: Backend>(
         .collect();
     let mut line = format!(
         "{}; wrote {} to {} (index: {})",
-        summary("embedded", images.len() + texts.len(), "inputs", started),
+        summary("embedded", images.len() - failed + texts.len(), "inputs", started),
         shapes.join(", "),
         output.display(),
         index.display()
@@ -388,7 +417,14 @@ pub fn matching<B: Backend>(
         ));
     }
     let mut writer = match &common.output {
-        Some(path) => Some(RowWriter::open(path, MATCH_COLUMNS, false, common.overwrite)?.0),
+        Some(path) => {
+            let run = RunRecord::new("match", located)
+                .with("texts", &texts)
+                .with("scores", format!("{which:?}").to_lowercase());
+            let opened =
+                RowWriter::open(path, MATCH_COLUMNS, false, common.overwrite, &run, reporter)?;
+            Some(opened.0)
+        }
         None => None,
     };
     let r = load_retrieval::<B>(located, common, "match", device, reporter)?;
@@ -449,7 +485,13 @@ pub fn matching<B: Backend>(
     if writer.is_none() && !common.json {
         print_table(&texts, &table, which);
     }
-    reporter.note(summary("scored", images.len(), "images", started));
+    let mut line = summary("scored", images.len() - failed, "images", started);
+    if failed > 0 {
+        line.push_str(&format!(
+            "; {failed} could not be read (their rows carry the error)"
+        ));
+    }
+    reporter.note(line);
     Ok(if failed > 0 { Exit::Partial } else { Exit::Ok })
 }
 
