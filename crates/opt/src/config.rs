@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use blip2_nn::Activation;
+use blip2_nn::{Activation, limits};
 use serde::{Deserialize, Serialize};
 
 pub use blip2_nn::config::TokenIds;
@@ -114,14 +114,18 @@ impl OptConfig {
             source,
         };
         let value: serde_json::Value = serde_json::from_str(json).map_err(json_error)?;
+        let name = value.get("text_config").map(|_| "text_config");
         let section = value.get("text_config").unwrap_or(&value);
         if section.get("model_type").and_then(|t| t.as_str()) != Some("opt") {
             return Err(Error::NotAnOptConfig { path });
         }
         // A BLIP-2 config's top-level `tie_word_embeddings` is not the language model's: transformers 5.24 ties
         // OPT's head by `text_config` alone.
-        let config: Self = serde_json::from_value(section.clone()).map_err(json_error)?;
-        config.validate()?;
+        let config: Self = blip2_nn::config::from_section(section.clone()).map_err(json_error)?;
+        config.validate().map_err(|e| match e {
+            Error::Nn(e) => Error::Nn(e.in_config(&path, name)),
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -135,12 +139,32 @@ impl OptConfig {
         Self::from_json_str(&text, path)
     }
 
-    /// Checks that this port can run the config.
+    /// Checks that this port can run the config, and that its sizes are within [`blip2_nn::limits`] (so that
+    /// building the model cannot exhaust memory).
     ///
     /// # Errors
-    /// [`Error::UnsupportedConfig`] naming the first offending key.
+    /// [`Error::UnsupportedConfig`] naming the first offending key; [`blip2_nn::Error::LimitExceeded`] (as
+    /// [`Error::Nn`]) naming a size over its limit.
     pub fn validate(&self) -> Result<(), Error> {
         self.activation()?;
+        limits::check_all(&[
+            ("vocab_size", self.vocab_size, limits::MAX_VOCAB_SIZE),
+            ("hidden_size", self.hidden_size, limits::MAX_HIDDEN_SIZE),
+            ("num_hidden_layers", self.num_hidden_layers, limits::MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, limits::MAX_HEADS),
+            ("ffn_dim", self.ffn_dim, limits::MAX_INTERMEDIATE_SIZE),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                limits::MAX_POSITIONS,
+            ),
+            ("word_embed_proj_dim", self.embed_dim(), limits::MAX_HIDDEN_SIZE),
+        ])?;
+        limits::check_u64(
+            "parameters",
+            self.estimated_parameters(),
+            limits::MAX_PARAMETERS,
+        )?;
         for (key, value) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -198,6 +222,28 @@ impl OptConfig {
             },
             other => Error::Nn(other),
         })
+    }
+
+    /// The model's parameters as the config describes them, the head counted as a matrix of its own even when
+    /// it is tied (an upper bound), in `u128` so that no config can overflow it: what [`Self::validate`] holds
+    /// against [`MAX_PARAMETERS`](blip2_nn::limits::MAX_PARAMETERS).
+    pub fn estimated_parameters(&self) -> u128 {
+        let (h, f, e) = (self.hidden_size, self.ffn_dim, self.embed_dim());
+        let layers = self.num_hidden_layers;
+        let projected = usize::from(e != h);
+        limits::parameter_count(&[
+            // Token embeddings (and the head, which is tied or as large), positions (two more rows).
+            &[2, self.vocab_size, e],
+            &[self.max_position_embeddings.saturating_add(2), h],
+            // project_in / project_out, the final LayerNorm.
+            &[projected, 2, e, h],
+            &[2, h],
+            // Per layer: q, k, v, out_proj, fc1, fc2, their biases and the two LayerNorms.
+            &[layers, 4, h, h],
+            &[layers, 2, h, f],
+            &[layers, 9, h],
+            &[layers, f],
+        ])
     }
 
     /// Width of the token embeddings (`word_embed_proj_dim`, else `hidden_size`).

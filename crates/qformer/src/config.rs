@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use blip2_nn::Activation;
+use blip2_nn::{Activation, limits};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -77,12 +77,45 @@ impl Default for Blip2QFormerConfig {
 }
 
 impl Blip2QFormerConfig {
-    /// Checks that this port can run the config.
+    /// Checks that this port can run the config, and that its sizes are within [`blip2_nn::limits`] (so that
+    /// building the Q-Former cannot exhaust memory).
     ///
     /// # Errors
-    /// [`Error::UnsupportedConfig`] naming the first offending key.
+    /// [`Error::UnsupportedConfig`] naming the first offending key; [`blip2_nn::Error::LimitExceeded`] (as
+    /// [`Error::Nn`]) naming a size over its limit.
     pub fn validate(&self) -> Result<(), Error> {
         self.activation()?;
+        limits::check_all(&[
+            ("hidden_size", self.hidden_size, limits::MAX_HIDDEN_SIZE),
+            ("num_hidden_layers", self.num_hidden_layers, limits::MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, limits::MAX_HEADS),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                limits::MAX_INTERMEDIATE_SIZE,
+            ),
+            (
+                "encoder_hidden_size",
+                self.encoder_hidden_size,
+                limits::MAX_HIDDEN_SIZE,
+            ),
+        ])?;
+        // The text tower's tables exist only with `use_qformer_text_input` (transformers builds them only then).
+        if self.use_qformer_text_input {
+            limits::check_all(&[
+                ("vocab_size", self.vocab_size, limits::MAX_VOCAB_SIZE),
+                (
+                    "max_position_embeddings",
+                    self.max_position_embeddings,
+                    limits::MAX_POSITIONS,
+                ),
+            ])?;
+        }
+        limits::check_u64(
+            "parameters",
+            self.estimated_parameters(),
+            limits::MAX_PARAMETERS,
+        )?;
         for (key, value) in [
             ("hidden_size", self.hidden_size),
             ("num_attention_heads", self.num_attention_heads),
@@ -153,6 +186,42 @@ impl Blip2QFormerConfig {
         })
     }
 
+    /// The Q-Former's parameters as the config describes them, the learned queries aside (about 105 million
+    /// for the hub's, 186 million with the ITM text tower and its embeddings), in `u128` so that no config can overflow it: what
+    /// [`Self::validate`] holds against [`MAX_PARAMETERS`](blip2_nn::limits::MAX_PARAMETERS).
+    pub fn estimated_parameters(&self) -> u128 {
+        let (h, i, e) = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.encoder_hidden_size,
+        );
+        let layers = self.num_hidden_layers;
+        let cross = match self.cross_attention_frequency {
+            0 => 0,
+            every => layers.div_ceil(every),
+        };
+        let text = usize::from(self.use_qformer_text_input);
+        limits::parameter_count(&[
+            // The input LayerNorm; text embeddings (words, positions).
+            &[2, h],
+            &[text, self.vocab_size, h],
+            &[text, self.max_position_embeddings, h],
+            // Per layer: self-attention (q, k, v, output, LayerNorm), the query feed-forward.
+            &[layers, 4, h, h],
+            &[layers, 9, h],
+            &[layers, 2, h, i],
+            &[layers, i],
+            // Cross-attention layers: q and output from the queries, k and v from the image.
+            &[cross, 2, h, h],
+            &[cross, 2, h, e],
+            &[cross, 6, h],
+            // The text feed-forward.
+            &[text, layers, 2, h, i],
+            &[text, layers, i],
+            &[text, layers, 3, h],
+        ])
+    }
+
     /// Whether layer `index` has cross-attention (`index % cross_attention_frequency == 0`).
     pub fn has_cross_attention(&self, index: usize) -> bool {
         index.is_multiple_of(self.cross_attention_frequency)
@@ -179,6 +248,27 @@ impl Default for QFormerConfig {
 }
 
 impl QFormerConfig {
+    /// Checks the Q-Former ([`Blip2QFormerConfig::validate`]) and the number of queries (positive, at most
+    /// [`MAX_QUERY_TOKENS`](blip2_nn::limits::MAX_QUERY_TOKENS)).
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedConfig`] or [`blip2_nn::Error::LimitExceeded`] (as [`Error::Nn`]), naming the key.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.num_query_tokens == 0 {
+            return Err(Error::unsupported(
+                "num_query_tokens",
+                0,
+                "must be a positive integer",
+            ));
+        }
+        limits::check(
+            "num_query_tokens",
+            self.num_query_tokens,
+            limits::MAX_QUERY_TOKENS,
+        )?;
+        self.qformer.validate()
+    }
+
     /// Parses JSON text: a whole BLIP-2 config (`qformer_config` and `num_query_tokens`) or a standalone
     /// Q-Former config (`model_type: "blip_2_qformer"`; `num_query_tokens` then defaults to 32). `source` names
     /// the text in errors.
@@ -192,15 +282,19 @@ impl QFormerConfig {
             source,
         };
         let value: serde_json::Value = serde_json::from_str(json).map_err(json_error)?;
-        let section = match value.get("qformer_config") {
-            Some(section) => section.clone(),
+        let (section, name) = match value.get("qformer_config") {
+            Some(section) => (section.clone(), Some("qformer_config")),
             None if value.get("model_type").and_then(|t| t.as_str()) == Some("blip_2_qformer") => {
-                value.clone()
+                (value.clone(), None)
             }
             None => return Err(Error::NotAQFormerConfig { path }),
         };
         let mut qformer: Blip2QFormerConfig =
-            serde_json::from_value(section).map_err(json_error)?;
+            blip2_nn::config::from_section(section).map_err(json_error)?;
+        let located = |e: Error| match e {
+            Error::Nn(e) => Error::Nn(e.in_config(&path, name)),
+            other => other,
+        };
         // In a whole BLIP-2 config the Q-Former reads the vision tower's width whatever `encoder_hidden_size`
         // says: transformers' `Blip2Config` overwrites it with `vision_config.hidden_size` (1408 by default).
         if let Some(vision) = value.get("vision_config") {
@@ -208,21 +302,33 @@ impl QFormerConfig {
                 None | Some(serde_json::Value::Null) => 1408,
                 Some(w) => w.as_u64().filter(|&w| w > 0).ok_or_else(|| {
                     Error::unsupported("vision_config.hidden_size", w, "must be a positive integer")
-                })? as usize,
+                })?,
             };
-            qformer.encoder_hidden_size = width;
+            limits::check_u64(
+                "vision_config.hidden_size",
+                width,
+                limits::MAX_HIDDEN_SIZE as u64,
+            )
+            .map_err(|e| Error::Nn(e.in_config(&path, None)))?;
+            qformer.encoder_hidden_size = width as usize;
         }
         let num_query_tokens = match value.get("num_query_tokens") {
             None | Some(serde_json::Value::Null) => 32,
             Some(n) => n.as_u64().filter(|&n| n > 0).ok_or_else(|| {
                 Error::unsupported("num_query_tokens", n, "must be a positive integer")
-            })? as usize,
+            })?,
         };
+        limits::check_u64(
+            "num_query_tokens",
+            num_query_tokens,
+            limits::MAX_QUERY_TOKENS as u64,
+        )
+        .map_err(|e| Error::Nn(e.in_config(&path, None)))?;
         let config = Self {
             qformer,
-            num_query_tokens,
+            num_query_tokens: num_query_tokens as usize,
         };
-        config.qformer.validate()?;
+        config.validate().map_err(located)?;
         Ok(config)
     }
 

@@ -71,8 +71,9 @@ impl QFormerConfig {
     /// A fresh Q-Former with its queries (lazy: nothing is allocated or randomised until used or loaded).
     ///
     /// # Errors
-    /// [`Error::UnsupportedConfig`] for a config [`crate::Blip2QFormerConfig::validate`] rejects.
+    /// [`Error::UnsupportedConfig`] (or a size over its limit) for a config [`QFormerConfig::validate`] rejects.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<QFormer<B>, Error> {
+        self.validate()?;
         let hidden = self.qformer.hidden_size;
         let normal = Initializer::Normal {
             mean: 0.0,

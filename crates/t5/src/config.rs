@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
-use blip2_nn::Activation;
+use blip2_nn::{Activation, limits};
 use serde::{Deserialize, Serialize};
 
 pub use blip2_nn::config::TokenIds;
@@ -128,12 +128,16 @@ impl T5Config {
             source,
         };
         let value: serde_json::Value = serde_json::from_str(json).map_err(json_error)?;
+        let name = value.get("text_config").map(|_| "text_config");
         let section = value.get("text_config").unwrap_or(&value);
         if section.get("model_type").and_then(|t| t.as_str()) != Some("t5") {
             return Err(Error::NotAT5Config { path });
         }
-        let config: Self = serde_json::from_value(section.clone()).map_err(json_error)?;
-        config.validate()?;
+        let config: Self = blip2_nn::config::from_section(section.clone()).map_err(json_error)?;
+        config.validate().map_err(|e| match e {
+            Error::Nn(e) => Error::Nn(e.in_config(&path, name)),
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -147,13 +151,46 @@ impl T5Config {
         Self::from_json_str(&text, path)
     }
 
-    /// Checks that this port can run the config.
+    /// Checks that this port can run the config, and that its sizes are within [`blip2_nn::limits`] (so that
+    /// building the model cannot exhaust memory).
     ///
     /// # Errors
-    /// [`Error::UnsupportedConfig`] naming the first offending key.
+    /// [`Error::UnsupportedConfig`] naming the first offending key; [`blip2_nn::Error::LimitExceeded`] (as
+    /// [`Error::Nn`]) naming a size over its limit.
     pub fn validate(&self) -> Result<(), Error> {
         self.activation()?;
+        limits::check_all(&[
+            ("vocab_size", self.vocab_size, limits::MAX_VOCAB_SIZE),
+            ("d_model", self.d_model, limits::MAX_HIDDEN_SIZE),
+            ("d_kv", self.d_kv, limits::MAX_HEAD_DIM),
+            ("d_ff", self.d_ff, limits::MAX_INTERMEDIATE_SIZE),
+            ("num_layers", self.num_layers, limits::MAX_LAYERS),
+            (
+                "num_decoder_layers",
+                self.decoder_layers(),
+                limits::MAX_LAYERS,
+            ),
+            ("num_heads", self.num_heads, limits::MAX_HEADS),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+                limits::MAX_RELATIVE_BUCKETS,
+            ),
+            (
+                "relative_attention_max_distance",
+                self.relative_attention_max_distance,
+                limits::MAX_POSITIONS,
+            ),
+        ])?;
+        limits::check_u64(
+            "parameters",
+            self.estimated_parameters(),
+            limits::MAX_PARAMETERS,
+        )?;
         for (key, value) in [
+            // Block 0 of each stack holds the relative attention bias the others share.
+            ("num_layers", self.num_layers),
+            ("num_decoder_layers", self.decoder_layers()),
             ("vocab_size", self.vocab_size),
             ("d_model", self.d_model),
             ("d_kv", self.d_kv),
@@ -185,6 +222,30 @@ impl T5Config {
             ));
         }
         Ok(())
+    }
+
+    /// The model's parameters as the config describes them, the head counted as a matrix of its own even when
+    /// it is `shared` (an upper bound), in `u128` so that no config can overflow it: what [`Self::validate`]
+    /// holds against [`MAX_PARAMETERS`](blip2_nn::limits::MAX_PARAMETERS).
+    pub fn estimated_parameters(&self) -> u128 {
+        let d = self.d_model;
+        let inner = self.num_heads.saturating_mul(self.d_kv);
+        let (encoder, decoder) = (self.num_layers, self.decoder_layers());
+        let ff = if self.is_gated() { 3 } else { 2 };
+        limits::parameter_count(&[
+            // shared and lm_head; the two relative attention biases; the two final norms.
+            &[2, self.vocab_size, d],
+            &[2, self.relative_attention_num_buckets, self.num_heads],
+            &[2, d],
+            // Encoder blocks: self-attention, feed-forward, two norms.
+            &[encoder, 4, d, inner],
+            &[encoder, ff, d, self.d_ff],
+            &[encoder, 2, d],
+            // Decoder blocks: self- and cross-attention, feed-forward, three norms.
+            &[decoder, 8, d, inner],
+            &[decoder, ff, d, self.d_ff],
+            &[decoder, 3, d],
+        ])
     }
 
     /// Whether the feed-forward is gated: `is_gated_act` when stated, else `feed_forward_proj` `gated-<act>`.

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use blip2_nn::Activation;
+use blip2_nn::{Activation, limits};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -85,18 +85,21 @@ impl Blip2VisionConfig {
             source,
         };
         let value: serde_json::Value = serde_json::from_str(json).map_err(json_error)?;
-        let section = match value.get("vision_config") {
-            Some(vision) => vision.clone(),
+        let (section, name) = match value.get("vision_config") {
+            Some(vision) => (vision.clone(), Some("vision_config")),
             None if value.get("model_type").and_then(|t| t.as_str())
                 == Some("blip_2_vision_model")
                 || value.get("hidden_size").is_some() && value.get("patch_size").is_some() =>
             {
-                value
+                (value, None)
             }
             None => return Err(Error::NotAVisionConfig { path }),
         };
-        let config: Self = serde_json::from_value(section).map_err(json_error)?;
-        config.validate()?;
+        let config: Self = blip2_nn::config::from_section(section).map_err(json_error)?;
+        config.validate().map_err(|e| match e {
+            Error::Nn(e) => Error::Nn(e.in_config(&path, name)),
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -110,12 +113,26 @@ impl Blip2VisionConfig {
         Self::from_json_str(&text, path)
     }
 
-    /// Checks that this port can run the config.
+    /// Checks that this port can run the config, and that its sizes are within [`blip2_nn::limits`] (so that
+    /// building the tower cannot exhaust memory).
     ///
     /// # Errors
-    /// [`Error::UnsupportedConfig`] naming the first offending key.
+    /// [`Error::UnsupportedConfig`] naming the first offending key; [`blip2_nn::Error::LimitExceeded`] (as
+    /// [`Error::Nn`]) naming a size over its limit.
     pub fn validate(&self) -> Result<(), Error> {
         self.activation()?;
+        limits::check_all(&[
+            ("hidden_size", self.hidden_size, limits::MAX_HIDDEN_SIZE),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                limits::MAX_INTERMEDIATE_SIZE,
+            ),
+            ("num_hidden_layers", self.num_hidden_layers, limits::MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, limits::MAX_HEADS),
+            ("image_size", self.image_size, limits::MAX_IMAGE_SIZE),
+            ("patch_size", self.patch_size, limits::MAX_PATCH_SIZE),
+        ])?;
         for (key, value) in [
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
@@ -141,6 +158,16 @@ impl Blip2VisionConfig {
                 format!("larger than image_size ({})", self.image_size),
             ));
         }
+        limits::check(
+            "num_patches ((image_size / patch_size)^2)",
+            self.grid_size() * self.grid_size(),
+            limits::MAX_PATCHES,
+        )?;
+        limits::check_u64(
+            "parameters",
+            self.estimated_parameters(),
+            limits::MAX_PARAMETERS,
+        )?;
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             return Err(Error::unsupported(
                 "layer_norm_eps",
@@ -173,6 +200,32 @@ impl Blip2VisionConfig {
         })
     }
 
+    /// The tower's parameters as the config describes them (about 986 million for ViT-g), in `u128` so that
+    /// no config can overflow it: what [`Self::validate`] holds against
+    /// [`MAX_PARAMETERS`](blip2_nn::limits::MAX_PARAMETERS).
+    pub fn estimated_parameters(&self) -> u128 {
+        let (h, i, layers) = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+        );
+        let p = self.patch_size;
+        let grid = self.image_size / p.max(1);
+        limits::parameter_count(&[
+            // Patch convolution and its bias, the class embedding, the position table (grid^2 + 1 rows).
+            &[3, p, p, h],
+            &[3, h],
+            &[grid, grid, h],
+            // Per layer: qkv, projection, fc1, fc2; their biases and the two LayerNorms.
+            &[layers, 4, h, h],
+            &[layers, 2, h, i],
+            &[layers, if self.qkv_bias { 9 } else { 6 }, h],
+            &[layers, i],
+            // post_layernorm.
+            &[2, h],
+        ])
+    }
+
     /// Per-head width (`head_dim`): 88 for ViT-g.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
@@ -194,13 +247,6 @@ impl Blip2VisionConfig {
 mod square {
     use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum IntOrPair {
-        Int(usize),
-        Pair(Vec<usize>),
-    }
-
     pub(super) fn serialize<S: Serializer>(
         value: &usize,
         serializer: S,
@@ -211,12 +257,23 @@ mod square {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<usize, D::Error> {
-        match IntOrPair::deserialize(deserializer)? {
-            IntOrPair::Int(n) => Ok(n),
-            IntOrPair::Pair(pair) if pair.len() == 2 && pair[0] == pair[1] => Ok(pair[0]),
-            IntOrPair::Pair(pair) => Err(D::Error::custom(format!(
-                "expected an integer or a square [n, n] pair, found {pair:?} (non-square training sizes are \
-                 not supported; run non-square images with interpolate_pos_encoding instead)"
+        // Through a JSON value rather than an untagged enum, whose error ("data did not match any variant")
+        // would not say what is wrong.
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let int = |v: &serde_json::Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
+        match &value {
+            serde_json::Value::Number(_) => int(&value).ok_or_else(|| {
+                D::Error::custom(format!("expected a non-negative integer, found {value}"))
+            }),
+            serde_json::Value::Array(pair) => match pair.as_slice() {
+                [a, b] if int(a).is_some() && int(a) == int(b) => Ok(int(a).unwrap_or_default()),
+                _ => Err(D::Error::custom(format!(
+                    "expected an integer or a square [n, n] pair of them, found {value} (non-square training \
+                     sizes are not supported; run non-square images with interpolate_pos_encoding instead)"
+                ))),
+            },
+            _ => Err(D::Error::custom(format!(
+                "expected an integer or a square [n, n] pair, found {value}"
             ))),
         }
     }
