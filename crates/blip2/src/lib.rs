@@ -2,7 +2,12 @@
 //!
 //! - [`Blip2`]: the model with its processor: caption images, ask questions, chat about an image, text
 //!   features; ids, text and beam scores out. Images are encoded once ([`ImageFeatures`]) and reused by
-//!   every prompt about them.
+//!   every prompt about them. Inputs the model cannot take are typed errors before any work: empty images,
+//!   prompts and questions, a prompt holding `<image>`, OPT prompts over the position table (which must also
+//!   hold `max_new_tokens`), Flan-T5 prompts over the tokenizer's `model_max_length`, a processor that
+//!   disagrees with the model ([`Error::Mismatch`]) or resizes to a size over the image limits
+//!   ([`Blip2::from_pretrained_with_limits`] raises them). A [`Chat`] forgets its oldest turns when they no
+//!   longer fit.
 //! - [`Blip2ForConditionalGeneration`] (also [`Blip2Model`]): transformers' class of the same name over the
 //!   parts (`blip2-vision`, `blip2-qformer`, `blip2-opt` or `blip2-t5`): the feature methods, the merged
 //!   `inputs_embeds` (`<image>` tokens, or the older layout with the queries in front), logits and loss for

@@ -227,3 +227,18 @@ fn info_says_every_layer() {
     assert!(stdout.contains("cross-attention in every layer"), "{stdout}");
     assert!(!stdout.contains("every 1 layers"), "{stdout}");
 }
+
+/// With `do_resize: false`, an image over the vision tower's position table is an input error whose hint the
+/// CLI user can act on (it suggested `interpolate_pos_encoding`, which is no flag, with exit 4).
+#[test]
+fn an_unresized_image_too_large_for_the_tower_has_a_hint_the_user_can_act_on() {
+    let dir = edited_model("tiny-opt", "preprocessor_config.json", |j| {
+        j["do_resize"] = false.into();
+    });
+    let stderr = run(
+        blip2().args(["caption", "--model", &dir_arg(dir.path()), &image()]),
+        3,
+    );
+    assert_has(&stderr, &["resize to 28x28", "do_resize"]);
+    assert!(!stderr.contains("interpolate_pos_encoding"), "{stderr}");
+}

@@ -8,7 +8,10 @@
 //! - [`Generator`]: greedy decoding, multinomial sampling (reproducible for a seed), beam search (length
 //!   penalty, the three `early_stopping` modes, `num_return_sequences`, `sequences_scores`) and beam sampling.
 //!   In a batch each row stops on its own (eos, length, `max_time`, a caller's [`StoppingCriterion`]) and
-//!   finished rows are filled with the pad id.
+//!   finished rows are filled with the pad id. Before a run it checks the prompt and the new tokens against
+//!   the model's position table ([`DecoderOnlyLm::max_positions`]; [`Error::PromptTooLong`],
+//!   [`Error::TooManyNewTokens`] naming `max_new_tokens`) and the rows against [`MAX_ROWS`] (prompts times
+//!   `num_beams`, or times `num_return_sequences` when sampling; [`Error::TooManyRows`]).
 //! - [`TokenStream`]: greedy decoding and sampling as an iterator of each step's new tokens, for streaming text.
 //!
 //! The crate knows no model: it drives the step traits of [`blip2_nn::lm`], re-exported here.
