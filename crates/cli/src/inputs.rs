@@ -98,8 +98,12 @@ fn folder(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
 /// a leading dot, as a shell does), except that `**` enters real folders only, never a symlinked one (as bash's
 /// globstar): the `glob` crate follows a symlink loop forever.
 fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>, CliError> {
-    let invalid =
-        |e: glob::PatternError| CliError::usage(format!("`{pattern}` is not a valid glob pattern: {}", e.msg));
+    let invalid = |e: glob::PatternError| {
+        CliError::usage(format!(
+            "`{pattern}` is not a valid glob pattern: {}",
+            e.msg
+        ))
+    };
     glob::Pattern::new(pattern).map_err(invalid)?;
     let options = glob::MatchOptions {
         require_literal_leading_dot: true,
@@ -125,7 +129,10 @@ fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>, CliError> {
             .trim_start_matches(std::path::is_separator);
     }
     let mut parts = Vec::new();
-    for part in rest.split(std::path::is_separator).filter(|p| !p.is_empty()) {
+    for part in rest
+        .split(std::path::is_separator)
+        .filter(|p| !p.is_empty())
+    {
         let has_meta = part.contains(['*', '?', '[']);
         parts.push(if part == "**" {
             GlobPart::Recursive
@@ -146,8 +153,8 @@ enum GlobPart<'a> {
     Recursive,
 }
 
-/// The entries of `dir` (spelled `""` for the current folder), without the hidden ones, each with whether it
-/// is a real folder (not a symlink to one); unreadable folders have none.
+/// The entries of `dir` (spelled `""` for the current folder), each with whether it is a real folder (not a
+/// symlink to one); unreadable folders have none. Hidden entries are left to the pattern (`.*` names them).
 fn entries(dir: &Path) -> Vec<(String, bool)> {
     let listed = if dir.as_os_str().is_empty() {
         Path::new(".")
@@ -161,7 +168,7 @@ fn entries(dir: &Path) -> Vec<(String, bool)> {
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let real_dir = e.file_type().is_ok_and(|t| t.is_dir());
-            (!name.starts_with('.')).then_some((name, real_dir))
+            Some((name, real_dir))
         })
         .collect()
 }
@@ -203,7 +210,7 @@ fn expand(dir: &Path, parts: &[GlobPart<'_>], options: glob::MatchOptions, out: 
                 // A trailing `**`: everything below, files and real folders (walked by the caller).
                 for (name, real_dir) in entries(dir) {
                     let path = dir.join(&name);
-                    if real_dir || path.is_file() {
+                    if !name.starts_with('.') && (real_dir || path.is_file()) {
                         out.push(path);
                     }
                 }
@@ -212,7 +219,7 @@ fn expand(dir: &Path, parts: &[GlobPart<'_>], options: glob::MatchOptions, out: 
             // Zero folders, then each real folder below, keeping the `**`.
             expand(dir, after, options, out);
             for (name, real_dir) in entries(dir) {
-                if real_dir {
+                if real_dir && !name.starts_with('.') {
                     expand(&dir.join(&name), parts, options, out);
                 }
             }
@@ -340,5 +347,47 @@ mod tests {
         std::fs::create_dir(root.join("empty")).unwrap();
         let err = image_paths(&[s(&root.join("empty"))], std::io::empty()).unwrap_err();
         assert!(err.message.contains("no images in folder"), "{err}");
+
+        // A leading dot in the pattern names hidden files; `**` skips hidden folders.
+        let got = image_paths(&[format!("{}/.*.png", s(root))], std::io::empty()).unwrap();
+        assert_eq!(got, vec![root.join(".e.png")]);
+        let got = image_paths(&[format!("{}/**/*.png", s(root))], std::io::empty()).unwrap();
+        assert_eq!(got, vec![root.join("b.png")]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn globs_and_folders_end_on_symlink_loops_and_take_each_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("loop/sub")).unwrap();
+        std::fs::write(root.join("loop/a.png"), b"x").unwrap();
+        std::fs::write(root.join("loop/sub/b.png"), b"x").unwrap();
+        std::os::unix::fs::symlink("../loop", root.join("loop/self")).unwrap();
+        std::os::unix::fs::symlink("..", root.join("loop/sub/up")).unwrap();
+        std::os::unix::fs::symlink(".", root.join("loop/me")).unwrap();
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        let want = vec![root.join("loop/a.png"), root.join("loop/sub/b.png")];
+        for arg in [
+            s(&root.join("loop")),
+            format!("{}/**/*.png", s(root)),
+            format!("{}/loop/**", s(root)),
+        ] {
+            assert_eq!(
+                image_paths(&[arg.clone()], std::io::empty()).unwrap(),
+                want,
+                "{arg}"
+            );
+        }
+        // Through links with `*`, as a shell does, but each file once, under its first spelling.
+        let got = image_paths(
+            &[format!("{}/loop/*/*.png", s(root)), s(&root.join("loop"))],
+            std::io::empty(),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![root.join("loop/me/a.png"), root.join("loop/sub/b.png")]
+        );
     }
 }
