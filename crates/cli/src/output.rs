@@ -86,7 +86,10 @@ impl RunRecord {
         );
         fields.insert("command".into(), command.into());
         fields.insert("model".into(), model.into());
-        fields.insert("model_dir".into(), dir.to_string_lossy().into_owned().into());
+        fields.insert(
+            "model_dir".into(),
+            dir.to_string_lossy().into_owned().into(),
+        );
         Self { fields }
     }
 
@@ -190,7 +193,11 @@ impl RunRecord {
                 // The same model named two ways (a relative path, or a hub id and its folder) is the same.
                 "model" => {
                     if their != ours && theirs.get("model_dir") != self.fields.get("model_dir") {
-                        out.push(format!("--model: the file's {}, this run's {}", show(their), show(ours)));
+                        out.push(format!(
+                            "--model: the file's {}, this run's {}",
+                            show(their),
+                            show(ours)
+                        ));
                     }
                 }
                 _ => match (their, ours) {
@@ -206,7 +213,11 @@ impl RunRecord {
                         }
                     }
                     _ if their != ours => {
-                        out.push(format!("{key}: the file's {}, this run's {}", show(their), show(ours)));
+                        out.push(format!(
+                            "{key}: the file's {}, this run's {}",
+                            show(their),
+                            show(ours)
+                        ));
                     }
                     _ => {}
                 },
@@ -306,6 +317,60 @@ fn lock(file: &File, path: &Path) -> Result<(), CliError> {
         ))
         .with_hint("wait for that run to end (then --resume carries on its file), or pass another --output")),
         Err(std::fs::TryLockError::Error(_)) => Ok(()),
+    }
+}
+
+/// The lock of a run writing a file in one go at its end (`embed`): held on the temporary file beside it
+/// (`.NAME.partial`) from the start of the run, so a second run given the same output is refused instead of
+/// writing the same temporary file. Removed at the end if the run left it empty.
+#[derive(Debug)]
+pub struct PartialLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl PartialLock {
+    /// The temporary file a run writes `output` through.
+    pub fn partial_path(output: &Path) -> PathBuf {
+        let name = output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        output.with_file_name(format!(".{name}.partial"))
+    }
+
+    /// Creates and locks `output`'s temporary file.
+    ///
+    /// # Errors
+    /// Another run holds it, or it cannot be created.
+    pub fn take(output: &Path) -> Result<Self, CliError> {
+        let path = Self::partial_path(output);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| CliError::write(output, &e))?;
+        lock(&file, output)?;
+        Ok(Self { file, path })
+    }
+}
+
+impl Drop for PartialLock {
+    fn drop(&mut self) {
+        // Renamed into place, or removed by a failed write, it is gone; left empty by a run that failed
+        // before writing, it is removed (only if it is still this run's file).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if let (Ok(ours), Ok(there)) = (self.file.metadata(), std::fs::metadata(&self.path))
+                && ours.dev() == there.dev()
+                && ours.ino() == there.ino()
+                && there.len() == 0
+            {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
     }
 }
 
@@ -471,7 +536,10 @@ fn scan_jsonl(text: &str, path: &Path, done: &mut Done) -> Result<usize, CliErro
             let value: serde_json::Value = serde_json::from_str(trimmed)
                 .map_err(|e| foreign(path, format!("line {number} is not JSON ({e})")))?;
             let Some(image) = value.get("image").and_then(|v| v.as_str()) else {
-                return Err(foreign(path, format!("line {number} has no \"image\" field")));
+                return Err(foreign(
+                    path,
+                    format!("line {number} has no \"image\" field"),
+                ));
             };
             done.images.insert(image.to_string(), 1);
             if value.get("error").is_some_and(|e| !e.is_null()) {
@@ -532,20 +600,20 @@ fn scan_csv(
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
-                return Err(foreign(
-                    path,
-                    format!("line {}: {e}", line_at(text, start)),
-                ));
+                return Err(foreign(path, format!("line {}: {e}", line_at(text, start))));
             }
         }
         let end = line_end(reader.position().byte() as usize);
         let line = line_at(text, start);
         // A complete row is exactly what the writer makes of its fields.
         let fields: Vec<String> = record.iter().map(str::to_string).collect();
-        if record.len() != columns.len() || csv_bytes(&[fields], crlf)? != text.as_bytes()[start..end] {
+        if record.len() != columns.len()
+            || csv_bytes(&[fields], crlf)? != text.as_bytes()[start..end]
+        {
             // Only the last write may be cut short: it ends without its line end, or inside a quoted field.
             let tail = &text[start..];
-            let torn = end == text.len() && (!tail.ends_with('\n') || tail.matches('"').count() % 2 == 1);
+            let torn =
+                end == text.len() && (!tail.ends_with('\n') || tail.matches('"').count() % 2 == 1);
             if torn {
                 break;
             }
@@ -584,7 +652,9 @@ fn scan_csv(
             }
             return Err(foreign(
                 path,
-                format!("line {line}: {image} has {rows} rows where its `sequences` column says {announced}"),
+                format!(
+                    "line {line}: {image} has {rows} rows where its `sequences` column says {announced}"
+                ),
             ));
         }
         done.images.insert(image, rows);
@@ -641,9 +711,7 @@ mod tests {
             let full = std::fs::read(&path).unwrap();
             // Every cut of the last image's bytes keeps a and drops b.
             let a_end = {
-                let (mut w, _) =
-                    open(&dir.path().join(format!("a.{name}")), false, false)
-                        .unwrap();
+                let (mut w, _) = open(&dir.path().join(format!("a.{name}")), false, false).unwrap();
                 w.write(&record("a.png", 2)).unwrap();
                 std::fs::metadata(dir.path().join(format!("a.{name}")))
                     .unwrap()

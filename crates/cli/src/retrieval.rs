@@ -16,7 +16,7 @@ use crate::error::{CliError, Exit};
 use crate::generate::image_key;
 use crate::inputs::open_all;
 use crate::model::{Located, ModelKind, load_blip2, load_retrieval};
-use crate::output::{Record, RowWriter, RunRecord};
+use crate::output::{PartialLock, Record, RowWriter, RunRecord};
 use crate::progress::{Reporter, summary};
 
 /// CSV columns of `match`.
@@ -88,11 +88,7 @@ fn write_atomic(
     path: &Path,
     write: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<(), CliError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.partial"));
+    let tmp = PartialLock::partial_path(path);
     write(&tmp)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| {
@@ -144,6 +140,8 @@ pub fn embed<B: Backend>(
     reporter: &Reporter,
 ) -> Result<Exit, CliError> {
     let output = check_embed_output(common)?;
+    // One run at a time writes this output (the lock is on its temporary file, held to the end).
+    let _lock = PartialLock::take(output)?;
     let index = index_path(output);
     if kinds.contains(&EmbedKind::Multimodal) && images.len() != texts.len() {
         return Err(CliError::usage(format!(
@@ -354,7 +352,12 @@ pub fn embed<B: Backend>(
         .collect();
     let mut line = format!(
         "{}; wrote {} to {} (index: {})",
-        summary("embedded", images.len() - failed + texts.len(), "inputs", started),
+        summary(
+            "embedded",
+            images.len() - failed + texts.len(),
+            "inputs",
+            started
+        ),
         shapes.join(", "),
         output.display(),
         index.display()

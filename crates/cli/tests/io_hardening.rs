@@ -280,6 +280,54 @@ fn a_second_run_on_a_locked_output_is_refused() {
 }
 
 #[test]
+fn a_second_embed_to_the_same_output_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("e.safetensors");
+    let embed = || {
+        let mut cmd = blip2();
+        cmd.args([
+            "embed",
+            "-m",
+            &model("tiny-itm"),
+            &s(&image("rgb_37x29.png")),
+            "-o",
+            &s(&output),
+            "--overwrite",
+        ]);
+        cmd
+    };
+    // A run writing it holds the lock on its temporary file.
+    let partial = dir.path().join(".e.safetensors.partial");
+    let held = std::fs::File::create(&partial).unwrap();
+    held.try_lock().unwrap();
+    let out = run(&mut embed(), 6);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&s(&output)) && err.contains("another blip2 run"),
+        "{err}"
+    );
+    assert!(!output.exists());
+    drop(held);
+    std::fs::remove_file(&partial).unwrap();
+    run(&mut embed(), 0);
+    assert!(output.exists() && !partial.exists());
+    // A run that fails before writing leaves no temporary file.
+    run(
+        blip2().args([
+            "embed",
+            "-m",
+            &s(&dir.path().join("no-model")),
+            &s(&image("rgb_37x29.png")),
+            "-o",
+            &s(&output),
+            "--overwrite",
+        ]),
+        4,
+    );
+    assert!(!partial.exists());
+}
+
+#[test]
 fn a_resume_with_other_settings_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let folder = copies(dir.path(), "shots", 2);
