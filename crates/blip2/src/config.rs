@@ -155,8 +155,15 @@ impl Blip2Config {
             None | Some(Value::Null) => 256,
             Some(v) => v.as_u64().filter(|&v| v > 0).ok_or_else(|| {
                 Error::unsupported("image_text_hidden_size", v, "must be a positive integer")
-            })? as usize,
+            })?,
         };
+        blip2_nn::limits::check_u64(
+            "image_text_hidden_size",
+            image_text_hidden_size,
+            blip2_nn::limits::MAX_HIDDEN_SIZE as u64,
+        )
+        .map_err(|e| e.in_config(&path, None))?;
+        let image_text_hidden_size = image_text_hidden_size as usize;
         let architectures = value
             .get("architectures")
             .and_then(Value::as_array)
@@ -174,7 +181,10 @@ impl Blip2Config {
             image_text_hidden_size,
             architectures,
         };
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            Error::Nn(e) => Error::Nn(e.in_config(&path, None)),
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -227,16 +237,56 @@ impl Blip2Config {
         config
     }
 
+    /// The parameters of the three parts, the queries and the projections as the config describes them (about
+    /// 3.9 billion for blip2-opt-2.7b), in `u128` so that no config can overflow it.
+    pub fn estimated_parameters(&self) -> u128 {
+        let q = self.qformer.qformer.hidden_size;
+        let text = match &self.text_config {
+            TextConfig::Opt(c) => c.estimated_parameters(),
+            TextConfig::T5(c) => c.estimated_parameters(),
+        };
+        self.vision_config
+            .estimated_parameters()
+            .saturating_add(self.qformer.qformer.estimated_parameters())
+            .saturating_add(text)
+            .saturating_add(blip2_nn::limits::parameter_count(&[
+                // query_tokens, language_projection, the retrieval heads.
+                &[self.qformer.num_query_tokens, q],
+                &[q.saturating_add(1), self.text_config.hidden_size()],
+                &[2, q.saturating_add(1), self.image_text_hidden_size],
+                &[q.saturating_add(1), 2],
+            ]))
+    }
+
     /// Learned queries (`query_tokens` is `[1, num_query_tokens, qformer hidden]`).
     pub fn num_query_tokens(&self) -> usize {
         self.qformer.num_query_tokens
     }
 
-    /// Checks that the parts fit together: the Q-Former reads the vision tower's width.
+    /// Checks each part (its own `validate`: supported values, sizes within [`blip2_nn::limits`]), the sizes
+    /// of the parts together (at most [`MAX_PARAMETERS`](blip2_nn::limits::MAX_PARAMETERS)), and that they fit
+    /// together: the Q-Former reads the vision tower's width.
     ///
     /// # Errors
-    /// [`Error::UnsupportedConfig`] naming the key.
+    /// [`Error::UnsupportedConfig`] naming the key; the parts' errors; [`blip2_nn::Error::LimitExceeded`]
+    /// (as [`Error::Nn`]) for a size over its limit.
     pub fn validate(&self) -> Result<(), Error> {
+        self.vision_config.validate()?;
+        self.qformer.validate()?;
+        match &self.text_config {
+            TextConfig::Opt(c) => c.validate()?,
+            TextConfig::T5(c) => c.validate()?,
+        }
+        blip2_nn::limits::check(
+            "image_text_hidden_size",
+            self.image_text_hidden_size,
+            blip2_nn::limits::MAX_HIDDEN_SIZE,
+        )?;
+        blip2_nn::limits::check_u64(
+            "parameters",
+            self.estimated_parameters(),
+            blip2_nn::limits::MAX_PARAMETERS,
+        )?;
         let vision = self.vision_config.hidden_size;
         let reads = self.qformer.qformer.encoder_hidden_size;
         if vision != reads {

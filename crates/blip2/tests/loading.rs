@@ -244,9 +244,18 @@ fn a_config_that_does_not_fit_the_weights_names_the_key() {
     let err = load(dir.path()).unwrap_err();
     let message = err.to_string();
     assert!(
-        message.contains("vision_model.")
-            && message.contains("crossattention")
-            && message.contains("shape mismatch"),
+        message.contains("vision_model.") && message.contains("shape mismatch"),
+        "{message}"
+    );
+    // The message lists the first few mismatches of each kind (LoadReport::MAX_LISTED); the report has all.
+    let Error::Nn(blip2_nn::Error::Incompatible(report)) = &err else {
+        panic!("expected Incompatible, got {err:?}")
+    };
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.to_string().contains("crossattention")),
         "{message}"
     );
 }
