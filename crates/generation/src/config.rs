@@ -278,10 +278,11 @@ impl GenerationConfig {
         } else {
             path.to_path_buf()
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = blip2_nn::limits::read_to_string_bounded(&path, blip2_nn::limits::MAX_JSON_BYTES)
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
         Self::parse(&text, path)
     }
 
@@ -337,6 +338,32 @@ impl GenerationConfig {
     /// # Errors
     /// [`Error::InvalidConfig`] naming the fields.
     pub fn validate(&self) -> Result<(), Error> {
+        use blip2_nn::limits::{MAX_BEAMS, MAX_GENERATION_LENGTH};
+        // Sizes that set how many rows run and how long: a damaged file must not make generation allocate
+        // without bound.
+        for (key, value, limit) in [
+            ("num_beams", Some(self.num_beams), MAX_BEAMS),
+            (
+                "num_return_sequences",
+                Some(self.num_return_sequences),
+                MAX_BEAMS,
+            ),
+            ("max_new_tokens", self.max_new_tokens, MAX_GENERATION_LENGTH),
+            ("max_length", self.max_length, MAX_GENERATION_LENGTH),
+            ("min_new_tokens", self.min_new_tokens, MAX_GENERATION_LENGTH),
+            ("min_length", Some(self.min_length), MAX_GENERATION_LENGTH),
+        ] {
+            if let Some(value) = value
+                && value > limit
+            {
+                return Err(Error::invalid(
+                    &[key],
+                    format!(
+                        "{value} is over blip2's limit of {limit} (blip2_nn::limits, documented in docs/weights.md)"
+                    ),
+                ));
+            }
+        }
         if self.num_beams == 0 {
             return Err(Error::invalid(&["num_beams"], "must be at least 1"));
         }
