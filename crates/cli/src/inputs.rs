@@ -374,7 +374,7 @@ mod tests {
             format!("{}/loop/**", s(root)),
         ] {
             assert_eq!(
-                image_paths(&[arg.clone()], std::io::empty()).unwrap(),
+                image_paths(std::slice::from_ref(&arg), std::io::empty()).unwrap(),
                 want,
                 "{arg}"
             );
