@@ -139,7 +139,9 @@ pub enum Error {
     },
 
     /// Model files that do not fit together (a processor config that disagrees with the model's config).
-    #[error("`{key}` is {found} in {file}, but {expected}; fix the file or download the model again")]
+    #[error(
+        "`{key}` is {found} in {file}, but {expected}; fix the file or download the model again"
+    )]
     Mismatch {
         /// The file holding the value.
         file: String,

@@ -89,8 +89,8 @@ pub(crate) fn to_tensor<B: Backend>(
 pub(crate) fn processor_with_limits(dir: &Path, limits: Limits) -> Result<Blip2Processor, Error> {
     let processor = Blip2Processor::from_model_dir(dir)?;
     let image = processor.image_processor().clone().with_limits(limits);
-    let file = ImageProcessorConfig::file_in(dir)
-        .unwrap_or_else(|| dir.join("preprocessor_config.json"));
+    let file =
+        ImageProcessorConfig::file_in(dir).unwrap_or_else(|| dir.join("preprocessor_config.json"));
     image
         .config()
         .check_limits(&limits, &file.display().to_string())?;
@@ -433,11 +433,10 @@ impl<B: Backend> Blip2<B> {
                 for (index, mask) in inputs.attention_mask.iter().enumerate() {
                     let length = mask.iter().filter(|&&m| m != 0).count() - image_tokens;
                     if length > limit {
-                        let file = Path::new(tokenizer.name())
-                            .parent()
-                            .map_or_else(|| "tokenizer_config.json".into(), |dir| {
-                                dir.join("tokenizer_config.json").display().to_string()
-                            });
+                        let file = Path::new(tokenizer.name()).parent().map_or_else(
+                            || "tokenizer_config.json".into(),
+                            |dir| dir.join("tokenizer_config.json").display().to_string(),
+                        );
                         return Err(Error::TooLong {
                             what: "prompt",
                             index,

@@ -15,8 +15,12 @@ use image::RgbImage;
 type B = Flex;
 
 fn load(name: &str) -> Blip2<B> {
-    Blip2::<B>::from_pretrained(fixtures_root().join(name), FloatDType::F32, &Default::default())
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    Blip2::<B>::from_pretrained(
+        fixtures_root().join(name),
+        FloatDType::F32,
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn with_max_new_tokens(blip2: &mut Blip2<B>, n: usize) {
@@ -28,7 +32,9 @@ fn with_max_new_tokens(blip2: &mut Blip2<B>, n: usize) {
 }
 
 fn picture() -> RgbImage {
-    RgbImage::from_fn(37, 29, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 90]))
+    RgbImage::from_fn(37, 29, |x, y| {
+        image::Rgb([(x * 7) as u8, (y * 5) as u8, 90])
+    })
 }
 
 fn words(n: usize) -> String {
@@ -46,7 +52,10 @@ fn select_past_the_batch_names_the_row_and_the_batch() {
         "{err:?}"
     );
     let message = err.to_string();
-    assert!(message.contains("image 5") && message.contains("1 images"), "{message}");
+    assert!(
+        message.contains("image 5") && message.contains("1 images"),
+        "{message}"
+    );
     assert_eq!(features.select(&[0, 0]).unwrap().batch_size(), 2);
 }
 
@@ -161,7 +170,10 @@ fn chat_forgets_the_oldest_turns_to_fit() {
     // A question that does not fit even alone is still an error, and the history stays.
     let before = chat.history().to_vec();
     let err = chat.ask(&words(200)).unwrap_err();
-    assert!(matches!(err, Error::Generation(G::PromptTooLong { .. })), "{err:?}");
+    assert!(
+        matches!(err, Error::Generation(G::PromptTooLong { .. })),
+        "{err:?}"
+    );
     assert_eq!(chat.history(), &before[..]);
 }
 
@@ -217,8 +229,8 @@ fn a_resize_size_over_the_limits_is_a_config_error() {
         }
         std::fs::write(&path, json.to_string()).unwrap();
     }
-    let err = Blip2::<B>::from_pretrained(dir.path(), FloatDType::F32, &Default::default())
-        .unwrap_err();
+    let err =
+        Blip2::<B>::from_pretrained(dir.path(), FloatDType::F32, &Default::default()).unwrap_err();
     match &err {
         Error::Processor(P::UnsupportedConfig { name, key, .. }) => {
             assert_eq!(key, "size");
@@ -231,8 +243,13 @@ fn a_resize_size_over_the_limits_is_a_config_error() {
         max_pixels: 400_000_000,
         ..Limits::default()
     };
-    Blip2::<B>::from_pretrained_with_limits(dir.path(), FloatDType::F32, &Default::default(), limits)
-        .unwrap();
+    Blip2::<B>::from_pretrained_with_limits(
+        dir.path(),
+        FloatDType::F32,
+        &Default::default(),
+        limits,
+    )
+    .unwrap();
 }
 
 /// A retrieval text over the Q-Former's positions is an input error naming the text and both lengths.
@@ -244,7 +261,9 @@ fn an_over_long_retrieval_text_is_named() {
         &Default::default(),
     )
     .unwrap();
-    let err = r.encode_texts(&["a cat".to_string(), words(50)]).unwrap_err();
+    let err = r
+        .encode_texts(&["a cat".to_string(), words(50)])
+        .unwrap_err();
     match &err {
         Error::TooLong {
             what: "text",
@@ -256,5 +275,8 @@ fn an_over_long_retrieval_text_is_named() {
     }
     assert!(err.to_string().contains("word word"), "{err}");
     let err = r.encode_images(&[RgbImage::new(0, 3)]).unwrap_err();
-    assert!(matches!(err, Error::Processor(P::ZeroSize { .. })), "{err:?}");
+    assert!(
+        matches!(err, Error::Processor(P::ZeroSize { .. })),
+        "{err:?}"
+    );
 }

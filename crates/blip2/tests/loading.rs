@@ -475,7 +475,11 @@ fn single_logits(
 ) -> burn::tensor::TensorData {
     let device = Default::default();
     let pixels = fixture.tensor::<B, 4>("pixel_values", &device);
-    let images = model.encode_images(pixels, false).unwrap().select(&[0]).unwrap();
+    let images = model
+        .encode_images(pixels, false)
+        .unwrap()
+        .select(&[0])
+        .unwrap();
     let labels = fixture
         .has("labels/single")
         .then(|| fixture.int_tensor::<B, 2>("labels/single", &device));

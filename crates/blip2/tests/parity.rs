@@ -148,11 +148,13 @@ fn generation<B: Backend>(name: &str, device: &B::Device) {
     let (fixture, model) = load::<B>(name, device);
     let all = images(&fixture, &model, device);
     for tag in ["single", "batch"] {
-        let images = all.select(if tag == "single" {
-            &[0][..]
-        } else {
-            &[0, 1][..]
-        }).unwrap();
+        let images = all
+            .select(if tag == "single" {
+                &[0][..]
+            } else {
+                &[0, 1][..]
+            })
+            .unwrap();
         let ids = fixture.int_tensor::<B, 2>(&format!("input_ids/{tag}"), device);
         let mask = fixture.int_tensor::<B, 2>(&format!("attention_mask/{tag}"), device);
         for (beams, key) in [(1, "gen/greedy"), (3, "gen/beam3")] {

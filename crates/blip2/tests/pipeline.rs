@@ -168,7 +168,7 @@ fn ask_uses_the_vqa_template_and_chat_keeps_the_history() {
     );
     chat.clear();
     assert!(chat.history().is_empty());
-    assert!(matches!(chat.ask("  "), Err(Error::BadInput { .. })));
+    assert!(matches!(chat.ask("  "), Err(Error::EmptyText { .. })));
 }
 
 #[test]

@@ -73,7 +73,7 @@ fn retrieval_errors_are_named() {
     assert!(err.to_string().contains("1 images and 2 texts"), "{err}");
     assert!(matches!(
         r.encode_texts(&[" "]),
-        Err(Error::BadInput { .. })
+        Err(Error::EmptyText { .. })
     ));
     let err = r.scores(&images.without_vision(), &encoded).unwrap_err();
     assert!(err.to_string().contains("without_vision"), "{err}");

@@ -52,7 +52,11 @@ fn words(n: usize) -> String {
 }
 
 /// A copy of a fixture model whose JSON file `file` is changed by `edit`.
-fn edited_model(name: &str, file: &str, edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+fn edited_model(
+    name: &str,
+    file: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(fixtures_root().join(name)).unwrap() {
         let entry = entry.unwrap();
@@ -111,7 +115,10 @@ fn over_long_prompts_and_texts_are_usage_errors() {
         blip2().args(["ask", "--model", &model("tiny-t5"), &image(), &words(100)]),
         2,
     );
-    assert_has(&stderr, &["model_max_length", "64", "tokenizer_config.json"]);
+    assert_has(
+        &stderr,
+        &["model_max_length", "64", "tokenizer_config.json"],
+    );
 
     let stderr = run(
         blip2()
@@ -169,7 +176,10 @@ fn processor_files_that_do_not_fit_the_model_are_model_errors() {
         blip2().args(["caption", "--model", &dir_arg(dir.path()), &image()]),
         4,
     );
-    assert_has(&stderr, &["processor_config.json", "`num_query_tokens`", "7"]);
+    assert_has(
+        &stderr,
+        &["processor_config.json", "`num_query_tokens`", "7"],
+    );
 
     let dir = edited_model("tiny-opt", "config.json", |j| {
         let vocab = j["text_config"]["vocab_size"].as_u64().unwrap();
@@ -179,7 +189,10 @@ fn processor_files_that_do_not_fit_the_model_are_model_errors() {
         blip2().args(["caption", "--model", &dir_arg(dir.path()), &image()]),
         4,
     );
-    assert_has(&stderr, &["config.json", "`image_token_index`", "vocabulary"]);
+    assert_has(
+        &stderr,
+        &["config.json", "`image_token_index`", "vocabulary"],
+    );
 }
 
 /// A processor `size` over the image limits is a model-config error naming the file, the key and the limit,
@@ -195,7 +208,12 @@ fn image_limits_name_the_config_and_the_flag() {
     );
     assert_has(
         &stderr,
-        &["preprocessor_config.json", "`size`", "89478485", "--max-image-pixels"],
+        &[
+            "preprocessor_config.json",
+            "`size`",
+            "89478485",
+            "--max-image-pixels",
+        ],
     );
     assert!(!stderr.contains("Limits`"), "{stderr}");
 
@@ -224,7 +242,10 @@ fn info_says_every_layer() {
         .output()
         .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("cross-attention in every layer"), "{stdout}");
+    assert!(
+        stdout.contains("cross-attention in every layer"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("every 1 layers"), "{stdout}");
 }
 
