@@ -505,7 +505,9 @@ fn overflow_reason(buffer: &[u8]) -> String {
             let shape = info.get("shape").and_then(|s| s.as_array());
             shape.is_some_and(|dims| {
                 dims.iter()
-                    .try_fold(bytes, |acc, d| acc.checked_mul(usize::try_from(d.as_u64()?).ok()?))
+                    .try_fold(bytes, |acc, d| {
+                        acc.checked_mul(usize::try_from(d.as_u64()?).ok()?)
+                    })
                     .is_none()
             })
         })
@@ -513,10 +515,13 @@ fn overflow_reason(buffer: &[u8]) -> String {
     match tensor {
         Some((key, info)) => format!(
             "tensor `{key}` has shape {}, whose size in bytes overflows: the header is damaged",
-            info.get("shape").map_or_else(String::new, ToString::to_string)
+            info.get("shape")
+                .map_or_else(String::new, ToString::to_string)
         ),
-        None => "a tensor's shape is so large that its size in bytes overflows: the header is damaged"
-            .to_string(),
+        None => {
+            "a tensor's shape is so large that its size in bytes overflows: the header is damaged"
+                .to_string()
+        }
     }
 }
 
