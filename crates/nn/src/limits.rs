@@ -53,6 +53,10 @@ pub const MAX_BEAMS: usize = 1_024;
 /// Generation: `max_length`, `max_new_tokens`, `min_length`, `min_new_tokens`. Typical: 20 to 512.
 pub const MAX_GENERATION_LENGTH: usize = 1_048_576;
 
+/// A tokenizer's `model_max_length`: a larger value counts as HF's "no limit" sentinel (`int(1e30)`), as no model
+/// here holds that many positions and padding to it would allocate without bound. Typical: 512, 2048.
+pub const MAX_TOKENIZER_LENGTH: usize = 1_048_576;
+
 /// A JSON file blip2 reads whole (`config.json`, `generation_config.json`, the shard index, the processor and
 /// tokenizer configs): 64 MiB. The hub's are a few kilobytes (an index of 1000 tensors is about 100 KB).
 pub const MAX_JSON_BYTES: u64 = 64 << 20;

@@ -77,8 +77,8 @@ pub enum Error {
 
     /// An image larger than the [`Limits`](crate::Limits) allow (a decompression bomb, or simply too big).
     #[error(
-        "{name} is {width}x{height} pixels, over the limit of {limit} {what}; shrink the image or raise \
-         the limit in `Limits`"
+        "{name} is {width}x{height} pixels, over the limit of {limit} {what}; shrink the image, or raise \
+         the limit if you trust it (`Limits`; the blip2 command's --max-image-pixels)"
     )]
     TooLarge {
         /// The file, or `<memory>`.
@@ -91,6 +91,21 @@ pub enum Error {
         limit: u64,
         /// What the limit counts: `pixels`, `pixels of width`, `pixels of height` or `bytes of memory`.
         what: &'static str,
+    },
+
+    /// An image file (or buffer of encoded bytes) larger than
+    /// [`Limits::max_file_bytes`](crate::Limits::max_file_bytes): refused before it is read whole.
+    #[error(
+        "{name} has {size} bytes or more, over the limit of {limit} bytes for an image file; pass a smaller \
+         file, or raise `Limits::max_file_bytes` if you trust it"
+    )]
+    FileTooLarge {
+        /// The file, or `<memory>`.
+        name: String,
+        /// Its size in bytes, or how much was read before the limit was passed (a pipe or device).
+        size: u64,
+        /// The limit.
+        limit: u64,
     },
 
     /// The decoder needed more memory than [`Limits::max_alloc`](crate::Limits::max_alloc) allows.

@@ -7,7 +7,8 @@
 //! crate; its JPEG decoder (zune-jpeg) differs from Pillow's by a few levels (docs/numerics.md).
 //! A truncated JPEG is refused either way, as Pillow refuses it.
 
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
@@ -28,6 +29,12 @@ pub struct Limits {
     /// the output plus an upper bound of a progressive JPEG's coefficient buffers). Default 1 GiB, enough
     /// for a 16-bit RGBA image at `max_pixels`.
     pub max_alloc: u64,
+    /// Most bytes an encoded image (a file, or bytes in memory) may have: files are read whole before they
+    /// are decoded, so this bounds the memory a file can take before its header is even checked. Default
+    /// 512 MiB: an uncompressed 8-bit RGBA image at `max_pixels` takes 358 MB, a 50-megapixel camera JPEG about
+    /// 30 MB. The format signature is checked first, on the first bytes, so `/dev/zero` or a text file is
+    /// refused without being read.
+    pub max_file_bytes: u64,
 }
 
 impl Default for Limits {
@@ -36,6 +43,7 @@ impl Default for Limits {
             max_pixels: 89_478_485,
             max_side: 65_535,
             max_alloc: 1 << 30,
+            max_file_bytes: 512 << 20,
         }
     }
 }
@@ -47,6 +55,7 @@ impl Limits {
             max_pixels: u64::MAX,
             max_side: u32::MAX,
             max_alloc: u64::MAX,
+            max_file_bytes: u64::MAX,
         }
     }
 
@@ -92,13 +101,18 @@ impl Limits {
 
 /// Reads and decodes an image file (format from its content, not its name).
 ///
+/// The file is read in two steps: its first bytes, whose format signature must be one the decoders know,
+/// then the rest, at most [`Limits::max_file_bytes`] in all (a file the file system says is larger is refused
+/// before it is read; a pipe or device, before it passes the limit).
+///
 /// # Errors
-/// [`Error::Io`] for a missing or unreadable file; [`Error::UnsupportedFormat`], [`Error::Decode`],
-/// [`Error::TooLarge`] or [`Error::ZeroSize`] naming the file.
+/// [`Error::Io`] for a missing or unreadable file; [`Error::UnsupportedFormat`], [`Error::FileTooLarge`],
+/// [`Error::Decode`], [`Error::TooLarge`] or [`Error::ZeroSize`] naming the file.
 pub fn decode_file(path: impl AsRef<Path>, limits: &Limits) -> Result<DynamicImage, Error> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_named(&bytes, &path.display().to_string(), limits)
+    let name = path.display().to_string();
+    let bytes = read_image_file(path, &name, limits)?;
+    decode_named(&bytes, &name, limits)
 }
 
 /// Decodes an image held in memory (errors name `<memory>`).
@@ -109,11 +123,72 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<DynamicImage, Error
     decode_named(bytes, MEMORY, limits)
 }
 
+/// Bytes enough for every signature `image::guess_format` knows (the longest, WebP's `RIFF....WEBP` and
+/// AVIF's `ftyp` box, are 12 bytes).
+const SIGNATURE_BYTES: usize = 32;
+
+/// Reads an image file whole, after checking its signature and within [`Limits::max_file_bytes`].
+fn read_image_file(path: &Path, name: &str, limits: &Limits) -> Result<Vec<u8>, Error> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // A regular file's length is known up front; a pipe's or a device's (stdin, /dev/zero) is not.
+    let known = file
+        .metadata()
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len());
+    let mut reader = file.take(limits.max_file_bytes.saturating_add(1));
+    let mut bytes = Vec::with_capacity(SIGNATURE_BYTES);
+    (&mut reader)
+        .take(SIGNATURE_BYTES as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    check_signature(&bytes, name)?;
+    let too_large = |size: u64| Error::FileTooLarge {
+        name: name.to_string(),
+        size,
+        limit: limits.max_file_bytes,
+    };
+    if let Some(len) = known
+        && len > limits.max_file_bytes
+    {
+        return Err(too_large(len));
+    }
+    if let Some(len) = known {
+        bytes.reserve(usize::try_from(len).unwrap_or(0).saturating_sub(bytes.len()));
+    }
+    reader
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Refuses bytes whose first bytes are no image signature the `image` crate knows.
+fn check_signature(head: &[u8], name: &str) -> Result<(), Error> {
+    match image::guess_format(head) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::UnsupportedFormat {
+            name: name.to_string(),
+            reason: "unknown file signature".to_string(),
+        }),
+    }
+}
+
 pub(crate) fn decode_named(
     bytes: &[u8],
     name: &str,
     limits: &Limits,
 ) -> Result<DynamicImage, Error> {
+    check_signature(bytes.get(..SIGNATURE_BYTES).unwrap_or(bytes), name)?;
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(Error::FileTooLarge {
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            limit: limits.max_file_bytes,
+        });
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Decode {

@@ -51,6 +51,11 @@ pub(crate) const NAMED_SPECIAL_TOKENS: [&str; 7] = [
 /// sentinel past what a model could hold).
 const UNLIMITED: f64 = 1e18;
 
+/// `model_max_length` above this counts as "no limit" too: no model blip2 runs holds more positions, and
+/// padding to such a length (`Padding::MaxLength`) would allocate without bound.
+/// [`MAX_TOKENIZER_LENGTH`](blip2_nn::limits::MAX_TOKENIZER_LENGTH).
+const MAX_MODEL_MAX_LENGTH: u64 = blip2_nn::limits::MAX_TOKENIZER_LENGTH as u64;
+
 /// A tokenizer's settings from `tokenizer_config.json` (and `special_tokens_map.json`), with HF's defaults
 /// for absent keys.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,8 +64,8 @@ pub struct TokenizerConfig {
     pub padding_side: PaddingSide,
     /// `truncation_side` (default right).
     pub truncation_side: TruncationSide,
-    /// `model_max_length`: the truncation and `max_length`-padding length when none is given; `None` when absent
-    /// or HF's "very large" sentinel.
+    /// `model_max_length`: the truncation and `max_length`-padding length when none is given; `None` when absent,
+    /// HF's "very large" sentinel, or over [`MAX_TOKENIZER_LENGTH`](blip2_nn::limits::MAX_TOKENIZER_LENGTH).
     pub model_max_length: Option<usize>,
     /// `clean_up_tokenization_spaces` (default false): remove the space before `.`, `?`, `!`, `,` and a few
     /// contractions after decoding. HF skips it for BPE models unless
@@ -259,7 +264,8 @@ fn parse_object(text: &str, name: &str) -> Result<Map<String, Value>, Error> {
 
 /// Reads a JSON object from a file.
 pub(crate) fn read_object(path: &Path) -> Result<Map<String, Value>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = blip2_nn::limits::read_to_string_bounded(path, blip2_nn::limits::MAX_JSON_BYTES)
+        .map_err(|e| Error::io(path, e))?;
     parse_object(&text, &path.display().to_string())
 }
 
@@ -318,7 +324,7 @@ impl Fields<'_> {
             return Ok(None);
         };
         if let Some(n) = v.as_u64() {
-            return Ok(if n as f64 >= UNLIMITED {
+            return Ok(if n as f64 >= UNLIMITED || n > MAX_MODEL_MAX_LENGTH {
                 None
             } else {
                 usize::try_from(n).ok()
