@@ -415,15 +415,19 @@ fn parse_positive_u64(s: &str) -> Result<u64, String> {
 
 impl Common {
     /// The image limits: the library's defaults, with `--max-image-pixels` (and the decoder's memory
-    /// allowance raised in proportion: 12 bytes a pixel, as the defaults allow).
+    /// allowance and the largest file raised in proportion: 12 bytes a pixel, as the defaults allow).
     pub fn image_limits(&self) -> blip2::processor::Limits {
         let defaults = blip2::processor::Limits::default();
         match self.max_image_pixels {
-            Some(pixels) => blip2::processor::Limits {
-                max_pixels: pixels,
-                max_alloc: defaults.max_alloc.max(pixels.saturating_mul(12)),
-                ..defaults
-            },
+            Some(pixels) => {
+                let bytes = pixels.saturating_mul(12);
+                blip2::processor::Limits {
+                    max_pixels: pixels,
+                    max_alloc: defaults.max_alloc.max(bytes),
+                    max_file_bytes: defaults.max_file_bytes.max(bytes),
+                    ..defaults
+                }
+            }
             None => defaults,
         }
     }

@@ -183,9 +183,13 @@ impl From<blip2::Error> for CliError {
                 P::TooLarge { .. } | P::DecoderLimit { .. } => Self::input(message).with_hint(
                     "shrink the image, or pass --max-image-pixels with a larger number if you trust it",
                 ),
-                P::Io { .. } | P::UnsupportedFormat { .. } | P::Decode { .. } | P::ZeroSize { .. } => {
-                    Self::input(message)
-                }
+                P::Io { .. }
+                | P::UnsupportedFormat { .. }
+                | P::Decode { .. }
+                | P::ZeroSize { .. }
+                | P::FileTooLarge { .. }
+                | P::UnsupportedPixels { .. }
+                | P::NotRgb { .. } => Self::input(message),
                 P::BatchSizeMismatch { .. } => {
                     Self::input(message).with_hint("pass --batch-size 1 to take the images one at a time")
                 }
