@@ -23,7 +23,9 @@ fn damaged(name: &str, pointer: &str, value: Value) -> tempfile::TempDir {
     }
     let path = dir.path().join("config.json");
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    *config.pointer_mut(pointer).unwrap_or_else(|| panic!("{name} has no {pointer}")) = value;
+    *config
+        .pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("{name} has no {pointer}")) = value;
     std::fs::write(&path, config.to_string()).unwrap();
     dir
 }
@@ -53,11 +55,31 @@ fn limit_exceeded(err: &Error) -> (&str, u64, u64, Option<&Path>) {
 fn a_billion_layers_in_any_part_is_refused_by_from_pretrained() {
     let layers = Value::from(1_000_000_000u64);
     for (fixture, pointer, key) in [
-        ("tiny-opt", "/vision_config/num_hidden_layers", "vision_config.num_hidden_layers"),
-        ("tiny-opt", "/qformer_config/num_hidden_layers", "qformer_config.num_hidden_layers"),
-        ("tiny-opt", "/text_config/num_hidden_layers", "text_config.num_hidden_layers"),
-        ("tiny-t5", "/text_config/num_layers", "text_config.num_layers"),
-        ("tiny-t5", "/text_config/num_decoder_layers", "text_config.num_decoder_layers"),
+        (
+            "tiny-opt",
+            "/vision_config/num_hidden_layers",
+            "vision_config.num_hidden_layers",
+        ),
+        (
+            "tiny-opt",
+            "/qformer_config/num_hidden_layers",
+            "qformer_config.num_hidden_layers",
+        ),
+        (
+            "tiny-opt",
+            "/text_config/num_hidden_layers",
+            "text_config.num_hidden_layers",
+        ),
+        (
+            "tiny-t5",
+            "/text_config/num_layers",
+            "text_config.num_layers",
+        ),
+        (
+            "tiny-t5",
+            "/text_config/num_decoder_layers",
+            "text_config.num_decoder_layers",
+        ),
     ] {
         let dir = damaged(fixture, pointer, layers.clone());
         let err = Blip2ForConditionalGeneration::<B>::from_pretrained(
@@ -67,7 +89,10 @@ fn a_billion_layers_in_any_part_is_refused_by_from_pretrained() {
         )
         .unwrap_err();
         let (k, value, limit, path) = limit_exceeded(&err);
-        assert_eq!((k, value, limit), (key, 1_000_000_000, limits::MAX_LAYERS as u64));
+        assert_eq!(
+            (k, value, limit),
+            (key, 1_000_000_000, limits::MAX_LAYERS as u64)
+        );
         assert_eq!(path, Some(dir.path().join("config.json").as_path()));
         let message = err.to_string();
         for needle in [key, "1000000000", "1024", "config.json"] {
@@ -76,7 +101,10 @@ fn a_billion_layers_in_any_part_is_refused_by_from_pretrained() {
     }
     // The ITM (retrieval) checkpoint: its Q-Former has the text tower.
     for (pointer, key) in [
-        ("/qformer_config/num_hidden_layers", "qformer_config.num_hidden_layers"),
+        (
+            "/qformer_config/num_hidden_layers",
+            "qformer_config.num_hidden_layers",
+        ),
         ("/qformer_config/vocab_size", "qformer_config.vocab_size"),
         ("/num_query_tokens", "num_query_tokens"),
         ("/image_text_hidden_size", "image_text_hidden_size"),
@@ -97,9 +125,17 @@ fn a_billion_layers_in_any_part_is_refused_by_from_pretrained() {
 #[test]
 fn a_float_in_an_integer_field_names_the_key() {
     for (pointer, value, key) in [
-        ("/vision_config/num_hidden_layers", Value::from(1e9), "num_hidden_layers"),
+        (
+            "/vision_config/num_hidden_layers",
+            Value::from(1e9),
+            "num_hidden_layers",
+        ),
         ("/text_config/hidden_size", Value::from(1.5), "hidden_size"),
-        ("/qformer_config/num_attention_heads", Value::from(-4), "num_attention_heads"),
+        (
+            "/qformer_config/num_attention_heads",
+            Value::from(-4),
+            "num_attention_heads",
+        ),
     ] {
         let dir = damaged("tiny-opt", pointer, value);
         let err = Blip2Config::from_file(dir.path()).unwrap_err();
@@ -123,9 +159,19 @@ fn parts_built_in_code_are_checked_together() {
     assert_eq!(limit_exceeded(&err).0, "num_hidden_layers");
     // Each part within its limits, but together over MAX_PARAMETERS: the whole config is refused.
     assert!(config.estimated_parameters() < 10_000_000);
-    let wide = |layers| (limits::MAX_HIDDEN_SIZE, limits::MAX_INTERMEDIATE_SIZE, layers);
+    let wide = |layers| {
+        (
+            limits::MAX_HIDDEN_SIZE,
+            limits::MAX_INTERMEDIATE_SIZE,
+            layers,
+        )
+    };
     let mut vision = config.vision_config.clone();
-    (vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers) = wide(3);
+    (
+        vision.hidden_size,
+        vision.intermediate_size,
+        vision.num_hidden_layers,
+    ) = wide(3);
     let blip2::TextConfig::Opt(mut opt) = config.text_config.clone() else {
         unreachable!("tiny-opt")
     };
@@ -144,5 +190,8 @@ fn parts_built_in_code_are_checked_together() {
     assert!(value > limit && limit == limits::MAX_PARAMETERS, "{err}");
     let mut big = config.clone();
     big.image_text_hidden_size = limits::MAX_HIDDEN_SIZE + 1;
-    assert_eq!(limit_exceeded(&big.validate().unwrap_err()).0, "image_text_hidden_size");
+    assert_eq!(
+        limit_exceeded(&big.validate().unwrap_err()).0,
+        "image_text_hidden_size"
+    );
 }

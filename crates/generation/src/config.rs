@@ -278,11 +278,12 @@ impl GenerationConfig {
         } else {
             path.to_path_buf()
         };
-        let text = blip2_nn::limits::read_to_string_bounded(&path, blip2_nn::limits::MAX_JSON_BYTES)
-            .map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let text =
+            blip2_nn::limits::read_to_string_bounded(&path, blip2_nn::limits::MAX_JSON_BYTES)
+                .map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
         Self::parse(&text, path)
     }
 

@@ -93,5 +93,8 @@ fn a_file_with_huge_or_fractional_sizes_is_refused() {
 fn a_generation_config_is_read_with_a_bound() {
     // /dev/zero as generation_config.json: refused once past the bound, not read forever.
     let err = GenerationConfig::from_file("/dev/zero").unwrap_err();
-    assert!(matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::FileTooLarge), "{err:?}");
+    assert!(
+        matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::FileTooLarge),
+        "{err:?}"
+    );
 }

@@ -119,7 +119,11 @@ pub fn parameter_count(terms: &[&[usize]]) -> u128 {
 /// The OS error; [`std::io::ErrorKind::FileTooLarge`] (with the limit in the message) past `max` bytes.
 pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     let file = std::fs::File::open(path)?;
-    let known = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    let known = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
     if let Some(len) = known
         && len > max
     {
@@ -149,7 +153,9 @@ pub fn read_to_string_bounded(path: &Path, max: u64) -> std::io::Result<String> 
 fn too_large(len: u64, max: u64) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::FileTooLarge,
-        format!("the file has more than {max} bytes (at least {len}), over blip2's limit for this kind of file"),
+        format!(
+            "the file has more than {max} bytes (at least {len}), over blip2's limit for this kind of file"
+        ),
     )
 }
 

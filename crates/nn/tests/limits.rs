@@ -63,7 +63,13 @@ fn a_value_over_its_limit_names_key_value_limit_and_file() {
     }
     // Counts past u64 are reported as u64::MAX, never wrapped.
     let err = limits::check_u64("parameters", u128::MAX, limits::MAX_PARAMETERS).unwrap_err();
-    assert!(matches!(err, Error::LimitExceeded { value: u64::MAX, .. }));
+    assert!(matches!(
+        err,
+        Error::LimitExceeded {
+            value: u64::MAX,
+            ..
+        }
+    ));
     assert_eq!(
         limits::parameter_count(&[&[usize::MAX, usize::MAX, usize::MAX], &[usize::MAX]]),
         u128::MAX
@@ -82,8 +88,14 @@ fn a_float_or_negative_number_in_an_integer_field_names_the_key() {
         name: String,
     }
     for (json, key) in [
-        (r#"{"hidden_size": 8, "num_hidden_layers": 1e9}"#, "num_hidden_layers"),
-        (r#"{"num_hidden_layers": 2, "hidden_size": 1.5}"#, "hidden_size"),
+        (
+            r#"{"hidden_size": 8, "num_hidden_layers": 1e9}"#,
+            "num_hidden_layers",
+        ),
+        (
+            r#"{"num_hidden_layers": 2, "hidden_size": 1.5}"#,
+            "hidden_size",
+        ),
         (r#"{"hidden_size": -1}"#, "hidden_size"),
         (r#"{"hidden_size": 1e400}"#, "hidden_size"),
         (r#"{"name": 3, "hidden_size": 4}"#, "name"),
@@ -97,10 +109,12 @@ fn a_float_or_negative_number_in_an_integer_field_names_the_key() {
             }
         };
         let err = blip2_nn::config::from_section::<Config>(value).unwrap_err();
-        assert!(err.to_string().contains(&format!("`{key}`")), "{json}: {err}");
+        assert!(
+            err.to_string().contains(&format!("`{key}`")),
+            "{json}: {err}"
+        );
     }
-    let ok: Config =
-        blip2_nn::config::from_section(serde_json::json!({"hidden_size": 8})).unwrap();
+    let ok: Config = blip2_nn::config::from_section(serde_json::json!({"hidden_size": 8})).unwrap();
     assert_eq!(ok.hidden_size, 8);
 }
 
@@ -120,7 +134,11 @@ fn config_files_are_read_with_a_bound() {
     let err = blip2_nn::config::read_config(dir.path()).unwrap_err();
     assert_eq!(err.0, big);
     assert_eq!(err.1.kind(), std::io::ErrorKind::FileTooLarge, "{}", err.1);
-    assert!(err.1.to_string().contains(&limits::MAX_JSON_BYTES.to_string()));
+    assert!(
+        err.1
+            .to_string()
+            .contains(&limits::MAX_JSON_BYTES.to_string())
+    );
     std::fs::write(&big, "{}").unwrap();
     assert_eq!(blip2_nn::config::read_config(dir.path()).unwrap().1, "{}");
     // The shard index too.
@@ -179,7 +197,10 @@ fn a_byte_range_that_does_not_fit_the_shape_names_the_tensor() {
     );
     let (key, reason) = bad_tensor(&path);
     assert_eq!(key, "w");
-    assert!(reason.contains("[2, 2]") && reason.contains("16 bytes") && reason.contains("12 bytes"), "{reason}");
+    assert!(
+        reason.contains("[2, 2]") && reason.contains("16 bytes") && reason.contains("12 bytes"),
+        "{reason}"
+    );
     // Offsets that run backwards.
     raw_file(
         &path,
@@ -202,7 +223,10 @@ fn overlapping_or_gapped_ranges_name_both_tensors() {
     );
     let (key, reason) = bad_tensor(&path);
     assert_eq!(key, "b");
-    assert!(reason.contains("overlap") && reason.contains("`a`"), "{reason}");
+    assert!(
+        reason.contains("overlap") && reason.contains("`a`"),
+        "{reason}"
+    );
     // The same range twice is an overlap too.
     raw_file(
         &path,
@@ -284,7 +308,10 @@ fn a_shard_linked_outside_the_model_directory_is_refused() {
     // A relative link that climbs out is refused as well.
     std::fs::remove_file(&link).unwrap();
     symlink("../outside.safetensors", &link).unwrap();
-    assert!(matches!(Checkpoint::open(&model), Err(Error::BadIndex { .. })));
+    assert!(matches!(
+        Checkpoint::open(&model),
+        Err(Error::BadIndex { .. })
+    ));
     // A link to a file inside the directory is fine.
     std::fs::remove_file(&link).unwrap();
     std::fs::copy(&outside, model.join("real.safetensors")).unwrap();

@@ -558,10 +558,7 @@ fn garbage_header_is_named<B: Backend>(_device: &B::Device) {
     // A huge declared header length in a small file.
     std::fs::write(&path, u64::MAX.to_le_bytes()).unwrap();
     assert!(
-        matches!(
-            Checkpoint::open(&path),
-            Err(Error::HeaderTooLarge { .. })
-        ),
+        matches!(Checkpoint::open(&path), Err(Error::HeaderTooLarge { .. })),
         "a header length of u64::MAX must be rejected"
     );
 }

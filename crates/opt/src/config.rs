@@ -150,15 +150,27 @@ impl OptConfig {
         limits::check_all(&[
             ("vocab_size", self.vocab_size, limits::MAX_VOCAB_SIZE),
             ("hidden_size", self.hidden_size, limits::MAX_HIDDEN_SIZE),
-            ("num_hidden_layers", self.num_hidden_layers, limits::MAX_LAYERS),
-            ("num_attention_heads", self.num_attention_heads, limits::MAX_HEADS),
+            (
+                "num_hidden_layers",
+                self.num_hidden_layers,
+                limits::MAX_LAYERS,
+            ),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                limits::MAX_HEADS,
+            ),
             ("ffn_dim", self.ffn_dim, limits::MAX_INTERMEDIATE_SIZE),
             (
                 "max_position_embeddings",
                 self.max_position_embeddings,
                 limits::MAX_POSITIONS,
             ),
-            ("word_embed_proj_dim", self.embed_dim(), limits::MAX_HIDDEN_SIZE),
+            (
+                "word_embed_proj_dim",
+                self.embed_dim(),
+                limits::MAX_HIDDEN_SIZE,
+            ),
         ])?;
         limits::check_u64(
             "parameters",

@@ -10,34 +10,83 @@ use blip2_testkit::Flex;
 const FILE: &str = "models/x/config.json";
 
 fn refused(text: &str) -> Error {
-    let json = format!(r#"{{"model_type": "blip-2", "text_config": {{"model_type": "opt", {text}}}}}"#);
+    let json =
+        format!(r#"{{"model_type": "blip-2", "text_config": {{"model_type": "opt", {text}}}}}"#);
     OptConfig::from_json_str(&json, FILE).unwrap_err()
 }
 
 #[test]
 fn absurd_sizes_are_refused_naming_key_value_and_limit() {
     for (text, key, value, limit) in [
-        (r#""num_hidden_layers": 1000000000"#, "num_hidden_layers", 1_000_000_000u64, limits::MAX_LAYERS),
-        (r#""vocab_size": 100000000000"#, "vocab_size", 100_000_000_000, limits::MAX_VOCAB_SIZE),
-        (r#""hidden_size": 10000000, "num_attention_heads": 1"#, "hidden_size", 10_000_000, limits::MAX_HIDDEN_SIZE),
-        (r#""ffn_dim": 10000000"#, "ffn_dim", 10_000_000, limits::MAX_INTERMEDIATE_SIZE),
-        (r#""num_attention_heads": 2048, "hidden_size": 4096"#, "num_attention_heads", 2048, limits::MAX_HEADS),
-        (r#""max_position_embeddings": 18446744073709551615"#, "max_position_embeddings", u64::MAX, limits::MAX_POSITIONS),
-        (r#""word_embed_proj_dim": 1000000"#, "word_embed_proj_dim", 1_000_000, limits::MAX_HIDDEN_SIZE),
+        (
+            r#""num_hidden_layers": 1000000000"#,
+            "num_hidden_layers",
+            1_000_000_000u64,
+            limits::MAX_LAYERS,
+        ),
+        (
+            r#""vocab_size": 100000000000"#,
+            "vocab_size",
+            100_000_000_000,
+            limits::MAX_VOCAB_SIZE,
+        ),
+        (
+            r#""hidden_size": 10000000, "num_attention_heads": 1"#,
+            "hidden_size",
+            10_000_000,
+            limits::MAX_HIDDEN_SIZE,
+        ),
+        (
+            r#""ffn_dim": 10000000"#,
+            "ffn_dim",
+            10_000_000,
+            limits::MAX_INTERMEDIATE_SIZE,
+        ),
+        (
+            r#""num_attention_heads": 2048, "hidden_size": 4096"#,
+            "num_attention_heads",
+            2048,
+            limits::MAX_HEADS,
+        ),
+        (
+            r#""max_position_embeddings": 18446744073709551615"#,
+            "max_position_embeddings",
+            u64::MAX,
+            limits::MAX_POSITIONS,
+        ),
+        (
+            r#""word_embed_proj_dim": 1000000"#,
+            "word_embed_proj_dim",
+            1_000_000,
+            limits::MAX_HIDDEN_SIZE,
+        ),
     ] {
         let err = refused(text);
         match &err {
-            Error::Nn(blip2_nn::Error::LimitExceeded { path, key: k, value: v, limit: l }) => {
-                assert_eq!((k.as_str(), *v, *l), (format!("text_config.{key}").as_str(), value, limit as u64));
+            Error::Nn(blip2_nn::Error::LimitExceeded {
+                path,
+                key: k,
+                value: v,
+                limit: l,
+            }) => {
+                assert_eq!(
+                    (k.as_str(), *v, *l),
+                    (format!("text_config.{key}").as_str(), value, limit as u64)
+                );
                 assert_eq!(path.as_deref(), Some(std::path::Path::new(FILE)));
                 let message = err.to_string();
-                assert!(message.contains(&value.to_string()) && message.contains(FILE), "{message}");
+                assert!(
+                    message.contains(&value.to_string()) && message.contains(FILE),
+                    "{message}"
+                );
             }
             other => panic!("{text}: expected LimitExceeded, got {other:?}"),
         }
     }
     // Each size within its limit, together too many parameters.
-    let err = refused(r#""hidden_size": 65536, "num_attention_heads": 64, "ffn_dim": 524288, "num_hidden_layers": 1024"#);
+    let err = refused(
+        r#""hidden_size": 65536, "num_attention_heads": 64, "ffn_dim": 524288, "num_hidden_layers": 1024"#,
+    );
     assert!(
         matches!(&err, Error::Nn(blip2_nn::Error::LimitExceeded { key, .. }) if key == "text_config.parameters"),
         "{err:?}"
@@ -72,7 +121,10 @@ fn zero_sizes_and_indivisible_heads_are_refused() {
         r#""hidden_size": 768, "num_attention_heads": 5"#,
         r#""word_embed_proj_dim": 0"#,
     ] {
-        assert!(matches!(refused(text), Error::UnsupportedConfig { .. }), "{text}");
+        assert!(
+            matches!(refused(text), Error::UnsupportedConfig { .. }),
+            "{text}"
+        );
     }
 }
 

@@ -38,7 +38,10 @@ fn file_too_large(err: &Error, name: &Path, limit: u64) -> u64 {
             assert_eq!(n, &name.display().to_string());
             assert_eq!(*l, limit);
             let message = err.to_string();
-            assert!(message.contains(n.as_str()) && message.contains(&limit.to_string()), "{message}");
+            assert!(
+                message.contains(n.as_str()) && message.contains(&limit.to_string()),
+                "{message}"
+            );
             *size
         }
         other => panic!("expected FileTooLarge, got {other:?}"),

@@ -87,8 +87,16 @@ impl Blip2QFormerConfig {
         self.activation()?;
         limits::check_all(&[
             ("hidden_size", self.hidden_size, limits::MAX_HIDDEN_SIZE),
-            ("num_hidden_layers", self.num_hidden_layers, limits::MAX_LAYERS),
-            ("num_attention_heads", self.num_attention_heads, limits::MAX_HEADS),
+            (
+                "num_hidden_layers",
+                self.num_hidden_layers,
+                limits::MAX_LAYERS,
+            ),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                limits::MAX_HEADS,
+            ),
             (
                 "intermediate_size",
                 self.intermediate_size,

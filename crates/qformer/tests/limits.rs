@@ -37,30 +37,77 @@ fn limit_of(err: &Error) -> (String, u64, u64) {
 fn absurd_sizes_are_refused_naming_key_value_and_limit() {
     let text = r#""use_qformer_text_input": true, "#;
     for (qformer, key, value, limit) in [
-        (r#""num_hidden_layers": 1000000000"#, "num_hidden_layers", 1_000_000_000u64, limits::MAX_LAYERS),
-        (r#""hidden_size": 1000000, "num_attention_heads": 1"#, "hidden_size", 1_000_000, limits::MAX_HIDDEN_SIZE),
-        (r#""num_attention_heads": 4096"#, "num_attention_heads", 4096, limits::MAX_HEADS),
-        (r#""intermediate_size": 100000000"#, "intermediate_size", 100_000_000, limits::MAX_INTERMEDIATE_SIZE),
+        (
+            r#""num_hidden_layers": 1000000000"#,
+            "num_hidden_layers",
+            1_000_000_000u64,
+            limits::MAX_LAYERS,
+        ),
+        (
+            r#""hidden_size": 1000000, "num_attention_heads": 1"#,
+            "hidden_size",
+            1_000_000,
+            limits::MAX_HIDDEN_SIZE,
+        ),
+        (
+            r#""num_attention_heads": 4096"#,
+            "num_attention_heads",
+            4096,
+            limits::MAX_HEADS,
+        ),
+        (
+            r#""intermediate_size": 100000000"#,
+            "intermediate_size",
+            100_000_000,
+            limits::MAX_INTERMEDIATE_SIZE,
+        ),
         // The ITM Q-Former's text tower.
-        (&format!(r#"{text}"vocab_size": 1000000000000"#), "vocab_size", 1_000_000_000_000, limits::MAX_VOCAB_SIZE),
-        (&format!(r#"{text}"max_position_embeddings": 1000000000"#), "max_position_embeddings", 1_000_000_000, limits::MAX_POSITIONS),
-        (&format!(r#"{text}"num_hidden_layers": 1000000"#), "num_hidden_layers", 1_000_000, limits::MAX_LAYERS),
+        (
+            &format!(r#"{text}"vocab_size": 1000000000000"#),
+            "vocab_size",
+            1_000_000_000_000,
+            limits::MAX_VOCAB_SIZE,
+        ),
+        (
+            &format!(r#"{text}"max_position_embeddings": 1000000000"#),
+            "max_position_embeddings",
+            1_000_000_000,
+            limits::MAX_POSITIONS,
+        ),
+        (
+            &format!(r#"{text}"num_hidden_layers": 1000000"#),
+            "num_hidden_layers",
+            1_000_000,
+            limits::MAX_LAYERS,
+        ),
     ] {
         let (k, v, l) = limit_of(&refused(qformer, ""));
-        assert_eq!((k.as_str(), v, l), (format!("qformer_config.{key}").as_str(), value, limit as u64));
+        assert_eq!(
+            (k.as_str(), v, l),
+            (
+                format!("qformer_config.{key}").as_str(),
+                value,
+                limit as u64
+            )
+        );
     }
     // Top-level keys keep their own name.
     let (k, v, _) = limit_of(&refused("", r#", "num_query_tokens": 1000000000"#));
     assert_eq!((k.as_str(), v), ("num_query_tokens", 1_000_000_000));
-    let (k, _, _) = limit_of(&refused("", r#", "vision_config": {"hidden_size": 10000000}"#));
+    let (k, _, _) = limit_of(&refused(
+        "",
+        r#", "vision_config": {"hidden_size": 10000000}"#,
+    ));
     assert_eq!(k, "vision_config.hidden_size");
     // Without the text tower its tables are not built, so their sizes are not held against the limits (as
     // transformers does not read them).
-    assert!(QFormerConfig::from_json_str(
-        r#"{"model_type": "blip-2", "qformer_config": {"vocab_size": 1000000000000}}"#,
-        FILE
-    )
-    .is_ok());
+    assert!(
+        QFormerConfig::from_json_str(
+            r#"{"model_type": "blip-2", "qformer_config": {"vocab_size": 1000000000000}}"#,
+            FILE
+        )
+        .is_ok()
+    );
     // Built in code: validate and init refuse it too.
     let config = QFormerConfig {
         num_query_tokens: 1 << 40,
@@ -80,14 +127,21 @@ fn numbers_of_the_wrong_kind_name_their_key() {
     for (qformer, key) in [
         (r#""num_hidden_layers": 1e9"#, "num_hidden_layers"),
         (r#""hidden_size": 76.8"#, "hidden_size"),
-        (r#""cross_attention_frequency": -2"#, "cross_attention_frequency"),
+        (
+            r#""cross_attention_frequency": -2"#,
+            "cross_attention_frequency",
+        ),
         (r#""pad_token_id": 0.5"#, "pad_token_id"),
     ] {
         let err = refused(qformer, "");
         assert!(matches!(err, Error::Json { .. }), "{qformer}: {err:?}");
         assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
     }
-    for top in [r#", "num_query_tokens": 1e9"#, r#", "num_query_tokens": -1"#, r#", "num_query_tokens": 0"#] {
+    for top in [
+        r#", "num_query_tokens": 1e9"#,
+        r#", "num_query_tokens": -1"#,
+        r#", "num_query_tokens": 0"#,
+    ] {
         let err = refused("", top);
         assert!(err.to_string().contains("num_query_tokens"), "{err}");
     }
@@ -101,7 +155,10 @@ fn zero_sizes_and_indivisible_heads_are_refused() {
         r#""hidden_size": 768, "num_attention_heads": 7"#,
         r#""use_qformer_text_input": true, "vocab_size": 0"#,
     ] {
-        assert!(matches!(refused(qformer, ""), Error::UnsupportedConfig { .. }), "{qformer}");
+        assert!(
+            matches!(refused(qformer, ""), Error::UnsupportedConfig { .. }),
+            "{qformer}"
+        );
     }
 }
 

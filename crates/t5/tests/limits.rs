@@ -10,30 +10,87 @@ use blip2_testkit::Flex;
 const FILE: &str = "models/x/config.json";
 
 fn refused(text: &str) -> Error {
-    let json = format!(r#"{{"model_type": "blip-2", "text_config": {{"model_type": "t5", {text}}}}}"#);
+    let json =
+        format!(r#"{{"model_type": "blip-2", "text_config": {{"model_type": "t5", {text}}}}}"#);
     T5Config::from_json_str(&json, FILE).unwrap_err()
 }
 
 #[test]
 fn absurd_sizes_are_refused_naming_key_value_and_limit() {
     for (text, key, value, limit) in [
-        (r#""num_layers": 1000000000"#, "num_layers", 1_000_000_000u64, limits::MAX_LAYERS),
-        (r#""num_decoder_layers": 1000000"#, "num_decoder_layers", 1_000_000, limits::MAX_LAYERS),
-        (r#""vocab_size": 100000000000"#, "vocab_size", 100_000_000_000, limits::MAX_VOCAB_SIZE),
-        (r#""d_model": 10000000"#, "d_model", 10_000_000, limits::MAX_HIDDEN_SIZE),
-        (r#""d_kv": 1000000"#, "d_kv", 1_000_000, limits::MAX_HEAD_DIM),
-        (r#""d_ff": 10000000"#, "d_ff", 10_000_000, limits::MAX_INTERMEDIATE_SIZE),
-        (r#""num_heads": 100000"#, "num_heads", 100_000, limits::MAX_HEADS),
-        (r#""relative_attention_num_buckets": 1000000"#, "relative_attention_num_buckets", 1_000_000, limits::MAX_RELATIVE_BUCKETS),
-        (r#""relative_attention_max_distance": 18446744073709551615"#, "relative_attention_max_distance", u64::MAX, limits::MAX_POSITIONS),
+        (
+            r#""num_layers": 1000000000"#,
+            "num_layers",
+            1_000_000_000u64,
+            limits::MAX_LAYERS,
+        ),
+        (
+            r#""num_decoder_layers": 1000000"#,
+            "num_decoder_layers",
+            1_000_000,
+            limits::MAX_LAYERS,
+        ),
+        (
+            r#""vocab_size": 100000000000"#,
+            "vocab_size",
+            100_000_000_000,
+            limits::MAX_VOCAB_SIZE,
+        ),
+        (
+            r#""d_model": 10000000"#,
+            "d_model",
+            10_000_000,
+            limits::MAX_HIDDEN_SIZE,
+        ),
+        (
+            r#""d_kv": 1000000"#,
+            "d_kv",
+            1_000_000,
+            limits::MAX_HEAD_DIM,
+        ),
+        (
+            r#""d_ff": 10000000"#,
+            "d_ff",
+            10_000_000,
+            limits::MAX_INTERMEDIATE_SIZE,
+        ),
+        (
+            r#""num_heads": 100000"#,
+            "num_heads",
+            100_000,
+            limits::MAX_HEADS,
+        ),
+        (
+            r#""relative_attention_num_buckets": 1000000"#,
+            "relative_attention_num_buckets",
+            1_000_000,
+            limits::MAX_RELATIVE_BUCKETS,
+        ),
+        (
+            r#""relative_attention_max_distance": 18446744073709551615"#,
+            "relative_attention_max_distance",
+            u64::MAX,
+            limits::MAX_POSITIONS,
+        ),
     ] {
         let err = refused(text);
         match &err {
-            Error::Nn(blip2_nn::Error::LimitExceeded { path, key: k, value: v, limit: l }) => {
-                assert_eq!((k.as_str(), *v, *l), (format!("text_config.{key}").as_str(), value, limit as u64));
+            Error::Nn(blip2_nn::Error::LimitExceeded {
+                path,
+                key: k,
+                value: v,
+                limit: l,
+            }) => {
+                assert_eq!(
+                    (k.as_str(), *v, *l),
+                    (format!("text_config.{key}").as_str(), value, limit as u64)
+                );
                 assert_eq!(path.as_deref(), Some(std::path::Path::new(FILE)));
                 let message = err.to_string();
-                assert!(message.contains(&value.to_string()) && message.contains(FILE), "{message}");
+                assert!(
+                    message.contains(&value.to_string()) && message.contains(FILE),
+                    "{message}"
+                );
             }
             other => panic!("{text}: expected LimitExceeded, got {other:?}"),
         }
@@ -75,7 +132,10 @@ fn zero_layers_and_sizes_are_refused() {
         r#""d_kv": 0"#,
     ] {
         let err = refused(text);
-        assert!(matches!(err, Error::UnsupportedConfig { .. }), "{text}: {err:?}");
+        assert!(
+            matches!(err, Error::UnsupportedConfig { .. }),
+            "{text}: {err:?}"
+        );
     }
 }
 

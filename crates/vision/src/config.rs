@@ -128,8 +128,16 @@ impl Blip2VisionConfig {
                 self.intermediate_size,
                 limits::MAX_INTERMEDIATE_SIZE,
             ),
-            ("num_hidden_layers", self.num_hidden_layers, limits::MAX_LAYERS),
-            ("num_attention_heads", self.num_attention_heads, limits::MAX_HEADS),
+            (
+                "num_hidden_layers",
+                self.num_hidden_layers,
+                limits::MAX_LAYERS,
+            ),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                limits::MAX_HEADS,
+            ),
             ("image_size", self.image_size, limits::MAX_IMAGE_SIZE),
             ("patch_size", self.patch_size, limits::MAX_PATCH_SIZE),
         ])?;

@@ -27,9 +27,17 @@ fn assert_limit(err: &Error, key: &str, value: u64, limit: usize) {
             assert_eq!(k, key);
             assert_eq!(*v, value);
             assert_eq!(*l, limit as u64);
-            assert_eq!(path.as_deref(), Some(std::path::Path::new("models/x/config.json")));
+            assert_eq!(
+                path.as_deref(),
+                Some(std::path::Path::new("models/x/config.json"))
+            );
             let message = err.to_string();
-            for needle in [key, &value.to_string(), &limit.to_string(), "models/x/config.json"] {
+            for needle in [
+                key,
+                &value.to_string(),
+                &limit.to_string(),
+                "models/x/config.json",
+            ] {
                 assert!(message.contains(needle), "{message} lacks {needle}");
             }
         }
@@ -42,7 +50,11 @@ fn absurd_sizes_are_refused_naming_key_value_and_limit() {
     let cases = [
         ("num_hidden_layers", 1_000_000_000u64, limits::MAX_LAYERS),
         ("hidden_size", 1 << 40, limits::MAX_HIDDEN_SIZE),
-        ("intermediate_size", 10_000_000, limits::MAX_INTERMEDIATE_SIZE),
+        (
+            "intermediate_size",
+            10_000_000,
+            limits::MAX_INTERMEDIATE_SIZE,
+        ),
         ("num_attention_heads", 1_000_000, limits::MAX_HEADS),
         ("image_size", 1_000_000, limits::MAX_IMAGE_SIZE),
         ("patch_size", 5_000, limits::MAX_PATCH_SIZE),
@@ -79,7 +91,8 @@ fn sizes_each_within_their_limit_can_still_be_too_many_patches_or_parameters() {
         matches!(&err, Error::Nn(blip2_nn::Error::LimitExceeded { key, .. }) if key.contains("num_patches")),
         "{err:?}"
     );
-    let err = refused(r#""hidden_size": 65536, "intermediate_size": 524288, "num_hidden_layers": 1024"#);
+    let err =
+        refused(r#""hidden_size": 65536, "intermediate_size": 524288, "num_hidden_layers": 1024"#);
     assert!(
         matches!(&err, Error::Nn(blip2_nn::Error::LimitExceeded { key, limit, .. })
             if key == "vision_config.parameters" && *limit == limits::MAX_PARAMETERS),

@@ -154,7 +154,11 @@ fn read_image_file(path: &Path, name: &str, limits: &Limits) -> Result<Vec<u8>, 
         return Err(too_large(len));
     }
     if let Some(len) = known {
-        bytes.reserve(usize::try_from(len).unwrap_or(0).saturating_sub(bytes.len()));
+        bytes.reserve(
+            usize::try_from(len)
+                .unwrap_or(0)
+                .saturating_sub(bytes.len()),
+        );
     }
     reader
         .read_to_end(&mut bytes)
