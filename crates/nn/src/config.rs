@@ -35,13 +35,38 @@ pub fn read_config(path: &Path) -> Result<(PathBuf, String), (PathBuf, std::io::
 }
 
 /// One token id or several: HF configs allow both for `eos_token_id`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(untagged)]
 pub enum TokenIds {
     /// A single id.
     One(u32),
     /// Several ids.
     Many(Vec<u32>),
+}
+
+impl<'de> serde::Deserialize<'de> for TokenIds {
+    /// An id or a list of ids, each an integer in `0..=u32::MAX`; anything else is refused saying so (an
+    /// untagged enum would only say "data did not match any variant").
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let id = |v: &serde_json::Value| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    D::Error::custom(format!(
+                        "expected a token id (an integer from 0 to {}), found {v}",
+                        u32::MAX
+                    ))
+                })
+        };
+        match &value {
+            serde_json::Value::Array(ids) => {
+                ids.iter().map(id).collect::<Result<_, _>>().map(Self::Many)
+            }
+            other => id(other).map(Self::One),
+        }
+    }
 }
 
 impl TokenIds {

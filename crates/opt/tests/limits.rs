@@ -111,6 +111,21 @@ fn numbers_of_the_wrong_kind_name_their_key() {
         assert!(matches!(err, Error::Json { .. }), "{text}: {err:?}");
         assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
     }
+    // Token ids say what they expect (an untagged enum would say "data did not match any variant").
+    for text in [
+        r#""eos_token_id": -1"#,
+        r#""eos_token_id": [2, 1.5]"#,
+        r#""eos_token_id": "2""#,
+    ] {
+        let err = refused(text);
+        assert!(
+            err.to_string().contains("expected a token id"),
+            "{text}: {err}"
+        );
+    }
+    let json = r#"{"model_type": "opt", "eos_token_id": [2, 50118]}"#;
+    let config = OptConfig::from_json_str(json, FILE).unwrap();
+    assert_eq!(config.eos_token_id.unwrap().to_vec(), vec![2, 50118]);
 }
 
 #[test]
