@@ -424,31 +424,9 @@ impl<B: Backend> Blip2<B> {
         prompts: &[S],
         image_tokens: usize,
     ) -> Result<(), Error> {
-        let tokenizer = self.processor.tokenizer();
         match &self.model.language_model {
             crate::LanguageModel::T5(_) => {
-                let Some(limit) = tokenizer.config().model_max_length else {
-                    return Ok(());
-                };
-                for (index, mask) in inputs.attention_mask.iter().enumerate() {
-                    let length = mask.iter().filter(|&&m| m != 0).count() - image_tokens;
-                    if length > limit {
-                        let file = Path::new(tokenizer.name()).parent().map_or_else(
-                            || "tokenizer_config.json".into(),
-                            |dir| dir.join("tokenizer_config.json").display().to_string(),
-                        );
-                        return Err(Error::TooLong {
-                            what: "prompt",
-                            index,
-                            start: start_of(prompts[index].as_ref()),
-                            length,
-                            limit,
-                            key: "model_max_length",
-                            file,
-                        });
-                    }
-                }
-                Ok(())
+                self.check_model_max_length(inputs, prompts, image_tokens, "prompt")
             }
             crate::LanguageModel::Opt(m) => {
                 let len = inputs.input_ids.first().map_or(0, Vec::len);
@@ -463,6 +441,40 @@ impl<B: Backend> Blip2<B> {
                 Ok(())
             }
         }
+    }
+
+    /// T5: the text of every row (special tokens included, the `image_tokens` first tokens not) within the
+    /// tokenizer's `model_max_length`.
+    fn check_model_max_length<S: AsRef<str>>(
+        &self,
+        inputs: &BatchEncoding,
+        texts: &[S],
+        image_tokens: usize,
+        what: &'static str,
+    ) -> Result<(), Error> {
+        let tokenizer = self.processor.tokenizer();
+        let Some(limit) = tokenizer.config().model_max_length else {
+            return Ok(());
+        };
+        for (index, mask) in inputs.attention_mask.iter().enumerate() {
+            let length = mask.iter().filter(|&&m| m != 0).count() - image_tokens;
+            if length > limit {
+                let file = Path::new(tokenizer.name()).parent().map_or_else(
+                    || "tokenizer_config.json".into(),
+                    |dir| dir.join("tokenizer_config.json").display().to_string(),
+                );
+                return Err(Error::TooLong {
+                    what,
+                    index,
+                    start: start_of(texts[index].as_ref()),
+                    length,
+                    limit,
+                    key: "model_max_length",
+                    file,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Asks one question per image with the VQA template `Question: {q} Answer:`.
@@ -526,7 +538,8 @@ impl<B: Backend> Blip2<B> {
     /// output), `[texts, len, hidden]`, with the mask of the padded batch.
     ///
     /// # Errors
-    /// Tokenizing, an empty list.
+    /// Tokenizing, an empty list; a text over the model's length ([`Error::TooLong`]: T5's tokenizer
+    /// `model_max_length`, OPT's position table).
     pub fn text_features<S: AsRef<str>>(
         &self,
         texts: &[S],
@@ -535,6 +548,32 @@ impl<B: Backend> Blip2<B> {
             .processor
             .tokenizer()
             .encode_batch(texts, &EncodeOptions::default())?;
+        match &self.model.language_model {
+            crate::LanguageModel::T5(_) => self.check_model_max_length(&enc, texts, 0, "text")?,
+            crate::LanguageModel::Opt(m) => {
+                let limit = m.config.max_position_embeddings;
+                let len = enc.input_ids.first().map_or(0, Vec::len);
+                if len > limit {
+                    // Rows are padded to the longest: name the longest.
+                    let (index, length) = enc
+                        .attention_mask
+                        .iter()
+                        .map(|mask| mask.iter().filter(|&&m| m != 0).count())
+                        .enumerate()
+                        .max_by_key(|&(_, n)| n)
+                        .unwrap_or((0, len));
+                    return Err(Error::TooLong {
+                        what: "text",
+                        index,
+                        start: start_of(texts[index].as_ref()),
+                        length,
+                        limit,
+                        key: "text_config.max_position_embeddings",
+                        file: "config.json".to_string(),
+                    });
+                }
+            }
+        }
         let ids = to_tensor::<B>(&enc.input_ids, &self.device)?;
         let mask = to_tensor::<B>(&enc.attention_mask, &self.device)?;
         let features = self.model.get_text_features(ids, Some(mask.clone()))?;

@@ -280,3 +280,27 @@ fn an_over_long_retrieval_text_is_named() {
         "{err:?}"
     );
 }
+
+/// Text features of a text over the language model's length are refused by name (T5's model_max_length, OPT's
+/// positions) before the model runs.
+#[test]
+fn over_long_text_features_are_named() {
+    for (name, key, limit) in [
+        ("tiny-t5", "model_max_length", 64),
+        ("tiny-opt", "text_config.max_position_embeddings", 64),
+    ] {
+        let blip2 = load(name);
+        let err = blip2.text_features(&["a cat", &words(200)]).unwrap_err();
+        match &err {
+            Error::TooLong {
+                what: "text",
+                index: 1,
+                key: k,
+                limit: l,
+                ..
+            } => assert_eq!((*k, *l), (key, limit), "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(blip2.text_features(&["a cat"]).is_ok(), "{name}");
+    }
+}
