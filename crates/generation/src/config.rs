@@ -11,8 +11,10 @@ use crate::Error;
 /// Most rows one run decodes at once, and so the largest `num_beams` and `num_return_sequences`: prompts times
 /// `num_beams` (or times `num_return_sequences` when sampling). Each row keeps its own key-value cache, so
 /// memory and time grow with it; transformers has no cap, blip2 refuses more rather than run for minutes into
-/// gigabytes (`num_beams` 1,000,000 with 3 new tokens took 11 GB and 83 s on the tiny test model).
-pub const MAX_ROWS: usize = 1024;
+/// gigabytes (`num_beams` 1,000,000 with 3 new tokens took 11 GB and 83 s on the tiny test model). It is
+/// [`blip2_nn::limits::MAX_BEAMS`] (1024), which [`GenerationConfig::validate`] holds `num_beams` and
+/// `num_return_sequences` to on their own.
+pub const MAX_ROWS: usize = blip2_nn::limits::MAX_BEAMS;
 
 /// When beam search stops (transformers' `early_stopping`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -382,20 +384,6 @@ impl GenerationConfig {
         }
         if self.max_length == Some(0) {
             return Err(Error::invalid(&["max_length"], "must be greater than 0"));
-        }
-        for (field, value) in [
-            ("num_beams", self.num_beams),
-            ("num_return_sequences", self.num_return_sequences),
-        ] {
-            if value > MAX_ROWS {
-                return Err(Error::invalid(
-                    &[field],
-                    format!(
-                        "{value} is over blip2's cap of {MAX_ROWS} rows per run (each keeps its own key-value \
-                         cache; beam search usually takes 1 to 10): lower it"
-                    ),
-                ));
-            }
         }
         if self.num_return_sequences > 1 && self.num_beams == 1 && !self.do_sample {
             return Err(Error::invalid(
