@@ -11,6 +11,9 @@
 //!   run; prints both and their ratio as a markdown table for docs/performance.md (also written to
 //!   `target/bench/<name>.md`).
 //!
+//! - `fuzz [TARGET...] [--time S] [--runs N] [--jobs J]`: build the fuzz targets of `fuzz/` (libFuzzer, stable
+//!   Rust) and run each for S seconds (default 30) or N executions; see `fuzz.rs` and docs/reliability.md.
+//!
 //! The venv lives in `.venv-fixtures/` (or `$BLIP2_FIXTURES_VENV`) and is rebuilt when the requirements change.
 //! It needs network access to PyPI the first time (about 6 GB: torch with its CUDA libraries).
 
@@ -22,6 +25,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod fuzz;
+
 const USAGE: &str = "usage: cargo xtask fixtures [--check]
 
   fixtures          regenerate fixtures/ with scripts/make_fixtures.py
@@ -32,6 +37,9 @@ const USAGE: &str = "usage: cargo xtask fixtures [--check]
   bench opt         the same for OPT-2.7b: a 32-token prefill and one decode step
   bench t5          the same for Flan-T5-XL: one decode step
   bench caption     the same end to end: BLIP-2 OPT-2.7b captioning, 20 new tokens (greedy, 5 beams)
+  fuzz [TARGET...] [--time S] [--runs N] [--jobs J]
+                    build the fuzz targets (fuzz/, libFuzzer) and run each for S seconds (default 30) or N
+                    executions, J at a time; fails on any crash, hang (> 10 s) or allocation past 2 GiB
 
 environment: BLIP2_FIXTURES_VENV (venv directory, default .venv-fixtures), PYTHON (default python3),
 BLIP2_BENCH_LAYERS / BLIP2_BENCH_BATCHES / BLIP2_BENCH_DTYPES (bench size, for quick runs)";
@@ -59,6 +67,7 @@ fn main() -> Result<()> {
             "qformer",
             "Q-Former, 32 queries on 257 image tokens",
         ),
+        ["fuzz", ..] => fuzz::fuzz(&root(), &args[1..]),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())

@@ -1,0 +1,7 @@
+#![no_main]
+//! Fuzz target `config_blip2`: see `blip2_fuzz::config_blip2`.
+
+#[global_allocator]
+static ALLOC: blip2_fuzz::BoundedAlloc = blip2_fuzz::BoundedAlloc;
+
+libfuzzer_sys::fuzz_target!(init: blip2_fuzz::init(), |data: &[u8]| blip2_fuzz::config_blip2(data));
