@@ -394,3 +394,35 @@ pub fn text(data: &[u8]) {
         .collect();
     let _ = processor.decode(&ids, first & 32 != 0);
 }
+
+/// `resume`: what `--resume` reads back from an output file (`blip2_cli::output::scan_resume`). The first byte
+/// picks the format (JSON lines or CSV) and the command's columns (caption, ask, match); the rest is the file.
+/// Beyond not crashing: what it keeps is a prefix at a character boundary; a JSON-lines resume drops at most a
+/// last line without its newline; and the kept prefix, read again, is kept whole with the same images (a
+/// second resume deletes nothing more).
+pub fn resume(data: &[u8]) {
+    use blip2_cli::output::{Format, scan_resume};
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
+    let format = if first & 1 == 0 { Format::Jsonl } else { Format::Csv };
+    let columns = [
+        blip2_cli::CAPTION_COLUMNS,
+        blip2_cli::ASK_COLUMNS,
+        blip2_cli::MATCH_COLUMNS,
+    ][usize::from(first >> 1) % 3];
+    let path = Path::new("<fuzz>.out");
+    if let Ok((keep, done, _)) = scan_resume(text, path, format, columns) {
+        assert!(keep <= text.len() && text.is_char_boundary(keep), "kept {keep} bytes");
+        if format == Format::Jsonl {
+            assert!(!text[keep..].contains('\n'), "dropped a finished JSON line");
+        }
+        let (again, done_again, _) =
+            scan_resume(&text[..keep], path, format, columns).expect("the kept rows read again");
+        assert_eq!(again, keep, "a second resume dropped more");
+        assert_eq!(done_again.len(), done.len(), "a second resume found other images");
+    }
+}

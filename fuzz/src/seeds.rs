@@ -116,6 +116,22 @@ pub fn write_seeds(root: &Path) {
         put(root, "config_tokenizer", &name, &bytes);
     }
 
+    // Resume: real outputs of the command (fuzz/outputs/, written by `blip2 caption`, `ask` and `match` on the
+    // tiny fixtures, with a bad image and quoted names), behind the byte picking format and columns.
+    let outputs = Path::new(env!("CARGO_MANIFEST_DIR")).join("outputs");
+    for (selector, name) in [
+        (0u8, "cap.jsonl"),
+        (1, "cap.csv"),
+        (2, "ask.jsonl"),
+        (3, "ask.csv"),
+        (4, "match.jsonl"),
+        (5, "match.csv"),
+    ] {
+        let mut seed = vec![selector];
+        seed.extend_from_slice(&fs::read(outputs.join(name)).expect("fuzz/outputs"));
+        put(root, "resume", name, &seed);
+    }
+
     // Text: prompts as the CLI builds them, for both processors (first byte: bit 0 picks T5).
     for (i, prompt) in [
         "a photo of",

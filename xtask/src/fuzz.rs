@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 /// Every target, in the order they run (each is a binary in fuzz/Cargo.toml and a function in fuzz/src/lib.rs).
-pub const TARGETS: [&str; 12] = [
+pub const TARGETS: [&str; 13] = [
     "image",
     "safetensors",
     "shard_index",
@@ -32,6 +32,7 @@ pub const TARGETS: [&str; 12] = [
     "config_processor",
     "config_tokenizer",
     "text",
+    "resume",
 ];
 
 const FLAGS: &str = "--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

@@ -439,7 +439,7 @@ impl HubOptions {
             let path = var("HF_TOKEN_PATH")
                 .map(&expand)
                 .unwrap_or_else(|| hf_home.join("token"));
-            std::fs::read_to_string(path)
+            blip2_nn::limits::read_to_string_bounded(&path, 1 << 20)
                 .ok()
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
@@ -669,7 +669,8 @@ fn shards(index: &Path) -> Result<Vec<String>, HubError> {
         path: index.to_path_buf(),
         reason,
     };
-    let text = std::fs::read_to_string(index).map_err(|e| HubError::io(index, e))?;
+    let text = blip2_nn::limits::read_to_string_bounded(index, blip2_nn::limits::MAX_JSON_BYTES)
+        .map_err(|e| HubError::io(index, e))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
     let map = json

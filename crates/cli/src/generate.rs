@@ -2,7 +2,7 @@
 
 #![allow(clippy::print_stdout)] // the CLI's results go to stdout
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -368,7 +368,7 @@ pub fn run<B: Backend>(
         .into_iter()
         .filter(|p| !done.contains(&image_key(p)))
         .collect();
-    if let (Some(path), true) = (&common.output, done.len() > 0) {
+    if let (Some(path), true) = (&common.output, !done.is_empty()) {
         reporter.note(format!(
             "resuming {}: {} of {total} images done, {} to go",
             path.display(),
@@ -543,16 +543,17 @@ pub fn chat<B: Backend>(
         ));
     }
     let mut failed = 0usize;
-    let mut lines = stdin.lock().lines();
+    let mut input = stdin.lock();
     let mut turn = 0usize;
     loop {
         if interactive {
             eprint_prompt();
         }
-        let Some(line) = lines.next() else {
+        let line = crate::inputs::read_line(&mut input, crate::inputs::MAX_TEXT_LINE)
+            .map_err(|e| CliError::input(format!("cannot read the question: {e}")))?;
+        let Some(line) = line else {
             break;
         };
-        let line = line.map_err(|e| CliError::input(format!("cannot read the question: {e}")))?;
         let question = line.trim();
         match question {
             "" => continue,

@@ -2,7 +2,7 @@
 //! stdin); and texts from flags and files.
 
 use std::collections::HashSet;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use blip2::processor::BlipImageProcessor;
@@ -30,9 +30,18 @@ pub fn image_paths(args: &[String], stdin: impl BufRead) -> Result<Vec<PathBuf>,
             let Some(input) = stdin.take() else {
                 return Err(CliError::usage("`-` (paths on stdin) can be given once"));
             };
-            for line in input.lines() {
-                let line = line
-                    .map_err(|e| CliError::input(format!("cannot read paths from stdin: {e}")))?;
+            let mut input = input;
+            let mut count = 0usize;
+            while let Some(line) = read_line(&mut input, MAX_PATH_LINE)
+                .map_err(|e| CliError::input(format!("cannot read paths from stdin: {e}")))?
+            {
+                count += 1;
+                if count > MAX_STDIN_PATHS {
+                    return Err(CliError::input(format!(
+                        "stdin names more than {MAX_STDIN_PATHS} paths, blip2's limit for one run"
+                    ))
+                    .with_hint("split the list and run blip2 once per part (--resume carries on one output)"));
+                }
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {
                     continue;
@@ -277,6 +286,45 @@ pub fn open_all(
     (images, errors)
 }
 
+/// The longest line of paths read from stdin (64 KiB; `PATH_MAX` is 4 KiB on Linux).
+pub const MAX_PATH_LINE: usize = 64 << 10;
+/// The most paths read from stdin in one run (10 million).
+pub const MAX_STDIN_PATHS: usize = 10_000_000;
+/// The longest line read as a question or text (1 MiB; far past any model's context).
+pub const MAX_TEXT_LINE: usize = 1 << 20;
+/// The largest `--texts` file (64 MiB).
+pub const MAX_TEXTS_FILE: u64 = 64 << 20;
+
+/// Reads one line (without its `\n` or `\r\n`) of at most `max` bytes: `/dev/zero` or a file without line ends
+/// on stdin is refused at `max` bytes instead of filling memory. `None` at the end of input.
+///
+/// # Errors
+/// IO errors; [`std::io::ErrorKind::InvalidData`] for a line over `max` bytes or one that is not UTF-8.
+pub fn read_line(input: &mut impl BufRead, max: usize) -> std::io::Result<Option<String>> {
+    let mut bytes = Vec::new();
+    let read = input
+        .by_ref()
+        .take(max as u64 + 1)
+        .read_until(b'\n', &mut bytes)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    } else if bytes.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a line is longer than {max} bytes"),
+        ));
+    }
+    String::from_utf8(bytes).map(Some).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "a line is not UTF-8 text")
+    })
+}
+
 /// The texts of `--text` and `--texts FILE`, in that order.
 ///
 /// # Errors
@@ -284,9 +332,10 @@ pub fn open_all(
 pub fn texts(args: &TextArgs) -> Result<Vec<String>, CliError> {
     let mut out = args.text.clone();
     if let Some(file) = &args.texts {
-        let content = std::fs::read_to_string(file).map_err(|e| {
-            CliError::input(format!("cannot read texts from {}: {e}", file.display()))
-        })?;
+        let content =
+            blip2_nn::limits::read_to_string_bounded(file, MAX_TEXTS_FILE).map_err(|e| {
+                CliError::input(format!("cannot read texts from {}: {e}", file.display()))
+            })?;
         out.extend(
             content
                 .lines()
@@ -303,6 +352,28 @@ pub fn texts(args: &TextArgs) -> Result<Vec<String>, CliError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_line_strips_line_ends_and_refuses_endless_lines() {
+        let mut input: &[u8] = b"a.png\r\nb.png\nc.png";
+        let mut lines = vec![];
+        while let Some(line) = super::read_line(&mut input, 8).unwrap() {
+            lines.push(line);
+        }
+        assert_eq!(lines, ["a.png", "b.png", "c.png"]);
+        // A line of exactly `max` bytes is fine; one more byte is refused, without reading the rest.
+        let mut exact: &[u8] = b"12345678\n";
+        assert_eq!(
+            super::read_line(&mut exact, 8).unwrap().as_deref(),
+            Some("12345678")
+        );
+        let mut zeros = std::io::BufReader::new(std::io::repeat(0));
+        let err = super::read_line(&mut zeros, 1 << 16).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("longer than 65536 bytes"), "{err}");
+        let mut latin1: &[u8] = b"caf\xe9\n";
+        assert!(super::read_line(&mut latin1, 8).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -300,6 +300,11 @@ impl Done {
         self.images.len()
     }
 
+    /// Whether no image is done.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
     /// Images done whose rows carry an error.
     pub fn errors(&self) -> usize {
         self.errors
@@ -431,14 +436,9 @@ impl RowWriter {
             file.read_to_string(&mut text).map_err(|e| {
                 CliError::output(format!("cannot read {} to resume: {e}", path.display()))
             })?;
-            let keep = match format {
-                Format::Jsonl => scan_jsonl(&text, path, &mut done)?,
-                Format::Csv => {
-                    let (keep, is_crlf) = scan_csv(&text, path, columns, &mut done)?;
-                    crlf = is_crlf;
-                    keep
-                }
-            };
+            let (keep, found, is_crlf) = scan_resume(&text, path, format, columns)?;
+            done = found;
+            crlf = is_crlf;
             if keep < text.len() {
                 // A torn last write: drop it, its image is done again.
                 file.set_len(keep as u64)
@@ -514,25 +514,58 @@ fn csv_bytes(rows: &[Vec<String>], crlf: bool) -> Result<Vec<u8>, CliError> {
         .map_err(|e| CliError::output(format!("cannot format a CSV row: {e}")))
 }
 
-/// The line number (from 1) of byte `at` of `text`.
-fn line_at(text: &str, at: usize) -> usize {
-    text.as_bytes()[..at.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
+/// What `--resume` keeps of an output file's `text`: the length of its finished rows (a torn last write after
+/// them is dropped), the images they hold, and whether its rows end with `\r\n` (CSV). `columns` are the CSV
+/// columns of the command. Anything it could not write again byte for byte is refused, naming the line.
+///
+/// # Errors
+/// A file that is not what this command writes, naming `path` and the line.
+pub fn scan_resume(
+    text: &str,
+    path: &Path,
+    format: Format,
+    columns: &[&str],
+) -> Result<(usize, Done, bool), CliError> {
+    let mut done = Done::default();
+    let (keep, crlf) = match format {
+        Format::Jsonl => (scan_jsonl(text, path, &mut done)?, false),
+        Format::Csv => scan_csv(text, path, columns, &mut done)?,
+    };
+    Ok((keep, done, crlf))
+}
+
+/// Line numbers (from 1) of byte offsets asked for in increasing order: each call counts only the newlines
+/// since the last one, so numbering every row of a long file stays linear.
+#[derive(Debug, Default)]
+struct Lines {
+    at: usize,
+    newlines: usize,
+}
+
+impl Lines {
+    /// The line of byte `at` of `text` (`at` not before the previous call's).
+    fn at(&mut self, text: &str, at: usize) -> usize {
+        let at = at.clamp(self.at, text.len());
+        self.newlines += text.as_bytes()[self.at..at]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        self.at = at;
+        self.newlines + 1
+    }
 }
 
 /// Records the images of complete lines; returns the length to keep.
 fn scan_jsonl(text: &str, path: &Path, done: &mut Done) -> Result<usize, CliError> {
     let mut keep = 0;
+    let mut lines = Lines::default();
     for line in text.split_inclusive('\n') {
         if !line.ends_with('\n') {
             break; // torn
         }
         let trimmed = line.trim();
         if !trimmed.is_empty() {
-            let number = line_at(text, keep);
+            let number = lines.at(text, keep);
             let value: serde_json::Value = serde_json::from_str(trimmed)
                 .map_err(|e| foreign(path, format!("line {number} is not JSON ({e})")))?;
             let Some(image) = value.get("image").and_then(|v| v.as_str()) else {
@@ -595,16 +628,20 @@ fn scan_csv(
     let mut groups: Vec<(String, usize, usize, usize, bool, usize)> = Vec::new();
     let mut record = csv::StringRecord::new();
     let mut start = header_end;
+    let mut lines = Lines::default();
     loop {
         match reader.read_record(&mut record) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
-                return Err(foreign(path, format!("line {}: {e}", line_at(text, start))));
+                return Err(foreign(
+                    path,
+                    format!("line {}: {e}", lines.at(text, start)),
+                ));
             }
         }
         let end = line_end(reader.position().byte() as usize);
-        let line = line_at(text, start);
+        let line = lines.at(text, start);
         // A complete row is exactly what the writer makes of its fields.
         let fields: Vec<String> = record.iter().map(str::to_string).collect();
         if record.len() != columns.len()

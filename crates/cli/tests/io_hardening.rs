@@ -451,3 +451,60 @@ fn summaries_count_what_was_done() {
     assert!(err.contains("bad0.png: error"), "{err}");
     assert!(!output.exists() && !dir.path().join("e.jsonl").exists());
 }
+
+#[test]
+fn endless_stdin_and_huge_texts_files_are_refused_not_read_whole() {
+    // `/dev/zero` never sends a line end: the line reader stops at its bound (exit 3, naming stdin) instead
+    // of growing one line until the memory runs out. The same for `chat`'s questions.
+    let zero = || std::fs::File::open("/dev/zero").unwrap();
+    // assert_cmd reads a stdin file whole first: the binary is run through std's Command here.
+    let plain = |args: &[String]| {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin!("blip2"));
+        cmd.env_remove("BLIP2_MODEL")
+            .env_remove("BLIP2_DEVICE")
+            .env("HF_HUB_OFFLINE", "1")
+            .args(args)
+            .stdin(zero());
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        out
+    };
+    let out = plain(&["caption".into(), "-m".into(), model("tiny-opt"), "-".into()]);
+    assert!(
+        stderr(&out).contains("cannot read paths from stdin")
+            && stderr(&out).contains("longer than 65536 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    let out = plain(&[
+        "chat".into(),
+        "-m".into(),
+        model("tiny-opt"),
+        "--max-new-tokens".into(),
+        "3".into(),
+        s(&image("rgb_37x29.png")),
+    ]);
+    assert!(
+        stderr(&out).contains("cannot read the question"),
+        "{}",
+        stderr(&out)
+    );
+    // A --texts file past its bound is refused from its size (a sparse file: nothing is written).
+    let dir = tempfile::tempdir().unwrap();
+    let texts = dir.path().join("texts.txt");
+    std::fs::File::create(&texts)
+        .unwrap()
+        .set_len((64 << 20) + 1)
+        .unwrap();
+    let mut m = blip2();
+    m.args(["match", "-m", &model("tiny-itm")])
+        .arg(image("rgb_37x29.png"))
+        .arg("--texts")
+        .arg(&texts);
+    let out = run(&mut m, 3);
+    assert!(
+        stderr(&out).contains("cannot read texts from") && stderr(&out).contains("67108864"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -171,3 +171,33 @@ fn a_huge_tokenizer_config_is_refused_from_its_length() {
         "{err:?}"
     );
 }
+
+#[test]
+fn num_query_tokens_past_the_limit_is_refused_by_name() {
+    let dir = std::env::temp_dir().join(format!("blip2-limits-{}-nqt", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("processor_config.json"),
+        r#"{"num_query_tokens": 1000000000}"#,
+    )
+    .unwrap();
+    let err = blip2_processor::num_query_tokens_from_model_dir(&dir).unwrap_err();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let message = err.to_string();
+    assert!(
+        matches!(err, Error::BadTextConfigValue { ref key, .. } if key == "num_query_tokens")
+            && message.contains("at most 4096"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_huge_image_processor_config_is_refused_from_its_length() {
+    let scratch = Scratch::new("preprocessor_config.json");
+    std::fs::File::create(&scratch.0)
+        .unwrap()
+        .set_len(blip2_nn::limits::MAX_JSON_BYTES + 1)
+        .unwrap();
+    let err = blip2_processor::ImageProcessorConfig::from_file(&scratch.0).unwrap_err();
+    assert!(err.to_string().contains("more than"), "{err}");
+}

@@ -268,7 +268,8 @@ impl ImageProcessorConfig {
 }
 
 fn read_json(path: &Path) -> Result<Value, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = blip2_nn::limits::read_to_string_bounded(path, blip2_nn::limits::MAX_JSON_BYTES)
+        .map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::BadConfig {
         name: path.display().to_string(),
         reason: e.to_string(),

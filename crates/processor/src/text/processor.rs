@@ -223,14 +223,16 @@ pub fn num_query_tokens_from_model_dir(dir: impl AsRef<Path>) -> Result<usize, E
         match obj.get("num_query_tokens") {
             None | Some(Value::Null) => {}
             Some(value) => {
+                let limit = blip2_nn::limits::MAX_QUERY_TOKENS;
                 return value
                     .as_u64()
                     .and_then(|n| usize::try_from(n).ok())
+                    .filter(|&n| n <= limit)
                     .ok_or_else(|| Error::BadTextConfigValue {
                         name: path.display().to_string(),
                         key: "num_query_tokens".to_string(),
                         value: value.to_string(),
-                        reason: "expected a non-negative integer".to_string(),
+                        reason: format!("expected a count of query tokens, at most {limit}"),
                     });
             }
         }

@@ -90,6 +90,10 @@ pub enum Padding {
     DoNotPad,
 }
 
+/// The largest `tokenizer.json` read (256 MiB; the hub's largest are a few tens of MB). A bigger file is refused
+/// from its size before it is read.
+pub const MAX_TOKENIZER_FILE_BYTES: u64 = 256 << 20;
+
 /// Options of text encoding (HF's text kwargs). The default adds special tokens, pads to the longest row on
 /// the tokenizer's `padding_side`, and does not truncate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -268,7 +272,8 @@ impl Blip2Tokenizer {
     /// [`Error::Io`], [`Error::BadTokenizer`] or [`Error::BadTextConfigValue`].
     pub fn from_file(path: impl AsRef<Path>, config: TokenizerConfig) -> Result<Self, Error> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = blip2_nn::limits::read_bounded(path, MAX_TOKENIZER_FILE_BYTES)
+            .map_err(|e| Error::io(path, e))?;
         Self::from_bytes(&bytes, config, &path.display().to_string())
     }
 

@@ -1,0 +1,293 @@
+//! The code of the `blip2` command (src/main.rs calls [`main`]). It is a library so that the command's file
+//! readers can be fuzzed (`fuzz/`, target `resume`: [`output::scan_resume`]); it is not a stable API. See
+//! docs/cli.md for the command.
+
+#![allow(clippy::print_stderr)] // errors go to stderr
+
+mod args;
+#[doc(hidden)]
+pub mod error;
+mod generate;
+mod info;
+mod inputs;
+mod model;
+#[doc(hidden)]
+pub mod output;
+mod progress;
+mod retrieval;
+
+use std::process::ExitCode;
+
+use blip2_nn::backend::{BackendFn, BackendKind, DeviceSpec, run_on};
+use burn::prelude::Backend;
+use clap::Parser;
+
+#[doc(hidden)]
+pub use crate::generate::{ASK_COLUMNS, CAPTION_COLUMNS};
+#[doc(hidden)]
+pub use crate::retrieval::MATCH_COLUMNS;
+
+use crate::args::{Cli, Command, DEFAULT_MODEL, DEFAULT_RETRIEVAL_MODEL, EmbedKind};
+use crate::error::{CliError, Exit};
+use crate::generate::Task;
+use crate::progress::Reporter;
+
+/// The command: parses the arguments, runs, and returns the exit code (docs/cli.md).
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(Exit::Usage.code())
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
+    die_on_broken_pipe();
+    blip2_nn::alloc::tune_malloc_for_inference();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if is_broken_pipe(info) {
+            // A reader that went away (`| head -1`) is not a crash: end quietly, as with SIGPIPE.
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        eprintln!(
+            "error: blip2 crashed: {info}\n  hint: this is a bug, or a backend failure such as running out of GPU \
+             memory; rows written so far are kept. Please report it with the command line (RUST_BACKTRACE=1 \
+             shows where)"
+        );
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            default_hook(info);
+        }
+    }));
+    match run(cli) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit.code())
+        }
+    }
+}
+
+/// The status of a process that wrote to a closed pipe: 128 + SIGPIPE, what a shell reports for `ls | head`.
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Writing to a closed pipe (`blip2 caption ... | head -1`) ends the process quietly, killed by SIGPIPE as `ls`
+/// or `cat` are: Rust's runtime ignores the signal, which turns the write into an error, and `println!` into a
+/// panic. Sockets are not affected (the standard library sends with `MSG_NOSIGNAL`).
+#[cfg(unix)]
+fn die_on_broken_pipe() {
+    // SAFETY: `signal` with a valid signal number and `SIG_DFL` only restores the default action; no thread
+    // has started yet.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn die_on_broken_pipe() {}
+
+/// Whether a panic is `println!`'s on a closed pipe (where SIGPIPE does not end the process first).
+fn is_broken_pipe(info: &std::panic::PanicHookInfo<'_>) -> bool {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    message.starts_with("failed printing to std")
+        && (message.contains("(os error 32)") || message.contains("(os error 232)")) // EPIPE, ERROR_NO_DATA
+}
+
+/// Everything a command needs before its backend is chosen: the checks that need no model run here, so a
+/// typo fails before a model loads.
+struct Job {
+    cli: Cli,
+    reporter: Reporter,
+    located: model::Located,
+    images: Vec<std::path::PathBuf>,
+    texts: Vec<String>,
+    kinds: Vec<EmbedKind>,
+}
+
+fn run(cli: Cli) -> Result<Exit, CliError> {
+    let reporter = Reporter::new(cli.common.quiet);
+    let common = &cli.common;
+    if matches!(cli.command, Command::Info) {
+        return info::run(common, &reporter);
+    }
+    if common.resume && common.output.is_none() {
+        return Err(CliError::usage(
+            "--resume needs --output: the file to carry on",
+        ));
+    }
+    if common.resume && common.overwrite {
+        return Err(CliError::usage(
+            "--resume keeps the output and --overwrite replaces it: pass one",
+        ));
+    }
+    let spec: DeviceSpec = common.device.parse().map_err(CliError::from)?;
+    let backend = spec.resolve().map_err(CliError::from)?;
+    if !matches!(backend, BackendKind::Flex | BackendKind::NdArray) {
+        // A GPU that is not there makes its runtime panic at the first op: ask it first.
+        if let Err(reason) = info::probe_spec(&spec) {
+            return Err(CliError::new(
+                Exit::Backend,
+                format!("device {spec} is not available: {reason}"),
+            )
+            .with_hint(
+                "`blip2 info` lists the devices this build can use; --device cpu runs on the CPU",
+            ));
+        }
+    }
+    let stdin = || std::io::stdin().lock();
+    let mut images = Vec::new();
+    let mut texts = Vec::new();
+    let mut kinds = Vec::new();
+    let default = match &cli.command {
+        Command::Caption(a) => {
+            if a.prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
+                return Err(CliError::usage(
+                    "the --prompt is empty: leave it out to caption without a prompt",
+                ));
+            }
+            generate::check_generation_flags(&a.generation)?;
+            images = inputs::image_paths(&a.images.images, stdin())?;
+            DEFAULT_MODEL
+        }
+        Command::Ask(a) => {
+            generate::ask_prompt(&a.template, &a.question)?;
+            generate::check_generation_flags(&a.generation)?;
+            images = inputs::image_paths(std::slice::from_ref(&a.image), stdin())?;
+            DEFAULT_MODEL
+        }
+        Command::Chat(a) => {
+            if common.output.is_some() {
+                return Err(CliError::usage(
+                    "chat answers on the terminal; --output is for caption, ask, embed and match",
+                ));
+            }
+            generate::check_generation_flags(&a.generation)?;
+            if !a.image.is_file() {
+                return Err(CliError::input(format!(
+                    "{}: no such image file",
+                    a.image.display()
+                )));
+            }
+            DEFAULT_MODEL
+        }
+        Command::Embed(a) => {
+            // The output is checked before anything is computed.
+            retrieval::check_embed_output(common)?;
+            texts = inputs::texts(&a.texts)?;
+            if !a.images.is_empty() {
+                images = inputs::image_paths(&a.images, stdin())?;
+            }
+            kinds = a.kind.clone();
+            if kinds.is_empty() {
+                if !images.is_empty() {
+                    kinds.push(EmbedKind::Image);
+                }
+                if !texts.is_empty() {
+                    kinds.push(EmbedKind::Text);
+                }
+            }
+            kinds.sort();
+            kinds.dedup();
+            if kinds.is_empty() {
+                return Err(CliError::usage(
+                    "nothing to embed: give images, --text TEXT or --texts FILE",
+                ));
+            }
+            DEFAULT_RETRIEVAL_MODEL
+        }
+        Command::Match(a) => {
+            texts = inputs::texts(&a.texts)?;
+            if texts.is_empty() {
+                return Err(CliError::usage(
+                    "match needs texts: --text TEXT (repeat it) or --texts FILE",
+                ));
+            }
+            images = inputs::image_paths(&a.images.images, stdin())?;
+            DEFAULT_RETRIEVAL_MODEL
+        }
+        Command::Info => unreachable!("handled above"),
+    };
+    let located = model::locate(common, default, &reporter)?;
+    let job = Job {
+        cli,
+        reporter,
+        located,
+        images,
+        texts,
+        kinds,
+    };
+    run_on(&spec, job).map_err(CliError::from)?
+}
+
+impl BackendFn for Job {
+    type Output = Result<Exit, CliError>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let Job {
+            cli,
+            reporter,
+            located,
+            images,
+            texts,
+            kinds,
+        } = self;
+        let common = &cli.common;
+        match &cli.command {
+            Command::Caption(a) => {
+                let task = Task::Caption {
+                    prompt: a.prompt.clone(),
+                };
+                generate::run::<B>(
+                    common,
+                    &located,
+                    images,
+                    &task,
+                    &a.generation,
+                    a.stream,
+                    &device,
+                    &reporter,
+                )
+            }
+            Command::Ask(a) => {
+                let task = Task::Ask {
+                    question: a.question.clone(),
+                    prompt: generate::ask_prompt(&a.template, &a.question)?,
+                };
+                generate::run::<B>(
+                    common,
+                    &located,
+                    images,
+                    &task,
+                    &a.generation,
+                    a.stream,
+                    &device,
+                    &reporter,
+                )
+            }
+            Command::Chat(a) => generate::chat::<B>(
+                common,
+                &located,
+                &a.image,
+                &a.generation,
+                a.stream,
+                &device,
+                &reporter,
+            ),
+            Command::Embed(_) => {
+                retrieval::embed::<B>(common, &located, images, texts, &kinds, &device, &reporter)
+            }
+            Command::Match(a) => retrieval::matching::<B>(
+                common, &located, images, texts, a.scores, &device, &reporter,
+            ),
+            Command::Info => info::run(common, &reporter),
+        }
+    }
+}
