@@ -408,7 +408,11 @@ pub fn resume(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(rest) else {
         return;
     };
-    let format = if first & 1 == 0 { Format::Jsonl } else { Format::Csv };
+    let format = if first & 1 == 0 {
+        Format::Jsonl
+    } else {
+        Format::Csv
+    };
     let columns = [
         blip2_cli::CAPTION_COLUMNS,
         blip2_cli::ASK_COLUMNS,
@@ -416,13 +420,20 @@ pub fn resume(data: &[u8]) {
     ][usize::from(first >> 1) % 3];
     let path = Path::new("<fuzz>.out");
     if let Ok((keep, done, _)) = scan_resume(text, path, format, columns) {
-        assert!(keep <= text.len() && text.is_char_boundary(keep), "kept {keep} bytes");
+        assert!(
+            keep <= text.len() && text.is_char_boundary(keep),
+            "kept {keep} bytes"
+        );
         if format == Format::Jsonl {
             assert!(!text[keep..].contains('\n'), "dropped a finished JSON line");
         }
         let (again, done_again, _) =
             scan_resume(&text[..keep], path, format, columns).expect("the kept rows read again");
         assert_eq!(again, keep, "a second resume dropped more");
-        assert_eq!(done_again.len(), done.len(), "a second resume found other images");
+        assert_eq!(
+            done_again.len(),
+            done.len(),
+            "a second resume found other images"
+        );
     }
 }
