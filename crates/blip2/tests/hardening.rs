@@ -241,6 +241,7 @@ fn a_resize_size_over_the_limits_is_a_config_error() {
     assert!(err.to_string().contains("89478485"), "{err}");
     let limits = Limits {
         max_pixels: 400_000_000,
+        max_resize_pixels: 400_000_000,
         ..Limits::default()
     };
     Blip2::<B>::from_pretrained_with_limits(

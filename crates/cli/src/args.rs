@@ -425,6 +425,7 @@ impl Common {
                     max_pixels: pixels,
                     max_alloc: defaults.max_alloc.max(bytes),
                     max_file_bytes: defaults.max_file_bytes.max(bytes),
+                    max_resize_pixels: defaults.max_resize_pixels.max(pixels),
                     ..defaults
                 }
             }

@@ -253,7 +253,7 @@ impl ImageProcessorConfig {
             reason: format!(
                 "resizing every image to {width}x{height} is over the image limit of {limit} {what} \
                  (BLIP-2 checkpoints use 224x224); fix the file, or raise the limit if you mean it \
-                 (`Limits::max_pixels` and `max_side`; the CLI's --max-image-pixels)"
+                 (`Limits::max_pixels`, `max_side` and `max_resize_pixels`; the CLI's --max-image-pixels)"
             ),
         };
         let side = u64::from(limits.max_side);
@@ -262,6 +262,9 @@ impl ImageProcessorConfig {
         }
         if w * h > limits.max_pixels {
             return Err(over(limits.max_pixels, "pixels"));
+        }
+        if w * h > limits.max_resize_pixels {
+            return Err(over(limits.max_resize_pixels, "pixels of resize output"));
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
 use crate::error::{Error, MEMORY};
 
 /// Size limits applied to every image before its pixels are allocated (decoded files and bytes, raw buffers,
-/// and the output of a shortest-edge resize).
+/// and the output of a resize).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Most pixels (`width * height`) an image may have. Default 89,478,485: Pillow's
@@ -35,6 +35,11 @@ pub struct Limits {
     /// 30 MB. The format signature is checked first, on the first bytes, so `/dev/zero` or a text file is
     /// refused without being read.
     pub max_file_bytes: u64,
+    /// Most pixels a resize may produce (the processor config's `size`: BLIP-2 uses 224 x 224 or 364 x 364).
+    /// Default 16,777,216 (4096 x 4096, whose pixel values take 201 MB). A config asking for more is refused
+    /// before any pixel is computed: resizing every image to 8000 x 8000 costs seconds and gigabytes per image
+    /// for no model that exists (found by the `config_processor` fuzz target).
+    pub max_resize_pixels: u64,
 }
 
 impl Default for Limits {
@@ -44,6 +49,7 @@ impl Default for Limits {
             max_side: 65_535,
             max_alloc: 1 << 30,
             max_file_bytes: 512 << 20,
+            max_resize_pixels: 1 << 24,
         }
     }
 }
@@ -56,6 +62,7 @@ impl Limits {
             max_side: u32::MAX,
             max_alloc: u64::MAX,
             max_file_bytes: u64::MAX,
+            max_resize_pixels: u64::MAX,
         }
     }
 
@@ -86,6 +93,25 @@ impl Limits {
         }
         if width.saturating_mul(height) > self.max_pixels {
             return Err(too_large(self.max_pixels, "pixels"));
+        }
+        Ok(())
+    }
+
+    /// Checks the `width x height` output of a resize: [`check`](Self::check), then
+    /// [`max_resize_pixels`](Self::max_resize_pixels).
+    ///
+    /// # Errors
+    /// As [`check`](Self::check); [`Error::TooLarge`] past `max_resize_pixels`.
+    pub fn check_resize(&self, name: &str, width: u64, height: u64) -> Result<(), Error> {
+        self.check(name, width, height)?;
+        if width.saturating_mul(height) > self.max_resize_pixels {
+            return Err(Error::TooLarge {
+                name: name.to_string(),
+                width,
+                height,
+                limit: self.max_resize_pixels,
+                what: "pixels of resize output",
+            });
         }
         Ok(())
     }

@@ -153,13 +153,13 @@ impl BlipImageProcessor {
     /// (or unchanged with `do_resize: false`).
     ///
     /// # Errors
-    /// [`Error::TooLarge`] when a shortest-edge resize would exceed the limits.
+    /// [`Error::TooLarge`] when the resize would exceed the limits ([`Limits::check_resize`]).
     pub fn resize(&self, image: &RgbImage) -> Result<RgbImage, Error> {
         if !self.config.do_resize {
             return Ok(image.clone());
         }
         let (h, w) = self.config.size.output_size(image.height(), image.width());
-        self.limits.check(MEMORY, w, h)?;
+        self.limits.check_resize(MEMORY, w, h)?;
         // `check` bounds both sides by `max_side` (a u32).
         Ok(resize_bicubic(image, w as u32, h as u32))
     }
@@ -168,9 +168,19 @@ impl BlipImageProcessor {
     /// numpy computes them in HF: `x = f32(v as f64 * rescale_factor)`, then `(x - f32(mean)) / f32(std)`
     /// in f32.
     pub fn normalize(&self, image: &RgbImage) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.normalize_into(image, &mut out);
+        out
+    }
+
+    /// [`normalize`](Self::normalize), appending to `data` (a batch is built in place, without a second copy
+    /// of each image's values).
+    fn normalize_into(&self, image: &RgbImage, data: &mut Vec<f32>) {
         let c = &self.config;
         let plane = image.width() as usize * image.height() as usize;
-        let mut out = vec![0.0f32; 3 * plane];
+        let start = data.len();
+        data.resize(start + 3 * plane, 0.0);
+        let out = &mut data[start..];
         let mean = c.image_mean.map(|m| m as f32);
         let std = c.image_std.map(|s| s as f32);
         for (i, p) in image.as_raw().chunks_exact(3).enumerate() {
@@ -186,7 +196,6 @@ impl BlipImageProcessor {
                 out[ch * plane + i] = x;
             }
         }
-        out
     }
 
     /// Resize, rescale and normalize a batch of RGB images into `pixel_values`.
@@ -215,7 +224,7 @@ impl BlipImageProcessor {
                     expected_width: shape[3] as u64,
                 });
             }
-            data.extend(self.normalize(&resized));
+            self.normalize_into(&resized, &mut data);
         }
         shape[0] = images.len();
         Ok(PixelValues { data, shape })
