@@ -60,7 +60,7 @@ pub use model::{
     LanguageModel,
 };
 pub use pipeline::{Blip2, Chat, Generated};
-pub use precision::Precision;
+pub use precision::{Int8, Precision};
 pub use retrieval::{
     Blip2ForImageTextRetrieval, Blip2ImageTextMatchingModelOutput, Blip2TextModelOutput,
     Blip2TextModelWithProjection, Blip2VisionModelOutput, Blip2VisionModelWithProjection,

@@ -218,7 +218,7 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
         let (vision_model, vision) = part(Blip2VisionModel::load(
             &config.vision_config,
             checkpoint,
-            precision.vision,
+            precision.vision_format(),
             device,
         ))?;
         let (qformer, qformer_report) = part(QFormer::load(
@@ -234,7 +234,7 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
                 .with_dtype(precision.language_model),
             device,
         ))?;
-        let dtype = precision.language_model;
+        let dtype = precision.language_model_format();
         let (language_model, lm) = match &config.text_config {
             TextConfig::Opt(c) => {
                 let (m, r) = part(OptForCausalLm::load(c, checkpoint, dtype, device))?;

@@ -1,6 +1,7 @@
 //! [`Precision`]: the float dtype of each part of a BLIP-2 model.
 
 use blip2_nn::backend::FloatDType;
+use blip2_nn::loader::WeightFormat;
 
 use crate::TextConfig;
 
@@ -28,6 +29,36 @@ pub struct Precision {
     pub qformer: FloatDType,
     /// `language_projection` and the language model (and the retrieval projections).
     pub language_model: FloatDType,
+    /// Which parts hold their `Linear` weights in int8 (the rest of the part stays in its dtype above).
+    pub int8: Int8,
+}
+
+/// The parts whose `Linear` weights are held in int8: symmetric, one f32 scale per `group` outputs of each input
+/// (see `blip2_nn::quantize_linear` and docs/numerics.md). Activations stay in the part's float dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Int8 {
+    /// The ViT.
+    pub vision: bool,
+    /// The language model (not `language_projection`, which is small).
+    pub language_model: bool,
+    /// Outputs per scale (a multiple of 16, at most 240; a weight whose size it does not divide takes the largest
+    /// multiple of 16 that does, or stays in float when none does).
+    pub group: usize,
+}
+
+impl Int8 {
+    /// No part in int8.
+    pub const NONE: Self = Self {
+        vision: false,
+        language_model: false,
+        group: blip2_nn::DEFAULT_Q8_GROUP,
+    };
+}
+
+impl Default for Int8 {
+    fn default() -> Self {
+        Self::NONE
+    }
 }
 
 impl Precision {
@@ -36,7 +67,37 @@ impl Precision {
         vision: FloatDType::F32,
         qformer: FloatDType::F32,
         language_model: FloatDType::F32,
+        int8: Int8::NONE,
     };
+
+    /// The language model's `Linear` weights in int8 with bf16 activations, the vision tower in bf16, the
+    /// Q-Former in f32: about a quarter of the f32 model's memory for the language model.
+    pub const INT8: Self = Self {
+        vision: FloatDType::BF16,
+        qformer: FloatDType::F32,
+        language_model: FloatDType::BF16,
+        int8: Int8 {
+            vision: false,
+            language_model: true,
+            group: blip2_nn::DEFAULT_Q8_GROUP,
+        },
+    };
+
+    /// The vision tower's weight format.
+    pub fn vision_format(&self) -> WeightFormat {
+        WeightFormat {
+            dtype: self.vision,
+            int8_group: self.int8.vision.then_some(self.int8.group),
+        }
+    }
+
+    /// The language model's weight format.
+    pub fn language_model_format(&self) -> WeightFormat {
+        WeightFormat {
+            dtype: self.language_model,
+            int8_group: self.int8.language_model.then_some(self.int8.group),
+        }
+    }
 
     /// `dtype` everywhere but the Q-Former, which stays in f32 (transformers' half-precision layout).
     pub fn half(dtype: FloatDType) -> Self {
@@ -44,6 +105,7 @@ impl Precision {
             vision: dtype,
             qformer: FloatDType::F32,
             language_model: dtype,
+            int8: Int8::NONE,
         }
     }
 

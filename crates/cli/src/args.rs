@@ -77,7 +77,8 @@ pub struct Common {
     )]
     pub device: String,
 
-    /// Weights in memory: f32, f16 or bf16 (half modes keep the Q-Former in f32)
+    /// Weights in memory: f32, f16, bf16 (half modes keep the Q-Former in f32), or int8 (the language model's
+    /// linear weights in int8 with bf16 activations, the vision tower in bf16)
     #[arg(
         long,
         global = true,
@@ -85,7 +86,7 @@ pub struct Common {
         value_parser = parse_dtype,
         help_heading = "Model and device"
     )]
-    pub dtype: FloatDType,
+    pub dtype: Dtype,
 
     /// Images per forward pass
     #[arg(
@@ -401,9 +402,41 @@ impl ScoreKind {
     }
 }
 
-fn parse_dtype(s: &str) -> Result<FloatDType, String> {
+fn parse_dtype(s: &str) -> Result<Dtype, String> {
+    if matches!(s.trim().to_ascii_lowercase().as_str(), "int8" | "i8" | "q8") {
+        return Ok(Dtype::Int8);
+    }
     s.parse()
-        .map_err(|_| format!("`{s}` is not a dtype: use f32, f16 or bf16"))
+        .map(Dtype::Float)
+        .map_err(|_| format!("`{s}` is not a dtype: use f32, f16, bf16 or int8"))
+}
+
+/// What `--dtype` asks for: a float dtype, or int8 weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    /// Every part in this dtype (the Q-Former in f32 for the half dtypes).
+    Float(FloatDType),
+    /// [`blip2::Precision::INT8`].
+    Int8,
+}
+
+impl Dtype {
+    /// The model's precision.
+    pub fn precision(self) -> blip2::Precision {
+        match self {
+            Self::Float(dtype) => dtype.into(),
+            Self::Int8 => blip2::Precision::INT8,
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Float(dtype) => dtype.fmt(f),
+            Self::Int8 => f.write_str("int8"),
+        }
+    }
 }
 
 fn parse_positive_u64(s: &str) -> Result<u64, String> {

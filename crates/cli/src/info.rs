@@ -103,7 +103,8 @@ fn probe(backend: &'static str) -> Device {
 struct Part {
     name: &'static str,
     parameters: u64,
-    memory_dtype: &'static str,
+    memory_dtype: String,
+    memory_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -132,11 +133,11 @@ struct Info {
     model: Option<ModelInfo>,
 }
 
-fn describe(located: &Located, dtype: FloatDType) -> Result<ModelInfo, CliError> {
+fn describe(located: &Located, dtype: crate::args::Dtype) -> Result<ModelInfo, CliError> {
     let config = &located.config;
     let checkpoint =
         blip2_nn::loader::Checkpoint::open(&located.dir).map_err(blip2::Error::from)?;
-    let precision = Precision::from(dtype);
+    let precision: Precision = dtype.precision();
     let kind = located.kind();
     let part_of = |key: &str| -> (&'static str, FloatDType) {
         let head = key.split('.').next().unwrap_or_default();
@@ -150,7 +151,21 @@ fn describe(located: &Located, dtype: FloatDType) -> Result<ModelInfo, CliError>
             _ => ("heads", precision.qformer),
         }
     };
-    let mut counts: BTreeMap<&'static str, (u64, FloatDType)> = BTreeMap::new();
+    // int8 parts hold their `Linear` weights (2-D, not embeddings) at 1 byte plus a 4-byte scale per group.
+    let int8_bytes = 1.0 + 4.0 / precision.int8.group as f64;
+    let is_int8 = |part: &str, key: &str, shape: &[usize]| {
+        let on = match part {
+            "language_model" => precision.int8.language_model && key.starts_with("language_model."),
+            "vision" => precision.int8.vision,
+            _ => false,
+        };
+        on && shape.len() == 2
+            && blip2_nn::q8_group_for(shape[0], precision.int8.group).is_some()
+            && !key.contains("embed")
+            && !key.contains("shared")
+            && !key.contains("relative_attention")
+    };
+    let mut counts: BTreeMap<&'static str, (u64, FloatDType, u64, bool)> = BTreeMap::new();
     let mut disk: BTreeMap<String, u64> = BTreeMap::new();
     let mut memory = 0u64;
     for key in checkpoint.keys() {
@@ -159,19 +174,33 @@ fn describe(located: &Located, dtype: FloatDType) -> Result<ModelInfo, CliError>
         };
         let n: u64 = info.shape.iter().map(|&d| d as u64).product();
         let (part, dt) = part_of(key);
-        counts.entry(part).or_insert((0, dt)).0 += n;
+        let int8 = is_int8(part, key, &info.shape);
+        let bytes = if int8 {
+            (n as f64 * int8_bytes).ceil() as u64
+        } else {
+            n * dt.size() as u64
+        };
+        let entry = counts.entry(part).or_insert((0, dt, 0, false));
+        entry.0 += n;
+        entry.2 += bytes;
+        entry.3 |= int8;
         *disk
             .entry(format!("{:?}", info.dtype).to_lowercase())
             .or_default() += n;
-        memory += n * dt.size() as u64;
+        memory += bytes;
     }
-    let parameters = counts.values().map(|(n, _)| n).sum();
+    let parameters = counts.values().map(|(n, ..)| n).sum();
     let parts = counts
         .into_iter()
-        .map(|(name, (parameters, dt))| Part {
+        .map(|(name, (parameters, dt, memory_bytes, int8))| Part {
             name,
             parameters,
-            memory_dtype: dt.name(),
+            memory_dtype: if int8 {
+                format!("int8+{dt}")
+            } else {
+                dt.name().to_string()
+            },
+            memory_bytes,
         })
         .collect();
     let v = &config.vision_config;
@@ -339,7 +368,14 @@ pub fn run(common: &Common, reporter: &Reporter) -> Result<Exit, CliError> {
             let dtypes: Vec<String> = m
                 .parts
                 .iter()
-                .map(|p| format!("{} {}", p.name, p.memory_dtype))
+                .map(|p| {
+                    format!(
+                        "{} {} {}",
+                        p.name,
+                        p.memory_dtype,
+                        human_bytes(p.memory_bytes)
+                    )
+                })
                 .collect();
             println!(
                 "  in memory:       {} with --dtype {} ({})",

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use blip2::{Blip2, Blip2Config, Blip2Retrieval};
-use blip2_nn::backend::FloatDType;
 use burn::prelude::Backend;
 
 use crate::args::Common;
@@ -84,7 +83,7 @@ pub fn locate(common: &Common, default: &str, reporter: &Reporter) -> Result<Loc
 
 fn loading<T>(
     located: &Located,
-    dtype: FloatDType,
+    dtype: crate::args::Dtype,
     backend: &str,
     reporter: &Reporter,
     load: impl FnOnce(&Path) -> Result<T, blip2::Error>,
@@ -117,7 +116,12 @@ pub fn load_blip2<B: Backend>(
         return Err(located.wrong_kind(command, ModelKind::Generation));
     }
     loading(located, common.dtype, &B::name(device), reporter, |dir| {
-        Blip2::<B>::from_pretrained_with_limits(dir, common.dtype, device, common.image_limits())
+        Blip2::<B>::from_pretrained_with_limits(
+            dir,
+            common.dtype.precision(),
+            device,
+            common.image_limits(),
+        )
     })
 }
 
@@ -138,7 +142,7 @@ pub fn load_retrieval<B: Backend>(
     loading(located, common.dtype, &B::name(device), reporter, |dir| {
         Blip2Retrieval::<B>::from_pretrained_with_limits(
             dir,
-            common.dtype,
+            common.dtype.precision(),
             device,
             common.image_limits(),
         )

@@ -881,7 +881,7 @@ fn errors_are_sentences_with_hints_and_exit_codes() {
         (
             vec!["caption", "-m", &opt, &rgb, "--dtype", "f64"],
             2,
-            "f32, f16 or bf16",
+            "f32, f16, bf16 or int8",
         ),
         (
             vec!["caption", "-m", &opt, &rgb, "--batch-size", "0"],

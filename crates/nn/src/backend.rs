@@ -398,8 +398,8 @@ pub fn ensure_dtype_supported<B: Backend>(
     })
 }
 
-/// Casts every float parameter of `module` to `dtype` (Burn 0.21 has no `Module::cast`); integer and bool
-/// tensors are left alone. Lazy parameters are initialised first. For a model read from disk, prefer loading
+/// Casts every float parameter of `module` to `dtype` (Burn 0.21 has no `Module::cast`); integer, bool and
+/// int8 tensors are left alone. Lazy parameters are initialised first. For a model read from disk, prefer loading
 /// straight into the wanted dtype ([`crate::loader::LoadOptions::with_dtype`]), which never holds two copies.
 ///
 /// # Errors
@@ -421,6 +421,10 @@ impl<B: Backend> burn::module::ModuleMapper<B> for CastParams {
         param: burn::module::Param<burn::prelude::Tensor<B, D>>,
     ) -> burn::module::Param<burn::prelude::Tensor<B, D>> {
         let dtype = self.0;
+        // int8 weights stay int8 (their scales are f32 whatever the activations' dtype).
+        if matches!(param.val().dtype(), DType::QFloat(_)) {
+            return param;
+        }
         param.map(move |tensor| tensor.cast(dtype))
     }
 }

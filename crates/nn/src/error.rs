@@ -207,6 +207,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A weight that cannot be quantized as asked.
+    #[error("cannot quantize `{key}` to int8: {reason}")]
+    Quantization {
+        /// The parameter or checkpoint key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A config value blip2 does not support (e.g. an unknown activation name).
     #[error("unsupported value {value:?} for `{key}`: {reason}")]
     UnsupportedConfig {

@@ -11,6 +11,8 @@
 //! - [`mask`]: padding and causal masks, boolean and additive;
 //! - [`KvCache`]: per-layer key/value caches for incremental decoding and beam search;
 //! - [`lm`]: the step traits a language model implements so that a decoding loop can drive it;
+//! - [`kernels`]: CPU products for bf16, f16 and int8 weights (and f32 at decoding sizes), picked at run time
+//!   by CPU features; on flex, [`linear_forward`] uses them;
 //! - [`alloc`]: opt-in allocator tuning for CPU inference in applications;
 //! - [`config`]: finding and reading a model's `config.json`;
 //! - [`limits`]: the largest sizes blip2 accepts from a config or a file.
@@ -32,9 +34,12 @@ pub mod alloc;
 pub mod backend;
 pub mod config;
 mod error;
+pub mod kernels;
 mod kv_cache;
 pub mod limits;
 mod linear;
+#[cfg(feature = "flex")]
+mod linear_flex;
 pub mod lm;
 pub mod loader;
 pub mod mask;
@@ -42,4 +47,4 @@ pub mod mask;
 pub use activation::Activation;
 pub use error::Error;
 pub use kv_cache::{KvCache, LayerCache};
-pub use linear::linear_forward;
+pub use linear::{DEFAULT_Q8_GROUP, linear_forward, q8_group_for, quantize_linear};

@@ -6,9 +6,23 @@
 //! every call: for ViT-g's `fc1` (1408 -> 6144, 257 tokens) on flex that took 66 ms against 25 ms for the same
 //! product on 2-D operands (2-core EPYC, release). Flattening the leading dimensions keeps both operands 2-D,
 //! and flex's gemm reads the transposed view in place.
+//!
+//! On flex, bf16, f16 and int8 weights (and f32 ones at decoding sizes) go through [`crate::kernels`], which read
+//! the weight once in its stored dtype; Burn's own product converts the whole weight to f32 on every call.
 
+use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::{Backend, Tensor};
+use burn::tensor::TensorData;
+use burn::tensor::quantization::{
+    QTensorPrimitive, QuantLevel, QuantParam, QuantScheme, QuantValue,
+};
+
+use crate::Error;
+use crate::kernels::quantize_q8;
+
+/// Outputs per int8 scale when nothing else is asked (see docs/numerics.md for the measured choice).
+pub const DEFAULT_Q8_GROUP: usize = 64;
 
 /// `linear.forward(x)` for `x` of shape `[..., in]`, computed on a 2-D view `[prod(...), in]`.
 ///
@@ -19,14 +33,83 @@ pub fn linear_forward<B: Backend, const D: usize>(
     linear: &Linear<B>,
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    if D <= 2 {
+    if D < 2 {
         return linear.forward(x);
     }
     let dims = x.dims();
     let rows: usize = dims[..D - 1].iter().product();
     let flat = x.reshape([rows, dims[D - 1]]); // [rows, in]
+    #[cfg(feature = "flex")]
+    let out = match crate::linear_flex::try_linear(linear, flat) {
+        Ok(out) => out,
+        Err(flat) => linear.forward(flat),
+    }; // [rows, out]
+    #[cfg(not(feature = "flex"))]
     let out = linear.forward(flat); // [rows, out]
     let mut shape = dims;
     shape[D - 1] = out.dims()[1];
     out.reshape(shape)
+}
+
+/// The int8 group to use for a weight with `n` outputs when `group` is asked: `group` when it divides `n`, else
+/// the largest smaller multiple of 16 that does; `None` when no multiple of 16 divides `n`.
+pub fn q8_group_for(n: usize, group: usize) -> Option<usize> {
+    (1..=group.min(240) / 16)
+        .rev()
+        .map(|g| g * 16)
+        .find(|g| n.is_multiple_of(*g))
+}
+
+/// Burn's block-quantized int8 tensor `[k, n]` for these values and scales (see [`crate::kernels::Q8Weight`]),
+/// in the store backend `B` uses by default.
+pub(crate) fn q8_tensor<B: Backend, const D: usize>(
+    values: Vec<i8>,
+    scales: &[f32],
+    k: usize,
+    n: usize,
+    group: usize,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let store = <B::QuantizedTensorPrimitive as QTensorPrimitive>::default_scheme().store;
+    let scheme = QuantScheme::default()
+        .with_value(QuantValue::Q8S)
+        .with_level(QuantLevel::block([1, group as u8]))
+        .with_param(QuantParam::F32)
+        .with_store(store);
+    Tensor::from_data(
+        TensorData::quantized(values, [k, n], scheme, scales),
+        device,
+    )
+}
+
+/// The same `Linear` with its weight quantized to int8: symmetric, one f32 scale per `group` consecutive
+/// outputs of each input (Burn's block `[1, group]` of the `[in, out]` weight). Every backend runs it (Burn
+/// dequantizes before its product); flex runs it through [`crate::kernels`]. The bias stays as it is.
+///
+/// # Errors
+/// [`Error::Quantization`] when `group` is not a multiple of 16 (at most 240) dividing the output size.
+pub fn quantize_linear<B: Backend>(linear: Linear<B>, group: usize) -> Result<Linear<B>, Error> {
+    let [k, n] = linear.weight.dims();
+    if group == 0 || !group.is_multiple_of(16) || group > 240 || n % group != 0 {
+        return Err(Error::Quantization {
+            key: "weight".to_string(),
+            reason: format!(
+                "the group ({group}) must be a multiple of 16, at most 240, dividing {n} outputs"
+            ),
+        });
+    }
+    let device = linear.weight.device();
+    let weight = linear.weight.val();
+    let w: Vec<f32> = weight
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("converted to f32");
+    let (values, scales) = quantize_q8(&w, k, n, group);
+    let id = linear.weight.id;
+    let tensor = q8_tensor::<B, 2>(values, &scales, k, n, group, &device);
+    Ok(Linear {
+        weight: Param::initialized(id, tensor),
+        bias: linear.bias,
+    })
 }

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use blip2_nn::backend::FloatDType;
-use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, load_module};
+use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, WeightFormat, load_module};
 use blip2_nn::mask::{MaskValue, additive_mask, causal_padding_mask, float_dtype_of};
 use blip2_nn::{KvCache, linear_forward};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
@@ -363,7 +363,7 @@ impl<B: Backend> OptForCausalLm<B> {
     pub fn load(
         config: &OptConfig,
         checkpoint: &Checkpoint,
-        dtype: FloatDType,
+        format: impl Into<WeightFormat>,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), Error> {
         // Any `language_model.` key means a BLIP-2 checkpoint (its `embed_tokens` may be absent, tied to the head).
@@ -377,7 +377,7 @@ impl<B: Backend> OptForCausalLm<B> {
         } else {
             KeyMap::under("language_model")
         };
-        let options = LoadOptions::new(key_map).with_dtype(dtype);
+        let options = LoadOptions::new(key_map).with_format(format);
         // transformers 5.24: with `tie_word_embeddings` (every OPT) the head is `embed_tokens` unless the file
         // stores an `lm_head.weight` with values of its own, which it then uses; without it, the file must hold
         // the head. So a stored head is always the head (equal to `embed_tokens` it gives the same logits), and an

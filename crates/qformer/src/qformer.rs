@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use blip2_nn::backend::FloatDType;
-use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, load_module};
+use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, WeightFormat, load_module};
 use burn::module::{Initializer, Param};
 use burn::prelude::*;
 
@@ -270,10 +270,10 @@ impl<B: Backend> QFormer<B> {
     pub fn load(
         config: &QFormerConfig,
         checkpoint: &Checkpoint,
-        dtype: FloatDType,
+        format: impl Into<WeightFormat>,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), Error> {
-        let options = LoadOptions::new(qformer_key_map()).with_dtype(dtype);
+        let options = LoadOptions::new(qformer_key_map()).with_format(format);
         let module = config.init::<B>(device)?;
         Ok(load_module(module, checkpoint, &options, device)?)
     }

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use blip2_nn::backend::FloatDType;
-use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, load_module};
+use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, WeightFormat, load_module};
 use blip2_nn::mask::{MaskValue, additive_mask, causal_padding_mask, float_dtype_of, padding_mask};
 use blip2_nn::{KvCache, linear_forward};
 use burn::nn::{
@@ -457,7 +457,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
     pub fn load(
         config: &T5Config,
         checkpoint: &Checkpoint,
-        dtype: FloatDType,
+        format: impl Into<WeightFormat>,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), Error> {
         // Any `language_model.` key means a BLIP-2 checkpoint (its `shared.weight` may be absent, tied to the head).
@@ -474,7 +474,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
             }
         };
         let options = LoadOptions::new(t5_key_map(prefix))
-            .with_dtype(dtype)
+            .with_format(format)
             .with_ignored(&key("encoder.embed_tokens.weight"))
             .with_ignored(&key("decoder.embed_tokens.weight"))
             .with_ignored(&key(

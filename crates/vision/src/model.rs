@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use blip2_nn::backend::FloatDType;
-use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, load_module};
+use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, WeightFormat, load_module};
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
@@ -208,10 +208,10 @@ impl<B: Backend> Blip2VisionModel<B> {
     pub fn load(
         config: &Blip2VisionConfig,
         checkpoint: &Checkpoint,
-        dtype: FloatDType,
+        format: impl Into<WeightFormat>,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), Error> {
-        let options = LoadOptions::new(key_map_for(checkpoint)).with_dtype(dtype);
+        let options = LoadOptions::new(key_map_for(checkpoint)).with_format(format);
         let module = config.init::<B>(device)?;
         Ok(load_module(module, checkpoint, &options, device)?)
     }

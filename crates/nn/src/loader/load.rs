@@ -33,6 +33,29 @@ pub struct LoadOptions {
     pub tied: Vec<(String, String)>,
     /// Checkpoint keys that may be present without a parameter (exact names, or patterns with `*`).
     pub ignore: Vec<String>,
+    /// Quantize every `Linear` weight to int8 while loading, with this many outputs per scale (see
+    /// [`crate::quantize_linear`]; a weight whose output size this group does not divide takes the largest
+    /// multiple of 16 that does, or stays in `dtype` when none does). Each weight is read, quantized and
+    /// dropped in turn, so the model never exists in full precision.
+    pub int8_group: Option<usize>,
+}
+
+/// The in-memory form of a part's weights: a float dtype, and optionally its `Linear` weights in int8.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WeightFormat {
+    /// The dtype of every float parameter that is not quantized.
+    pub dtype: FloatDType,
+    /// `Some(group)`: `Linear` weights in int8 with `group` outputs per scale.
+    pub int8_group: Option<usize>,
+}
+
+impl From<FloatDType> for WeightFormat {
+    fn from(dtype: FloatDType) -> Self {
+        Self {
+            dtype,
+            int8_group: None,
+        }
+    }
 }
 
 impl LoadOptions {
@@ -47,6 +70,14 @@ impl LoadOptions {
     /// Sets the in-memory dtype.
     pub fn with_dtype(mut self, dtype: FloatDType) -> Self {
         self.dtype = dtype;
+        self
+    }
+
+    /// Sets the dtype and the int8 quantization.
+    pub fn with_format(mut self, format: impl Into<WeightFormat>) -> Self {
+        let format = format.into();
+        self.dtype = format.dtype;
+        self.int8_group = format.int8_group;
         self
     }
 
@@ -169,6 +200,8 @@ pub struct LoadReport {
     pub ignored: Vec<String>,
     /// Every disagreement; empty for a clean load.
     pub problems: Vec<Problem>,
+    /// `(key, group)` for each weight held in int8 ([`LoadOptions::int8_group`]).
+    pub quantized: Vec<(String, usize)>,
 }
 
 impl LoadReport {
@@ -261,6 +294,7 @@ pub fn load_module<B: Backend, M: Module<B>>(
         checkpoint,
         options,
         path: ModulePath::default(),
+        containers: Vec::new(),
         consumed: BTreeSet::new(),
         report: LoadReport {
             source: checkpoint.source().to_path_buf(),
@@ -305,6 +339,8 @@ struct Applier<'a> {
     checkpoint: &'a Checkpoint,
     options: &'a LoadOptions,
     path: ModulePath,
+    /// The struct type each entered field belongs to (`Struct:Linear`, ...).
+    containers: Vec<String>,
     consumed: BTreeSet<String>,
     report: LoadReport,
     /// The first read error: it ends the load.
@@ -330,10 +366,12 @@ impl Applier<'_> {
 impl<B: Backend> ModuleMapper<B> for Applier<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.enter(name, container_type);
+        self.containers.push(format!("{container_type}.{name}"));
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.path.exit();
+        self.containers.pop();
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
@@ -381,6 +419,16 @@ impl<B: Backend> ModuleMapper<B> for Applier<'_> {
             });
             return param;
         }
+        if let Some(group) = self.options.int8_group
+            && D == 2
+            && self
+                .containers
+                .last()
+                .is_some_and(|c| c == "Struct:Linear.weight")
+            && let Some(group) = crate::q8_group_for(info.shape[0], group)
+        {
+            return self.load_q8(param, &stored, group);
+        }
         let data = match self.checkpoint.read(&stored, self.options.dtype) {
             Ok(data) => data,
             Err(error) => {
@@ -414,6 +462,49 @@ impl<B: Backend> ModuleMapper<B> for Applier<'_> {
             path: self.path.current(),
         });
         param
+    }
+}
+
+impl Applier<'_> {
+    /// Reads the PyTorch-layout weight `[n, k]` of a `Linear` as f32 and holds it as Burn's int8 `[k, n]`.
+    fn load_q8<B: Backend, const D: usize>(
+        &mut self,
+        param: Param<Tensor<B, D>>,
+        stored: &str,
+        group: usize,
+    ) -> Param<Tensor<B, D>> {
+        let data = match self.checkpoint.read(stored, FloatDType::F32) {
+            Ok(data) => data,
+            Err(error) => {
+                self.failure = Some(error);
+                return param;
+            }
+        };
+        let [n, k] = [data.shape[0], data.shape[1]];
+        let w: Vec<f32> = data.to_vec().expect("read as f32");
+        drop(data);
+        // [n, k] -> [k, n], in blocks of rows so that each task writes a contiguous part.
+        let mut wt = vec![0f32; k * n];
+        {
+            use rayon::prelude::*;
+            wt.par_chunks_mut(n * 64).enumerate().for_each(|(b, dst)| {
+                let l0 = b * 64;
+                for (dl, row) in dst.chunks_exact_mut(n).enumerate() {
+                    let l = l0 + dl;
+                    for (j, d) in row.iter_mut().enumerate() {
+                        *d = w[j * k + l];
+                    }
+                }
+            });
+        }
+        drop(w);
+        let (values, scales) = crate::kernels::quantize_q8(&wt, k, n, group);
+        drop(wt);
+        let device = param.lazy_device();
+        let tensor = crate::linear::q8_tensor::<B, D>(values, &scales, k, n, group, &device);
+        self.report.loaded.push(stored.to_string());
+        self.report.quantized.push((stored.to_string(), group));
+        Param::initialized(param.id, tensor)
     }
 }
 

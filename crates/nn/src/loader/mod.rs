@@ -31,7 +31,7 @@ mod save;
 pub use checkpoint::{Checkpoint, INDEX_FILE, TensorInfo, WEIGHTS_FILE};
 pub use expected::expected_keys;
 pub use keymap::KeyMap;
-pub use load::{LoadOptions, LoadReport, Problem, load_module};
+pub use load::{LoadOptions, LoadReport, Problem, WeightFormat, load_module};
 pub use safetensors::tensor::Dtype as FileDtype;
 pub use save::{SafetensorsWriter, save_module};
 

@@ -1,0 +1,252 @@
+//! Dense (f32, bf16, f16) products with PyTorch-layout weights `[n, k]`.
+
+use std::cell::RefCell;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::{DenseWeight, KernelPath, SendPtr};
+
+/// Output channels per rayon task in the dot-product kernel.
+const GEMV_BLOCK: usize = 64;
+/// Output channels per block converted to f32 for `gemm`.
+const GEMM_BLOCK: usize = 64;
+
+/// `out[i, r] = dot(x[i, :], w[r, :])` for `m <= GEMV_MAX_ROWS`, threaded over blocks of output channels.
+pub(super) fn gemv(
+    path: KernelPath,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: DenseWeight<'_>,
+    n: usize,
+    out: &mut [f32],
+) {
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let blocks = n.div_ceil(GEMV_BLOCK);
+    let run = |b: usize| {
+        let rows = b * GEMV_BLOCK..((b + 1) * GEMV_BLOCK).min(n);
+        // SAFETY: each task writes only the columns `rows` of `out` ([m, n]), disjoint across tasks.
+        unsafe { gemv_rows(path, x, m, k, w, rows.start, rows.end, n, out_ptr) }
+    };
+    if blocks * k * m < 1 << 16 {
+        (0..blocks).for_each(run);
+    } else {
+        (0..blocks).into_par_iter().for_each(run);
+    }
+}
+
+/// # Safety
+/// `out` points to an `[m, n]` buffer of which the caller owns columns `r0..r1`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv_rows(
+    path: KernelPath,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: DenseWeight<'_>,
+    r0: usize,
+    r1: usize,
+    n: usize,
+    out: SendPtr,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::x86;
+        // SAFETY: `path` was checked against the CPU's features by the caller (`KernelPath::checked`).
+        match (path, w) {
+            (KernelPath::Avx512, DenseWeight::F32(w)) => {
+                return unsafe { x86::gemv_f32_avx512(x, m, k, w, r0, r1, n, out.get()) };
+            }
+            (KernelPath::Avx512, DenseWeight::Bf16(w)) => {
+                return unsafe { x86::gemv_bf16_avx512(x, m, k, w, r0, r1, n, out.get()) };
+            }
+            (KernelPath::Avx512, DenseWeight::F16(w)) => {
+                return unsafe { x86::gemv_f16_avx512(x, m, k, w, r0, r1, n, out.get()) };
+            }
+            (KernelPath::Avx2, DenseWeight::F32(w)) => {
+                return unsafe { x86::gemv_f32_avx2(x, m, k, w, r0, r1, n, out.get()) };
+            }
+            (KernelPath::Avx2, DenseWeight::Bf16(w)) => {
+                return unsafe { x86::gemv_bf16_avx2(x, m, k, w, r0, r1, n, out.get()) };
+            }
+            (KernelPath::Avx2, DenseWeight::F16(w)) => {
+                return unsafe { x86::gemv_f16_avx2(x, m, k, w, r0, r1, n, out.get()) };
+            }
+            (KernelPath::Portable, _) => {}
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
+    match w {
+        DenseWeight::F32(w) => unsafe { gemv_portable(x, m, k, w, |v| v, r0, r1, n, out) },
+        DenseWeight::Bf16(w) => unsafe { gemv_portable(x, m, k, w, bf16::to_f32, r0, r1, n, out) },
+        DenseWeight::F16(w) => unsafe { gemv_portable(x, m, k, w, f16::to_f32, r0, r1, n, out) },
+    }
+}
+
+/// # Safety
+/// As [`gemv_rows`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv_portable<T: Copy>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[T],
+    to_f32: impl Fn(T) -> f32,
+    r0: usize,
+    r1: usize,
+    n: usize,
+    out: SendPtr,
+) {
+    for r in r0..r1 {
+        let wr = &w[r * k..(r + 1) * k];
+        for i in 0..m {
+            let xr = &x[i * k..(i + 1) * k];
+            let mut acc = 0.0f32;
+            for (a, &b) in xr.iter().zip(wr) {
+                acc += a * to_f32(b);
+            }
+            // SAFETY: `i < m`, `r0 <= r < r1 <= n`, and the caller owns column `r`.
+            unsafe { *out.get().add(i * n + r) = acc };
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread f32 copy of a block of weight rows, reused across calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out = x W^T` for larger `m`: blocks of [`GEMM_BLOCK`] weight rows, converted to f32 per thread, each
+/// multiplied by `gemm` on one thread; blocks run in parallel.
+pub(super) fn gemm_blocks(
+    _path: KernelPath,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: DenseWeight<'_>,
+    n: usize,
+    out: &mut [f32],
+) {
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let blocks = n.div_ceil(GEMM_BLOCK);
+    (0..blocks).into_par_iter().for_each(|b| {
+        let r0 = b * GEMM_BLOCK;
+        let rows = GEMM_BLOCK.min(n - r0);
+        let run = |block: &[f32]| {
+            // SAFETY: `block` is `[rows, k]` row-major, `x` is `[m, k]`; this task writes only columns
+            // `r0..r0 + rows` of `out` (`[m, n]`), disjoint across tasks.
+            unsafe { gemm_f32(m, rows, k, x, block, out_ptr.get().add(r0), n) };
+        };
+        match w {
+            DenseWeight::F32(w) => run(&w[r0 * k..(r0 + rows) * k]),
+            DenseWeight::Bf16(w) => with_scratch(rows * k, |s| {
+                for (d, v) in s.iter_mut().zip(&w[r0 * k..(r0 + rows) * k]) {
+                    *d = v.to_f32();
+                }
+                run(s)
+            }),
+            DenseWeight::F16(w) => with_scratch(rows * k, |s| {
+                use half::slice::HalfFloatSliceExt;
+                w[r0 * k..(r0 + rows) * k].convert_to_f32_slice(s);
+                run(s)
+            }),
+        }
+    });
+}
+
+pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
+
+/// `dst[i, j] = sum_l x[i, l] * wt[j, l]` on one thread, for `x: [m, k]`, `wt: [rows, k]` and `dst` with row
+/// stride `dst_rs`.
+///
+/// # Safety
+/// `dst` must be valid for writes at `i * dst_rs + j` for `i < m`, `j < rows`.
+unsafe fn gemm_f32(
+    m: usize,
+    rows: usize,
+    k: usize,
+    x: &[f32],
+    wt: &[f32],
+    dst: *mut f32,
+    dst_rs: usize,
+) {
+    debug_assert_eq!(x.len(), m * k);
+    debug_assert_eq!(wt.len(), rows * k);
+    // SAFETY: the strides describe `x` ([m, k] row-major), `wt` read as the `[k, rows]` matrix `wt^T`, and `dst`
+    // as the caller promised.
+    unsafe {
+        gemm::gemm(
+            m,
+            rows,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            wt.as_ptr(),
+            k as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `dst[i, j] = sum_l x[i, l] * w[l, j]` on one thread, for `x: [m, k]`, `w: [k, cols]` row-major and `dst`
+/// with row stride `dst_rs`.
+///
+/// # Safety
+/// `dst` must be valid for writes at `i * dst_rs + j` for `i < m`, `j < cols`.
+pub(super) unsafe fn gemm_f32_kn(
+    m: usize,
+    cols: usize,
+    k: usize,
+    x: &[f32],
+    w: &[f32],
+    dst: *mut f32,
+    dst_rs: usize,
+) {
+    debug_assert_eq!(x.len(), m * k);
+    debug_assert_eq!(w.len(), k * cols);
+    // SAFETY: as `gemm_f32`, with `w` read row-major.
+    unsafe {
+        gemm::gemm(
+            m,
+            cols,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            cols as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}

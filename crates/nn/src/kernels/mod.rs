@@ -1,0 +1,259 @@
+//! CPU kernels for `Linear` layers whose weights are bf16, f16 or int8 (and f32 at decoding sizes).
+//!
+//! Burn 0.21's CPU backend converts a whole bf16 weight to f32 on one thread on every product, and dequantizes a
+//! whole int8 weight the same way, so a decoding step reads and writes every weight several times. These kernels
+//! read each weight once, in its stored dtype, converting it in registers:
+//!
+//! - **Dense weights** (`f32`, `bf16`, `f16`) are read in PyTorch's `[out, in]` layout, the layout the
+//!   checkpoints store and the one blip2's `Linear`s keep (a transposed view), so loading packs nothing. Up to
+//!   [`GEMV_MAX_ROWS`] activation rows (decoding, beams) go through a dot-product kernel threaded over output
+//!   channels; more rows (prefill, the vision tower) go through blocks of 64 output channels converted to f32 in
+//!   a per-thread buffer and multiplied by `gemm`'s f32 kernels, threaded over blocks.
+//! - **int8 weights** ([`Q8Weight`]) are Burn's own quantized tensors: `[in, out]` int8, symmetric, one f32 scale
+//!   per block of `group` consecutive output channels of one input row (Burn's block `[1, group]`), so every
+//!   Burn backend can also run them through its generic dequantize-then-multiply path. Decoding streams the rows
+//!   of the weight (the input dimension is split across threads, each summing a partial output), and larger
+//!   batches dequantize column blocks to f32 and use `gemm`. Activations stay in floating point: the scale varies
+//!   along the input dimension, which rules out integer dot products (see docs/numerics.md).
+//!
+//! Every product accumulates in f32. Each routine exists for three [`KernelPath`]s, picked at run time from
+//! the CPU's features: AVX-512 (F, BW, VL), AVX2 with FMA and F16C, and a portable scalar path that also
+//! compiles on aarch64 and is the reference the others are tested against. The int8 paths are bit-identical to
+//! the portable one; the dense paths sum in a different order and agree within f32 accumulation error.
+//!
+//! ```
+//! use blip2_nn::kernels::{self, DenseWeight, KernelPath};
+//!
+//! // y = x W^T + b for x: [1, 3], W: [2, 3] (PyTorch layout), in bf16.
+//! let w: Vec<half::bf16> = [1.0f32, 2.0, 3.0, -1.0, 0.5, 0.0].iter().map(|&v| half::bf16::from_f32(v)).collect();
+//! let mut y = [0.0f32; 2];
+//! kernels::linear_dense(KernelPath::detect(), &[1.0, 1.0, 2.0], 1, 3, DenseWeight::Bf16(&w), 2, Some(&[0.5, 0.0]), &mut y);
+//! assert_eq!(y, [9.5, -0.5]);
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+
+mod dense;
+mod q8;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use q8::{Q8Weight, dequantize_q8, quantize_q8};
+
+/// Activation rows up to which dense products use the dot-product (GEMV) kernel rather than blocked `gemm`.
+pub const GEMV_MAX_ROWS: usize = 4;
+
+/// Which instruction set a kernel runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KernelPath {
+    /// Scalar Rust: every CPU, the reference the other paths are tested against.
+    Portable,
+    /// x86-64 AVX2 + FMA + F16C (Haswell and later, Zen 1 and later).
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL (Skylake-SP and later Xeons, Zen 4 and later), plus AVX2/FMA/F16C.
+    Avx512,
+}
+
+impl KernelPath {
+    /// Every path, from the most portable.
+    pub const ALL: [KernelPath; 3] = [Self::Portable, Self::Avx2, Self::Avx512];
+
+    /// The short name (`portable`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Portable => "portable",
+            Self::Avx2 => "avx2",
+            Self::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            Self::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => {
+                Self::Avx2.is_available()
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The paths this CPU can run, from the most portable.
+    pub fn available() -> Vec<KernelPath> {
+        Self::ALL.into_iter().filter(|p| p.is_available()).collect()
+    }
+
+    /// The best path this CPU runs, or the one `BLIP2_CPU_KERNELS` names (`portable`, `avx2`, `avx512`) when
+    /// this CPU can run it (a path it cannot run falls back to the best one). Read once per process.
+    pub fn detect() -> KernelPath {
+        static DETECTED: OnceLock<KernelPath> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let best = Self::available()
+                .into_iter()
+                .max()
+                .unwrap_or(Self::Portable);
+            match std::env::var("BLIP2_CPU_KERNELS")
+                .ok()
+                .and_then(|v| v.parse::<KernelPath>().ok())
+            {
+                Some(asked) if asked.is_available() => asked,
+                _ => best,
+            }
+        })
+    }
+
+    /// `self` if this CPU runs it, else the portable path: kernels never execute instructions the CPU lacks.
+    fn checked(self) -> KernelPath {
+        if self.is_available() {
+            self
+        } else {
+            Self::Portable
+        }
+    }
+}
+
+impl fmt::Display for KernelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for KernelPath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "portable" | "scalar" => Ok(Self::Portable),
+            "avx2" => Ok(Self::Avx2),
+            "avx512" | "avx-512" => Ok(Self::Avx512),
+            other => Err(format!(
+                "unknown kernel path `{other}` (expected portable, avx2 or avx512)"
+            )),
+        }
+    }
+}
+
+/// A dense weight in PyTorch's `[out, in]` layout, row-major (`n` rows of `k` values).
+#[derive(Clone, Copy, Debug)]
+pub enum DenseWeight<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// bfloat16 values.
+    Bf16(&'a [bf16]),
+    /// IEEE half values.
+    F16(&'a [f16]),
+}
+
+impl DenseWeight<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(w) => w.len(),
+            Self::Bf16(w) => w.len(),
+            Self::F16(w) => w.len(),
+        }
+    }
+}
+
+/// `out = x W^T + bias` for `x: [m, k]` (row-major f32), `W: [n, k]` and `out: [m, n]`.
+///
+/// # Panics
+/// When a slice's length does not match `m`, `k` and `n`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_dense(
+    path: KernelPath,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: DenseWeight<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    assert_eq!(x.len(), m * k, "x is not [m, k]");
+    assert_eq!(w.len(), n * k, "the weight is not [n, k]");
+    assert_eq!(out.len(), m * n, "out is not [m, n]");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "the bias is not [n]");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if m <= GEMV_MAX_ROWS {
+        dense::gemv(path.checked(), x, m, k, w, n, out);
+    } else {
+        dense::gemm_blocks(path.checked(), x, m, k, w, n, out);
+    }
+    if let Some(b) = bias {
+        add_bias(out, b);
+    }
+}
+
+/// `out = x Wq + bias` for `x: [m, k]` (row-major f32), an int8 weight `[k, n]` and `out: [m, n]`.
+///
+/// # Panics
+/// When a slice's length does not match `m`, `k` and `n`, or the weight's group does not divide `n`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_q8(
+    path: KernelPath,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &Q8Weight<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    assert_eq!(x.len(), m * k, "x is not [m, k]");
+    w.check(k, n);
+    assert_eq!(out.len(), m * n, "out is not [m, n]");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "the bias is not [n]");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if m <= GEMV_MAX_ROWS {
+        q8::gemv(path.checked(), x, m, k, w, n, out);
+    } else {
+        q8::gemm_blocks(x, m, k, w, n, out);
+    }
+    if let Some(b) = bias {
+        add_bias(out, b);
+    }
+}
+
+fn add_bias(out: &mut [f32], bias: &[f32]) {
+    for row in out.chunks_exact_mut(bias.len()) {
+        for (o, b) in row.iter_mut().zip(bias) {
+            *o += b;
+        }
+    }
+}
+
+/// A raw pointer that rayon tasks may share when each writes a disjoint part of what it points to.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to write disjoint ranges from different tasks, while the owner is borrowed mutably.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}

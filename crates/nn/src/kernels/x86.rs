@@ -1,0 +1,329 @@
+//! AVX-512 and AVX2 versions of the kernels. Callers check the CPU's features first (`KernelPath::checked`).
+
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+// ---- loads: 16 (AVX-512) or 8 (AVX2) weights as f32 ----
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn ld16_f32(p: *const f32, mask: __mmask16) -> __m512 {
+    unsafe { _mm512_maskz_loadu_ps(mask, p) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn ld16_bf16(p: *const bf16, mask: __mmask16) -> __m512 {
+    unsafe {
+        let h = _mm256_maskz_loadu_epi16(mask, p.cast());
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn ld16_f16(p: *const f16, mask: __mmask16) -> __m512 {
+    unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast())) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn ld8_f32(p: *const f32) -> __m256 {
+    unsafe { _mm256_loadu_ps(p) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn ld8_bf16(p: *const bf16) -> __m256 {
+    unsafe {
+        let h = _mm_loadu_si128(p.cast());
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn ld8_f16(p: *const f16) -> __m256 {
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum8(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+// ---- dense dot-product kernels: out[i, r] = dot(x[i, :], w[r, :]) for r in r0..r1 ----
+
+macro_rules! gemv_avx512 {
+    ($name:ident, $t:ty, $load:ident) => {
+        /// # Safety
+        /// The CPU has AVX-512 F/BW/VL; `x` is `[m, k]`, `w` is `[n, k]` with `r1 <= n`, and `out` is valid for
+        /// writes at `i * n + r` for `i < m`, `r0 <= r < r1`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn $name(
+            x: &[f32],
+            m: usize,
+            k: usize,
+            w: &[$t],
+            r0: usize,
+            r1: usize,
+            n: usize,
+            out: *mut f32,
+        ) {
+            debug_assert!(x.len() >= m * k && w.len() >= r1 * k);
+            let tail = k % 16;
+            let kb = k - tail;
+            let full: __mmask16 = 0xffff;
+            let mask: __mmask16 = ((1u32 << tail) - 1) as u16;
+            let wp = w.as_ptr();
+            let mut r = r0;
+            unsafe {
+                while r + 4 <= r1 {
+                    let w0 = wp.add(r * k);
+                    let w1 = w0.add(k);
+                    let w2 = w1.add(k);
+                    let w3 = w2.add(k);
+                    for i in 0..m {
+                        let xp = x.as_ptr().add(i * k);
+                        let mut a0 = _mm512_setzero_ps();
+                        let mut a1 = _mm512_setzero_ps();
+                        let mut a2 = _mm512_setzero_ps();
+                        let mut a3 = _mm512_setzero_ps();
+                        let mut l = 0;
+                        while l < kb {
+                            let xv = _mm512_loadu_ps(xp.add(l));
+                            a0 = _mm512_fmadd_ps(xv, $load(w0.add(l), full), a0);
+                            a1 = _mm512_fmadd_ps(xv, $load(w1.add(l), full), a1);
+                            a2 = _mm512_fmadd_ps(xv, $load(w2.add(l), full), a2);
+                            a3 = _mm512_fmadd_ps(xv, $load(w3.add(l), full), a3);
+                            l += 16;
+                        }
+                        if tail > 0 {
+                            let xv = _mm512_maskz_loadu_ps(mask, xp.add(kb));
+                            a0 = _mm512_fmadd_ps(xv, $load(w0.add(kb), mask), a0);
+                            a1 = _mm512_fmadd_ps(xv, $load(w1.add(kb), mask), a1);
+                            a2 = _mm512_fmadd_ps(xv, $load(w2.add(kb), mask), a2);
+                            a3 = _mm512_fmadd_ps(xv, $load(w3.add(kb), mask), a3);
+                        }
+                        let o = out.add(i * n + r);
+                        *o = _mm512_reduce_add_ps(a0);
+                        *o.add(1) = _mm512_reduce_add_ps(a1);
+                        *o.add(2) = _mm512_reduce_add_ps(a2);
+                        *o.add(3) = _mm512_reduce_add_ps(a3);
+                    }
+                    r += 4;
+                }
+                while r < r1 {
+                    let w0 = wp.add(r * k);
+                    for i in 0..m {
+                        let xp = x.as_ptr().add(i * k);
+                        let mut a0 = _mm512_setzero_ps();
+                        let mut l = 0;
+                        while l < kb {
+                            let xv = _mm512_loadu_ps(xp.add(l));
+                            a0 = _mm512_fmadd_ps(xv, $load(w0.add(l), full), a0);
+                            l += 16;
+                        }
+                        if tail > 0 {
+                            let xv = _mm512_maskz_loadu_ps(mask, xp.add(kb));
+                            a0 = _mm512_fmadd_ps(xv, $load(w0.add(kb), mask), a0);
+                        }
+                        *out.add(i * n + r) = _mm512_reduce_add_ps(a0);
+                    }
+                    r += 1;
+                }
+            }
+        }
+    };
+}
+
+gemv_avx512!(gemv_f32_avx512, f32, ld16_f32);
+gemv_avx512!(gemv_bf16_avx512, bf16, ld16_bf16);
+gemv_avx512!(gemv_f16_avx512, f16, ld16_f16);
+
+macro_rules! gemv_avx2 {
+    ($name:ident, $t:ty, $load:ident, $scalar:expr) => {
+        /// # Safety
+        /// The CPU has AVX2, FMA and F16C; otherwise as the AVX-512 kernel.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn $name(
+            x: &[f32],
+            m: usize,
+            k: usize,
+            w: &[$t],
+            r0: usize,
+            r1: usize,
+            n: usize,
+            out: *mut f32,
+        ) {
+            debug_assert!(x.len() >= m * k && w.len() >= r1 * k);
+            let to_f32 = $scalar;
+            let kb = k - k % 8;
+            let wp = w.as_ptr();
+            let mut r = r0;
+            unsafe {
+                while r + 4 <= r1 {
+                    let w0 = wp.add(r * k);
+                    let w1 = w0.add(k);
+                    let w2 = w1.add(k);
+                    let w3 = w2.add(k);
+                    for i in 0..m {
+                        let xp = x.as_ptr().add(i * k);
+                        let mut a0 = _mm256_setzero_ps();
+                        let mut a1 = _mm256_setzero_ps();
+                        let mut a2 = _mm256_setzero_ps();
+                        let mut a3 = _mm256_setzero_ps();
+                        let mut l = 0;
+                        while l < kb {
+                            let xv = _mm256_loadu_ps(xp.add(l));
+                            a0 = _mm256_fmadd_ps(xv, $load(w0.add(l)), a0);
+                            a1 = _mm256_fmadd_ps(xv, $load(w1.add(l)), a1);
+                            a2 = _mm256_fmadd_ps(xv, $load(w2.add(l)), a2);
+                            a3 = _mm256_fmadd_ps(xv, $load(w3.add(l)), a3);
+                            l += 8;
+                        }
+                        let mut s = [hsum8(a0), hsum8(a1), hsum8(a2), hsum8(a3)];
+                        for l in kb..k {
+                            let xv = *xp.add(l);
+                            s[0] += xv * to_f32(*w0.add(l));
+                            s[1] += xv * to_f32(*w1.add(l));
+                            s[2] += xv * to_f32(*w2.add(l));
+                            s[3] += xv * to_f32(*w3.add(l));
+                        }
+                        let o = out.add(i * n + r);
+                        for (j, s) in s.into_iter().enumerate() {
+                            *o.add(j) = s;
+                        }
+                    }
+                    r += 4;
+                }
+                while r < r1 {
+                    let w0 = wp.add(r * k);
+                    for i in 0..m {
+                        let xp = x.as_ptr().add(i * k);
+                        let mut a0 = _mm256_setzero_ps();
+                        let mut l = 0;
+                        while l < kb {
+                            let xv = _mm256_loadu_ps(xp.add(l));
+                            a0 = _mm256_fmadd_ps(xv, $load(w0.add(l)), a0);
+                            l += 8;
+                        }
+                        let mut s = hsum8(a0);
+                        for l in kb..k {
+                            s += *xp.add(l) * to_f32(*w0.add(l));
+                        }
+                        *out.add(i * n + r) = s;
+                    }
+                    r += 1;
+                }
+            }
+        }
+    };
+}
+
+gemv_avx2!(gemv_f32_avx2, f32, ld8_f32, |v: f32| v);
+gemv_avx2!(gemv_bf16_avx2, bf16, ld8_bf16, bf16::to_f32);
+gemv_avx2!(gemv_f16_avx2, f16, ld8_f16, f16::to_f32);
+
+// ---- int8: y[c] = fma(a[g, rows-1], q[rows-1][c], ... fma(a[g, 0], q[0][c], y[c])), g = c / group ----
+
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL; `q[j]` has `y.len()` values for `j < rows <= 4`; `a` is `[y.len() / group, 4]`;
+/// `group` and `y.len()` are multiples of 16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn axpy_q8_avx512(
+    y: &mut [f32],
+    a: &[f32],
+    q: &[&[i8]; 4],
+    rows: usize,
+    group: usize,
+) {
+    let len = y.len();
+    debug_assert!(len.is_multiple_of(16) && group.is_multiple_of(16) && rows <= 4 && rows > 0);
+    let yp = y.as_mut_ptr();
+    unsafe {
+        // A macro, not a closure: closures do not inherit `target_feature`, and the conversion must inline.
+        macro_rules! ld {
+            ($j:expr, $c:expr) => {
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    q.get_unchecked($j).as_ptr().add($c).cast(),
+                )))
+            };
+        }
+        let mut c = 0;
+        while c < len {
+            let g = c / group;
+            let ag = a.as_ptr().add(g * 4);
+            let end = c + group;
+            if rows == 4 {
+                let a0 = _mm512_set1_ps(*ag);
+                let a1 = _mm512_set1_ps(*ag.add(1));
+                let a2 = _mm512_set1_ps(*ag.add(2));
+                let a3 = _mm512_set1_ps(*ag.add(3));
+                while c < end {
+                    let mut v = _mm512_loadu_ps(yp.add(c));
+                    v = _mm512_fmadd_ps(a0, ld!(0, c), v);
+                    v = _mm512_fmadd_ps(a1, ld!(1, c), v);
+                    v = _mm512_fmadd_ps(a2, ld!(2, c), v);
+                    v = _mm512_fmadd_ps(a3, ld!(3, c), v);
+                    _mm512_storeu_ps(yp.add(c), v);
+                    c += 16;
+                }
+            } else {
+                while c < end {
+                    let mut v = _mm512_loadu_ps(yp.add(c));
+                    for j in 0..rows {
+                        v = _mm512_fmadd_ps(_mm512_set1_ps(*ag.add(j)), ld!(j, c), v);
+                    }
+                    _mm512_storeu_ps(yp.add(c), v);
+                    c += 16;
+                }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; otherwise as [`axpy_q8_avx512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn axpy_q8_avx2(
+    y: &mut [f32],
+    a: &[f32],
+    q: &[&[i8]; 4],
+    rows: usize,
+    group: usize,
+) {
+    let len = y.len();
+    debug_assert!(len.is_multiple_of(16) && group.is_multiple_of(16) && rows <= 4 && rows > 0);
+    let yp = y.as_mut_ptr();
+    unsafe {
+        macro_rules! ld {
+            ($j:expr, $c:expr) => {
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                    q.get_unchecked($j).as_ptr().add($c).cast(),
+                )))
+            };
+        }
+        let mut c = 0;
+        while c < len {
+            let g = c / group;
+            let ag = a.as_ptr().add(g * 4);
+            let end = c + group;
+            while c < end {
+                let mut v = _mm256_loadu_ps(yp.add(c));
+                for j in 0..rows {
+                    v = _mm256_fmadd_ps(_mm256_set1_ps(*ag.add(j)), ld!(j, c), v);
+                }
+                _mm256_storeu_ps(yp.add(c), v);
+                c += 8;
+            }
+        }
+    }
+}

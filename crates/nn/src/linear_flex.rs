@@ -1,0 +1,176 @@
+//! The flex fast path of [`crate::linear_forward`]: bf16, f16 and int8 weights (and f32 at decoding sizes) go
+//! through [`crate::kernels`] instead of Burn's matmul, which converts or dequantizes the whole weight on every
+//! call. Every other backend (and `Autodiff<Flex>`, so training keeps its gradients) takes Burn's path.
+
+use std::any::{Any, TypeId};
+
+use burn::backend::Flex;
+use burn::backend::flex::{FlexQTensor, FlexTensor};
+use burn::nn::Linear;
+use burn::prelude::{Backend, Tensor};
+use burn::tensor::quantization::{QuantLevel, QuantValue};
+use burn::tensor::{DType, TensorData, TensorPrimitive};
+use half::{bf16, f16};
+
+use crate::kernels::{self, DenseWeight, GEMV_MAX_ROWS, KernelPath, Q8Weight};
+
+/// `linear.forward(x)` for a 2-D `x: [rows, in]` through the kernels when `B` is flex and the weight is one
+/// they handle; gives `x` back otherwise.
+pub(crate) fn try_linear<B: Backend>(
+    linear: &Linear<B>,
+    x: Tensor<B, 2>,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    if TypeId::of::<B>() != TypeId::of::<Flex>() {
+        return Err(x);
+    }
+    let weight = linear.weight.val().into_primitive();
+    let Some(weight) = downcast::<TensorPrimitive<B>, TensorPrimitive<Flex>>(weight) else {
+        return Err(x);
+    };
+    let bias = linear
+        .bias
+        .as_ref()
+        .map(|b| b.val().into_primitive().tensor());
+    let TensorPrimitive::Float(xp) = x.into_primitive() else {
+        unreachable!("a float tensor's primitive is float")
+    };
+    let xf = downcast::<B::FloatTensorPrimitive, FlexTensor>(xp).expect("B is Flex");
+    let bias = bias.map(|b| downcast::<B::FloatTensorPrimitive, FlexTensor>(b).expect("B is Flex"));
+    match flex_linear(&xf, &weight, bias.as_ref()) {
+        Some(y) => {
+            let y = downcast::<FlexTensor, B::FloatTensorPrimitive>(y).expect("B is Flex");
+            Ok(Tensor::from_primitive(TensorPrimitive::Float(y)))
+        }
+        None => {
+            let xp = downcast::<FlexTensor, B::FloatTensorPrimitive>(xf).expect("B is Flex");
+            Err(Tensor::from_primitive(TensorPrimitive::Float(xp)))
+        }
+    }
+}
+
+fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
+    let boxed: Box<dyn Any> = Box::new(value);
+    boxed.downcast::<U>().ok().map(|b| *b)
+}
+
+/// The product on flex tensors, or `None` when the kernels do not handle this weight or input.
+fn flex_linear(
+    x: &FlexTensor,
+    weight: &TensorPrimitive<Flex>,
+    bias: Option<&FlexTensor>,
+) -> Option<FlexTensor> {
+    let dims = x.layout().shape().to_vec();
+    let [m, k] = dims[..] else { return None };
+    let out_dtype = x.dtype();
+    if !matches!(out_dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return None;
+    }
+    let path = KernelPath::detect();
+    let (n, out) = match weight {
+        TensorPrimitive::Float(w) => {
+            let (n, start) = dense_nk(w, k)?;
+            // Mixed dtypes and large f32 products stay with Burn (gemm reads f32 in place).
+            if w.dtype() != out_dtype || (out_dtype == DType::F32 && m > GEMV_MAX_ROWS) {
+                return None;
+            }
+            let bias = bias_f32(bias, n)?;
+            let x32 = to_f32(x)?;
+            let mut out = vec![0f32; m * n];
+            let range = start..start + n * k;
+            let w = match w.dtype() {
+                DType::F32 => DenseWeight::F32(w.storage::<f32>().get(range)?),
+                DType::BF16 => DenseWeight::Bf16(w.storage::<bf16>().get(range)?),
+                DType::F16 => DenseWeight::F16(w.storage::<f16>().get(range)?),
+                _ => return None,
+            };
+            kernels::linear_dense(path, &x32, m, k, w, n, bias.as_deref(), &mut out);
+            (n, out)
+        }
+        TensorPrimitive::QFloat(q) => {
+            let (n, group) = q8_layout(q, k)?;
+            let bias = bias_f32(bias, n)?;
+            let x32 = to_f32(x)?;
+            let values = q.tensor().as_slice::<i8>()?;
+            let w = Q8Weight {
+                values,
+                scales: q.scales(),
+                group,
+            };
+            let mut out = vec![0f32; m * n];
+            kernels::linear_q8(path, &x32, m, k, &w, n, bias.as_deref(), &mut out);
+            (n, out)
+        }
+    };
+    let shape = [m, n];
+    let data = match out_dtype {
+        DType::F32 => TensorData::new(out, shape),
+        DType::BF16 => TensorData::new(out.iter().map(|&v| bf16::from_f32(v)).collect(), shape),
+        DType::F16 => TensorData::new(out.iter().map(|&v| f16::from_f32(v)).collect(), shape),
+        _ => return None,
+    };
+    Some(FlexTensor::from_data(data))
+}
+
+/// For a weight `[k, n]` that is the transposed view of a row-major `[n, k]` buffer (how a PyTorch-layout
+/// `Linear` holds it), `n` and the element offset of that buffer in the storage.
+fn dense_nk(w: &FlexTensor, k: usize) -> Option<(usize, usize)> {
+    let layout = w.layout();
+    let [wk, n] = layout.shape().to_vec()[..] else {
+        return None;
+    };
+    if wk != k || layout.strides() != [1, k as isize] {
+        return None;
+    }
+    Some((n, layout.start_offset()))
+}
+
+/// `n` and the group of an int8 weight the kernels read: Burn's `Q8S`/`Q8F` values stored as i8, contiguous
+/// `[k, n]`, with blocks `[1, group]` (group a multiple of 16 dividing `n`).
+fn q8_layout(q: &FlexQTensor, k: usize) -> Option<(usize, usize)> {
+    use burn::tensor::quantization::QTensorPrimitive;
+    let scheme = q.scheme();
+    if !matches!(scheme.value, QuantValue::Q8S | QuantValue::Q8F) {
+        return None;
+    }
+    let t = q.tensor();
+    let [qk, n] = t.layout().shape().to_vec()[..] else {
+        return None;
+    };
+    if qk != k || t.dtype() != DType::I8 || !t.is_contiguous() {
+        return None;
+    }
+    let group = match scheme.level {
+        QuantLevel::Block(block) => match block.as_slice() {
+            [1, g] => *g as usize,
+            _ => return None,
+        },
+        QuantLevel::Tensor => return None,
+    };
+    (group % 16 == 0 && n % group == 0 && q.scales().len() == k * (n / group)).then_some((n, group))
+}
+
+/// The bias as f32 (`Some(None)` without one; `None` when it is not `[n]`).
+fn bias_f32(bias: Option<&FlexTensor>, n: usize) -> Option<Option<Vec<f32>>> {
+    match bias {
+        None => Some(None),
+        Some(b) if b.layout().shape().to_vec() == [n] => to_f32(b).map(Some),
+        Some(_) => None,
+    }
+}
+
+/// A float tensor's values, row-major, as f32.
+fn to_f32(t: &FlexTensor) -> Option<Vec<f32>> {
+    let c;
+    let t = if t.layout().contiguous_offsets().is_some() {
+        t
+    } else {
+        c = t.to_contiguous();
+        &c
+    };
+    Some(match t.dtype() {
+        DType::F32 => t.as_slice::<f32>()?.to_vec(),
+        DType::BF16 => t.as_slice::<bf16>()?.iter().map(|v| v.to_f32()).collect(),
+        DType::F16 => t.as_slice::<f16>()?.iter().map(|v| v.to_f32()).collect(),
+        _ => return None,
+    })
+}
