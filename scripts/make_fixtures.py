@@ -578,6 +578,60 @@ def tokens_of(tokenizer, ids) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def q8_group_for(n: int, group: int) -> int | None:
+    """blip2's rule: `group` when it divides `n`, else the largest smaller multiple of 16 that does (at most 240)."""
+    for g in range(min(group, 240) // 16, 0, -1):
+        if n % (g * 16) == 0:
+            return g * 16
+    return None
+
+
+def quantize_dequantize_q8(weight: torch.Tensor, group: int) -> torch.Tensor:
+    """blip2's int8 scheme on a PyTorch-layout [out, in] weight: in the [in, out] orientation, one scale per block
+    of `group` consecutive outputs of each input, scale = max|w| / 127 (1 when not a normal float),
+    q = round-half-even(w / scale) clamped to [-127, 127]; returns q * scale back in [out, in]."""
+    wt = weight.detach().t().contiguous().float()
+    k, n = wt.shape
+    blocks = wt.reshape(k, n // group, group)
+    scale = blocks.abs().amax(dim=-1, keepdim=True) / 127.0
+    normal = torch.isfinite(scale) & (scale >= torch.finfo(torch.float32).tiny)
+    scale = torch.where(normal, scale, torch.ones_like(scale))
+    q = torch.round(blocks / scale).clamp(-127, 127)
+    return (q * scale).reshape(k, n).t().contiguous()
+
+
+def quantize_lm_linears(model, group: int) -> dict[str, int]:
+    """Replaces every nn.Linear weight of the language model by its int8 round trip; returns name -> group."""
+    done = {}
+    for name, module in model.language_model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            g = q8_group_for(module.out_features, group)
+            if g is None:
+                continue
+            with torch.no_grad():
+                module.weight.copy_(quantize_dequantize_q8(module.weight, g))
+            done[f"language_model.{name}"] = g
+    return done
+
+
+def add_int8_refs(refs: "Refs", model, pixel_values, single, is_t5: bool, group: int, labels=None) -> dict:
+    """References for `Precision` with the language model's Linear weights in int8 (f32 activations): the model
+    with those weights replaced by their int8 round trip (weights quantized, then dequantized; activations are not
+    quantized by blip2's kernels). Changes `model` in place: call last."""
+    quantized = quantize_lm_linears(model, group)
+    with torch.no_grad():
+        kwargs = {"labels": labels[:1]} if is_t5 else {}
+        out = model(pixel_values=pixel_values[:1], input_ids=single["input_ids"],
+                    attention_mask=single["attention_mask"], **kwargs)
+        refs.add("int8/lm/logits/single", out.logits, "lm/logits/single with the LM's Linear weights in int8")
+        g = model.generate(pixel_values=pixel_values[:1], input_ids=single["input_ids"],
+                           attention_mask=single["attention_mask"], max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                           num_beams=1, output_logits=True, return_dict_in_generate=True)
+        refs.add("int8/gen/greedy/single", g.sequences, "greedy ids with the LM's Linear weights in int8")
+        refs.add("int8/gen/greedy/single/logits", torch.stack(g.logits), "their raw step logits")
+    return {"group": group, "quantized": quantized, "min_greedy_margin": margin_ok(list(g.logits))}
+
+
 def blip2_lm_fixture(out: Path, name: str, images: dict[str, Path], seed: int, spec: dict) -> None:
     directory = out / name
     directory.mkdir(parents=True)
@@ -804,6 +858,11 @@ def blip2_lm_fixture(out: Path, name: str, images: dict[str, Path], seed: int, s
             input_ids=text_only["input_ids"], attention_mask=text_only["attention_mask"]).last_hidden_state,
             "Blip2Model.get_text_features: " + ("T5 encoder output" if is_t5 else "OPT decoder output"))
 
+    int8_meta = None
+    if spec.get("int8_group"):
+        int8_meta = add_int8_refs(refs, model, pixel_values, single, is_t5, spec["int8_group"],
+                                  labels if is_t5 else None)
+
     meta = {
         "format_version": FORMAT_VERSION,
         "fixture": name,
@@ -819,6 +878,8 @@ def blip2_lm_fixture(out: Path, name: str, images: dict[str, Path], seed: int, s
         "image_token_index": image_token,
         "checkpoint_keys": file_keys(directory),
     }
+    if int8_meta is not None:
+        meta["int8"] = int8_meta
     if spec.get("form") == "saved":
         meta["form"] = ("transformers 5.24 save_pretrained output, unedited"
                         + (" (of the model loaded from the hub's form)" if is_t5 else ""))
@@ -1619,6 +1680,8 @@ TINY_T5 = {
     "prompts": {"single": "Question: what color is the sky? Answer:",
                 "batch": ["describe the image", "Question: where is the dog? Answer:"],
                 "labels": ["a small red house with a white door near the sea", "on the grass"]},
+    # int8 (issue 17): `o` and `wo` (32 outputs) are quantized; q/k/v (24), wi_0/wi_1 (44) and the head stay float.
+    "int8_group": 64,
     "grad_params": ["query_tokens", "qformer.encoder.layer.0.crossattention.attention.query.weight",
                     "language_projection.weight", "vision_model.embeddings.patch_embedding.weight"],
 }
@@ -1626,7 +1689,16 @@ TINY_T5 = {
 # The same models as transformers 5.24's `save_pretrained` writes them, unedited (other seeds): T5 converted from
 # the hub's form and saved again (`tie_word_embeddings: true`, `scale_decoder_outputs: false`, its own stored
 # `lm_head.weight`), OPT saved fresh (tied head absent); both in the 5.x processor layout.
-TINY_T5_SAVED = dict(TINY_T5, form="saved")
+TINY_T5_SAVED = dict(TINY_T5, form="saved", int8_group=None)
+# int8 (issue 17): an OPT whose decoder sizes are multiples of 16, so that every decoder Linear is quantized
+# (q/k/v/out and fc2 with 32 outputs per scale, fc1 with 64); the head (vocabulary 331) stays in float.
+TINY_OPT_Q8 = {
+    **TINY_OPT,
+    "text": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                 word_embed_proj_dim=32, do_layer_norm_before=True),
+    "int8_group": 64,
+}
+
 TINY_OPT_SAVED = dict(TINY_OPT, form="saved", legacy_processor_files=False)
 
 TINY_ITM = {
@@ -1686,6 +1758,7 @@ def generate_all(out: Path) -> None:
     blip2_lm_fixture(out, "tiny-t5", images, SEED + 20, TINY_T5)
     blip2_lm_fixture(out, "tiny-opt-saved", images, SEED + 110, TINY_OPT_SAVED)
     blip2_lm_fixture(out, "tiny-t5-saved", images, SEED + 120, TINY_T5_SAVED)
+    blip2_lm_fixture(out, "tiny-opt-q8", images, SEED + 130, TINY_OPT_Q8)
     itm_fixture(out, "tiny-itm", images, SEED + 30, TINY_ITM)
     opt_lm_fixture(out, "tiny-opt-lm", SEED + 40, TINY_OPT_LM)
     opt_lm_fixture(out, "tiny-opt-lm-350m", SEED + 50, TINY_OPT_LM_350M)

@@ -54,6 +54,7 @@ pub(crate) fn union(
         report.tied.extend(part.tied);
         report.ignored.extend(part.ignored);
         report.problems.extend(part.problems);
+        report.quantized.extend(part.quantized);
     }
     // Keys a part already named (unexpected or mis-shaped in its own prefixes) are not listed twice.
     let named: Vec<String> = report

@@ -233,7 +233,8 @@ fn batch_rows_match_single_runs<B: Backend>(name: &str, device: &B::Device) {
 // Each model in two forms: the hub's (`tiny-opt`, `tiny-t5`: transformers 4.x config keys, Flan-T5 with
 // `tie_word_embeddings: false`) and transformers 5.24's unedited `save_pretrained` output (`*-saved`: Flan-T5 with
 // `tie_word_embeddings: true`, `scale_decoder_outputs: false` and its own stored head).
-const OPT: [&str; 2] = ["tiny-opt", "tiny-opt-saved"];
+// `tiny-opt-q8` (sizes that are multiples of 16, for the int8 tests in int8.rs) is checked in f32 here too.
+const OPT: [&str; 3] = ["tiny-opt", "tiny-opt-saved", "tiny-opt-q8"];
 const T5: [&str; 2] = ["tiny-t5", "tiny-t5-saved"];
 
 fn opt_features<B: Backend>(device: &B::Device) {

@@ -48,5 +48,5 @@ fn fixture_checkpoints_open_with_their_keys_and_shapes() {
         assert_eq!(checkpoint.files().len(), 1);
         checked += 1;
     }
-    assert_eq!(checked, 9, "nine model fixtures");
+    assert_eq!(checked, 10, "ten model fixtures");
 }
