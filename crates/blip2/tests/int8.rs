@@ -159,7 +159,7 @@ fn int8_with_bf16_activations_stays_within_the_bf16_bound() {
         let (model, quantized) = load(&fixture, precision);
         assert!(!quantized.is_empty());
         let logits = single_logits(&fixture, &model);
-        let err = max_abs_diff(&logits, &fixture.data("int8/lm/logits/single"));
+        let err = max_abs_diff(&logits, fixture.data("int8/lm/logits/single"));
         // Measured: see the assertion message on failure; bf16 activations through two or three layers.
         assert!(err < bound, "{name}: bf16 activations err by {err}");
     }
