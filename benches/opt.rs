@@ -1,17 +1,17 @@
 //! OPT at BLIP-2's OPT-2.7b size (2560 hidden, 32 layers, 32 heads, ffn 10240, vocabulary 50304) with random
-//! weights, on the default CPU backend (flex; CUDA or wgpu with the crate's features), f32 and bf16, batch 1:
+//! weights, on the default CPU backend (flex; CUDA or wgpu with the crate's features), f32, bf16 and int8 (the
+//! `Linear` weights in int8 with bf16 activations), batch 1:
 //! - `prefill32`: a 32-token prompt through the decoder into an empty cache, logits for the last position;
 //! - `decode`: one token after a 32-token cache (the cache is cloned each iteration, which is cheap: tensors are
 //!   shared), logits for it.
 //!
 //! Throughput is in tokens. `cargo xtask bench opt` also times transformers' `OPTForCausalLM` on the same config
 //! (scripts/bench_opt.py) and prints the ratio. Environment: `BLIP2_BENCH_LAYERS` (depth, default 32),
-//! `BLIP2_BENCH_DTYPES` (default `f32,bf16`), `BLIP2_BENCH_SECS` (measurement time, default 20).
+//! `BLIP2_BENCH_DTYPES` (default `f32,bf16,int8`), `BLIP2_BENCH_SECS` (measurement time, default 20).
 
 use std::time::Duration;
 
-use blip2_benches::{BenchBackend, env_list, env_value, measurement_secs, setup};
-use blip2_nn::backend::{FloatDType, cast_module};
+use blip2_benches::{BenchBackend, BenchDtype, env_list, env_value, measurement_secs, setup};
 use blip2_opt::{LogitsFor, OptConfig, OptInput};
 use burn::prelude::*;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -25,7 +25,7 @@ fn opt(c: &mut Criterion) {
     if let Some(layers) = env_value("BLIP2_BENCH_LAYERS") {
         config.num_hidden_layers = layers;
     }
-    let dtypes: Vec<FloatDType> = env_list("BLIP2_BENCH_DTYPES", "f32,bf16");
+    let dtypes: Vec<BenchDtype> = env_list("BLIP2_BENCH_DTYPES", "f32,bf16,int8");
     let mut group = c.benchmark_group("opt");
     group
         .sample_size(10)
@@ -36,7 +36,7 @@ fn opt(c: &mut Criterion) {
             .init::<BenchBackend>(&device)
             .expect("the bench config is valid");
         // Materialises every lazy parameter in `dtype` (outside the timings).
-        let lm = cast_module(lm, dtype, &device).expect("the backend supports the bench dtype");
+        let lm = dtype.apply(lm, &device);
         let ids: Vec<i64> = (0..PROMPT as i64).map(|i| 2 + (i * 7919) % 50000).collect();
         let prompt =
             Tensor::<BenchBackend, 2, Int>::from_data(TensorData::new(ids, [1, PROMPT]), &device);

@@ -10,8 +10,7 @@
 
 use std::time::Duration;
 
-use blip2_benches::{BenchBackend, env_list, env_value, measurement_secs, setup};
-use blip2_nn::backend::{FloatDType, cast_module};
+use blip2_benches::{BenchBackend, BenchDtype, env_list, env_value, measurement_secs, setup};
 use blip2_t5::{LogitsFor, T5Config, T5Input};
 use burn::prelude::*;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -27,7 +26,7 @@ fn t5(c: &mut Criterion) {
         config.num_layers = layers;
         config.num_decoder_layers = Some(layers);
     }
-    let dtypes: Vec<FloatDType> = env_list("BLIP2_BENCH_DTYPES", "f32,bf16");
+    let dtypes: Vec<BenchDtype> = env_list("BLIP2_BENCH_DTYPES", "f32,bf16,int8");
     let mut group = c.benchmark_group("t5");
     group
         .sample_size(10)
@@ -37,8 +36,7 @@ fn t5(c: &mut Criterion) {
         let model = config
             .init::<BenchBackend>(&device)
             .expect("the bench config is valid");
-        let model =
-            cast_module(model, dtype, &device).expect("the backend supports the bench dtype");
+        let model = dtype.apply(model, &device);
         let ids: Vec<i64> = (0..SOURCE as i64).map(|i| 3 + (i * 7919) % 32000).collect();
         let source =
             Tensor::<BenchBackend, 2, Int>::from_data(TensorData::new(ids, [1, SOURCE]), &device);

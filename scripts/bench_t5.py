@@ -23,7 +23,7 @@ SOURCE, DECODED = 32, 8
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--layers", type=int, default=int(os.environ.get("BLIP2_BENCH_LAYERS", 24)))
-    parser.add_argument("--dtypes", default=os.environ.get("BLIP2_BENCH_DTYPES", "f32,bf16"))
+    parser.add_argument("--dtypes", default=os.environ.get("BLIP2_BENCH_DTYPES", "f32,bf16,int8"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
@@ -34,7 +34,8 @@ def main() -> None:
                       num_decoder_layers=args.layers, num_heads=32, feed_forward_proj="gated-gelu",
                       dense_act_fn="gelu", tie_word_embeddings=False)
     config._attn_implementation = "eager"  # T5's position bias: transformers uses eager attention for it
-    dtypes = {"f32": torch.float32, "bf16": torch.bfloat16}
+    # int8: torch's dynamic quantization of every nn.Linear (qint8 weights), the peer of blip2's int8 mode.
+    dtypes = {"f32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
     source = torch.tensor([[3 + (i * 7919) % 32000 for i in range(SOURCE)]])
     prefix = torch.tensor([[i * 11 for i in range(DECODED)]])
     token = torch.tensor([[42]])
@@ -45,6 +46,8 @@ def main() -> None:
         model = model.to_empty(device="cpu").to(dtypes[name]).eval()
         for p in model.parameters():
             torch.nn.init.normal_(p, std=0.02)
+        if name == "int8":
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         with torch.inference_mode():
             encoded = model.get_encoder()(input_ids=source).last_hidden_state
             out = model(encoder_outputs=(encoded,), decoder_input_ids=prefix, use_cache=True)

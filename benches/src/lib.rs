@@ -28,6 +28,57 @@ pub fn env_list<T: std::str::FromStr>(var: &str, default: &str) -> Vec<T> {
         .collect()
 }
 
+/// A weight format a bench runs in: a float dtype, or `int8` (every `Linear` weight in int8, group 64, with bf16
+/// activations: what `Precision::INT8` gives the language model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchDtype {
+    /// Every parameter in this dtype.
+    Float(FloatDType),
+    /// `Linear` weights in int8, the rest (and the activations) in bf16.
+    Int8,
+}
+
+impl BenchDtype {
+    /// The name in bench ids and tables (`f32`, `bf16`, `int8`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Float(dtype) => dtype.name(),
+            Self::Int8 => "int8",
+        }
+    }
+
+    /// `module` in this format, every parameter materialised.
+    ///
+    /// # Panics
+    /// When the backend cannot hold the dtype: benches choose dtypes the backend has.
+    pub fn apply<B: Backend, M: burn::module::Module<B>>(self, module: M, device: &B::Device) -> M {
+        match self {
+            Self::Float(dtype) => {
+                cast_module(module, dtype, device).expect("the backend supports the bench dtype")
+            }
+            Self::Int8 => {
+                let module = cast_module(module, FloatDType::BF16, device)
+                    .expect("the backend supports bf16");
+                blip2_nn::quantize_linears(module, blip2_nn::DEFAULT_Q8_GROUP).0
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for BenchDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "int8" => Ok(Self::Int8),
+            other => other
+                .parse()
+                .map(Self::Float)
+                .map_err(|e: blip2_nn::Error| e.to_string()),
+        }
+    }
+}
+
 /// Seconds of measurement per bench (`BLIP2_BENCH_SECS`, default 20; GPUs need far less).
 pub fn measurement_secs() -> u64 {
     env_value("BLIP2_BENCH_SECS").unwrap_or(20)

@@ -629,21 +629,33 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
         Ok(prompt)
     }
 
-    /// Casts every part to the dtypes of `precision` (parameters are cast on the device).
+    /// Casts every part to the dtypes of `precision` (parameters are cast on the device), and quantizes the
+    /// `Linear` weights of the parts `precision.int8` names (`blip2_nn::quantize_linears`). For a model read
+    /// from disk, loading in the wanted precision never holds the float weights of a quantized part.
     ///
     /// # Errors
     /// A dtype the backend does not support.
     pub fn with_precision(self, precision: Precision, device: &B::Device) -> Result<Self, Error> {
         use blip2_nn::backend::cast_module;
+        let vision_model = cast_module(self.vision_model, precision.vision, device)?;
+        let language_model = cast_module(self.language_model, precision.language_model, device)?;
         Ok(Self {
-            vision_model: cast_module(self.vision_model, precision.vision, device)?,
+            vision_model: if precision.int8.vision {
+                blip2_nn::quantize_linears(vision_model, precision.int8.group).0
+            } else {
+                vision_model
+            },
             qformer: cast_module(self.qformer, precision.qformer, device)?,
             language_projection: cast_module(
                 self.language_projection,
                 precision.language_model,
                 device,
             )?,
-            language_model: cast_module(self.language_model, precision.language_model, device)?,
+            language_model: if precision.int8.language_model {
+                blip2_nn::quantize_linears(language_model, precision.int8.group).0
+            } else {
+                language_model
+            },
             config: self.config,
             precision,
         })

@@ -10,7 +10,7 @@
 //! On flex, bf16, f16 and int8 weights (and f32 ones at decoding sizes) go through [`crate::kernels`], which read
 //! the weight once in its stored dtype; Burn's own product converts the whole weight to f32 on every call.
 
-use burn::module::Param;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::Linear;
 use burn::prelude::{Backend, Tensor};
 use burn::tensor::TensorData;
@@ -112,4 +112,67 @@ pub fn quantize_linear<B: Backend>(linear: Linear<B>, group: usize) -> Result<Li
         weight: Param::initialized(id, tensor),
         bias: linear.bias,
     })
+}
+
+/// Every `Linear` weight of `module` in int8 ([`quantize_linear`]'s scheme), with `group` outputs per scale
+/// where it divides the output size, else the largest multiple of 16 that does ([`q8_group_for`]); a weight with
+/// no such divisor stays as it is. For a model read from disk prefer
+/// [`crate::loader::LoadOptions::int8_group`], which never holds the float weights of the whole model.
+/// Returns the module and how many weights were quantized.
+pub fn quantize_linears<B: Backend, M: Module<B>>(module: M, group: usize) -> (M, usize) {
+    let mut mapper = QuantizeLinears {
+        group,
+        containers: Vec::new(),
+        count: 0,
+    };
+    let module = module.map(&mut mapper);
+    (module, mapper.count)
+}
+
+struct QuantizeLinears {
+    group: usize,
+    containers: Vec<String>,
+    count: usize,
+}
+
+impl<B: Backend> ModuleMapper<B> for QuantizeLinears {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.containers.push(format!("{container_type}.{name}"));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.containers.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if D != 2
+            || self
+                .containers
+                .last()
+                .is_none_or(|c| c != "Struct:Linear.weight")
+        {
+            return param;
+        }
+        let tensor = param.val();
+        if matches!(tensor.dtype(), burn::tensor::DType::QFloat(_)) {
+            return param;
+        }
+        let dims = tensor.dims();
+        let (k, n) = (dims[0], dims[1]);
+        let Some(group) = q8_group_for(n, self.group) else {
+            return param;
+        };
+        let device = tensor.device();
+        let w: Vec<f32> = tensor
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("converted to f32");
+        let (values, scales) = quantize_q8(&w, k, n, group);
+        self.count += 1;
+        Param::initialized(
+            param.id,
+            q8_tensor::<B, D>(values, &scales, k, n, group, &device),
+        )
+    }
 }

@@ -2,7 +2,8 @@
 //! batch 1 and more, and the flex `Linear` fast path against Burn's own product (non-contiguous inputs too).
 
 use blip2_nn::kernels::{
-    self, DenseWeight, GEMV_MAX_ROWS, KernelPath, Q8Weight, dequantize_q8, quantize_q8,
+    self, DOT_MAX_ROWS, DenseWeight, GEMV_MAX_ROWS, KernelPath, Q8Weight, dequantize_q8,
+    quantize_q8,
 };
 use half::{bf16, f16};
 
@@ -29,6 +30,9 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (GEMV_MAX_ROWS, 129, 70),
     (GEMV_MAX_ROWS + 1, 40, 65),
     (17, 257, 130),
+    // The AVX-512 four-row tiles up to DOT_MAX_ROWS, then blocked gemm.
+    (DOT_MAX_ROWS, 33, 9),
+    (DOT_MAX_ROWS + 1, 20, 7),
 ];
 
 /// The f32 accumulation bound for a dot product of length k: |error| <= k * 2^-23 * sum |x w| (a standard

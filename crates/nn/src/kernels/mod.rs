@@ -6,9 +6,10 @@
 //!
 //! - **Dense weights** (`f32`, `bf16`, `f16`) are read in PyTorch's `[out, in]` layout, the layout the
 //!   checkpoints store and the one blip2's `Linear`s keep (a transposed view), so loading packs nothing. Up to
-//!   [`GEMV_MAX_ROWS`] activation rows (decoding, beams) go through a dot-product kernel threaded over output
-//!   channels; more rows (prefill, the vision tower) go through blocks of 64 output channels converted to f32 in
-//!   a per-thread buffer and multiplied by `gemm`'s f32 kernels, threaded over blocks.
+//!   [`GEMV_MAX_ROWS`] activation rows (decoding, beams), and up to [`DOT_MAX_ROWS`] on AVX-512 (prefill), go
+//!   through a dot-product kernel threaded over output channels; more rows (the vision tower) go through blocks
+//!   of 64 output channels converted to f32 in a per-thread buffer and multiplied by `gemm`'s f32 kernels,
+//!   threaded over blocks.
 //! - **int8 weights** ([`Q8Weight`]) are Burn's own quantized tensors: `[in, out]` int8, symmetric, one f32 scale
 //!   per block of `group` consecutive output channels of one input row (Burn's block `[1, group]`), so every
 //!   Burn backend can also run them through its generic dequantize-then-multiply path. Decoding streams the rows
@@ -44,8 +45,11 @@ mod x86;
 
 pub use q8::{Q8Weight, dequantize_q8, quantize_q8};
 
-/// Activation rows up to which dense products use the dot-product (GEMV) kernel rather than blocked `gemm`.
+/// Activation rows up to which products use the decoding (GEMV) kernels on every path.
 pub const GEMV_MAX_ROWS: usize = 4;
+/// Activation rows up to which dense products use the dot-product kernel on the AVX-512 path (in tiles of four
+/// rows by four outputs); more rows go through blocked `gemm`.
+pub const DOT_MAX_ROWS: usize = 64;
 
 /// Which instruction set a kernel runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -193,10 +197,11 @@ pub fn linear_dense(
     if m == 0 || n == 0 {
         return;
     }
-    if m <= GEMV_MAX_ROWS {
-        dense::gemv(path.checked(), x, m, k, w, n, out);
+    let path = path.checked();
+    if m <= GEMV_MAX_ROWS || (path == KernelPath::Avx512 && m <= DOT_MAX_ROWS) {
+        dense::gemv(path, x, m, k, w, n, out);
     } else {
-        dense::gemm_blocks(path.checked(), x, m, k, w, n, out);
+        dense::gemm_blocks(path, x, m, k, w, n, out);
     }
     if let Some(b) = bias {
         add_bias(out, b);

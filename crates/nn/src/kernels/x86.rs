@@ -89,7 +89,45 @@ macro_rules! gemv_avx512 {
                     let w1 = w0.add(k);
                     let w2 = w1.add(k);
                     let w3 = w2.add(k);
-                    for i in 0..m {
+                    // Four activation rows at a time: 16 accumulators, each weight load used four times.
+                    let mut i0 = 0;
+                    while i0 + 4 <= m && m > 4 {
+                        let x0 = x.as_ptr().add(i0 * k);
+                        let x1 = x0.add(k);
+                        let x2 = x1.add(k);
+                        let x3 = x2.add(k);
+                        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+                        let mut l = 0;
+                        while l < k {
+                            let mk = if l < kb { full } else { mask };
+                            let wv = [
+                                $load(w0.add(l), mk),
+                                $load(w1.add(l), mk),
+                                $load(w2.add(l), mk),
+                                $load(w3.add(l), mk),
+                            ];
+                            let xv = [
+                                _mm512_maskz_loadu_ps(mk, x0.add(l)),
+                                _mm512_maskz_loadu_ps(mk, x1.add(l)),
+                                _mm512_maskz_loadu_ps(mk, x2.add(l)),
+                                _mm512_maskz_loadu_ps(mk, x3.add(l)),
+                            ];
+                            for (a, xv) in acc.iter_mut().zip(xv) {
+                                for (a, wv) in a.iter_mut().zip(wv) {
+                                    *a = _mm512_fmadd_ps(xv, wv, *a);
+                                }
+                            }
+                            l += 16;
+                        }
+                        for (d, a) in acc.iter().enumerate() {
+                            let o = out.add((i0 + d) * n + r);
+                            for (j, a) in a.iter().enumerate() {
+                                *o.add(j) = _mm512_reduce_add_ps(*a);
+                            }
+                        }
+                        i0 += 4;
+                    }
+                    for i in i0..m {
                         let xp = x.as_ptr().add(i * k);
                         let mut a0 = _mm512_setzero_ps();
                         let mut a1 = _mm512_setzero_ps();
