@@ -234,6 +234,24 @@ fn quantization_is_symmetric_per_block_and_rounds_half_to_even() {
     }
 }
 
+#[test]
+fn quantizing_the_transpose_in_place_equals_quantizing_a_transposed_copy() {
+    for (n, k, group) in [(64, 37, 32), (48, 16, 16), (128, 1, 64)] {
+        let w = values(n * k, 21); // [n, k]
+        let mut t = vec![0f32; k * n];
+        for j in 0..n {
+            for l in 0..k {
+                t[l * n + j] = w[j * k + l];
+            }
+        }
+        assert_eq!(
+            kernels::quantize_q8_transposed(&w, n, k, group),
+            quantize_q8(&t, k, n, group),
+            "n={n} k={k} group={group}"
+        );
+    }
+}
+
 #[cfg(feature = "flex")]
 mod flex {
     use super::values;

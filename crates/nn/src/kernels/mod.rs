@@ -43,7 +43,7 @@ mod q8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use q8::{Q8Weight, dequantize_q8, quantize_q8};
+pub use q8::{Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed};
 
 /// Activation rows up to which products use the decoding (GEMV) kernels on every path.
 pub const GEMV_MAX_ROWS: usize = 4;

@@ -74,6 +74,45 @@ pub fn quantize_q8(w: &[f32], k: usize, n: usize, group: usize) -> (Vec<i8>, Vec
     (values, scales)
 }
 
+/// [`quantize_q8`] of the `[k, n]` transpose of a row-major `[n, k]` weight (PyTorch's `Linear` layout, as a
+/// checkpoint stores it), without materialising the transpose: slabs of 16 input rows are gathered and quantized
+/// in parallel. Equal to `quantize_q8(&transpose(w), k, n, group)`.
+///
+/// # Panics
+/// When `w` is not `[n, k]` or `group` does not divide `n`.
+pub fn quantize_q8_transposed(w: &[f32], n: usize, k: usize, group: usize) -> (Vec<i8>, Vec<f32>) {
+    const SLAB: usize = 16;
+    assert_eq!(w.len(), k * n, "the weight is not [n, k]");
+    assert!(
+        group > 0 && n.is_multiple_of(group),
+        "group {group} does not divide {n}"
+    );
+    let groups = n / group;
+    let mut values = vec![0i8; k * n];
+    let mut scales = vec![0f32; k * groups];
+    if n == 0 || k == 0 {
+        return (values, scales);
+    }
+    values
+        .par_chunks_mut(SLAB * n)
+        .zip(scales.par_chunks_mut(SLAB * groups))
+        .enumerate()
+        .for_each(|(b, (q, s))| {
+            let l0 = b * SLAB;
+            let rows = q.len() / n;
+            let mut slab = vec![0f32; rows * n];
+            for (j, src) in w.chunks_exact(k).enumerate() {
+                for (dl, v) in src[l0..l0 + rows].iter().enumerate() {
+                    slab[dl * n + j] = *v;
+                }
+            }
+            let (sq, ss) = quantize_q8(&slab, rows, n, group);
+            q.copy_from_slice(&sq);
+            s.copy_from_slice(&ss);
+        });
+    (values, scales)
+}
+
 /// The f32 weight `[k, n]` an int8 weight stands for.
 pub fn dequantize_q8(w: &Q8Weight<'_>, k: usize, n: usize) -> Vec<f32> {
     w.check(k, n);

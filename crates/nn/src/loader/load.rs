@@ -481,25 +481,12 @@ impl Applier<'_> {
             }
         };
         let [n, k] = [data.shape[0], data.shape[1]];
-        let w: Vec<f32> = data.to_vec().expect("read as f32");
+        // Straight from the [n, k] buffer read from the map: no transposed f32 copy.
+        let (values, scales) = {
+            let w: &[f32] = data.as_slice().expect("read as f32");
+            crate::kernels::quantize_q8_transposed(w, n, k, group)
+        };
         drop(data);
-        // [n, k] -> [k, n], in blocks of rows so that each task writes a contiguous part.
-        let mut wt = vec![0f32; k * n];
-        {
-            use rayon::prelude::*;
-            wt.par_chunks_mut(n * 64).enumerate().for_each(|(b, dst)| {
-                let l0 = b * 64;
-                for (dl, row) in dst.chunks_exact_mut(n).enumerate() {
-                    let l = l0 + dl;
-                    for (j, d) in row.iter_mut().enumerate() {
-                        *d = w[j * k + l];
-                    }
-                }
-            });
-        }
-        drop(w);
-        let (values, scales) = crate::kernels::quantize_q8(&wt, k, n, group);
-        drop(wt);
         let device = param.lazy_device();
         let tensor = crate::linear::q8_tensor::<B, D>(values, &scales, k, n, group, &device);
         self.report.loaded.push(stored.to_string());
