@@ -432,14 +432,18 @@ impl RowWriter {
         }
         if resuming {
             run.check(path, reporter)?;
-            let mut text = String::new();
-            file.read_to_string(&mut text).map_err(|e| {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(|e| {
+                CliError::output(format!("cannot read {} to resume: {e}", path.display()))
+            })?;
+            let written = bytes.len();
+            let text = resumable_text(bytes).map_err(|e| {
                 CliError::output(format!("cannot read {} to resume: {e}", path.display()))
             })?;
             let (keep, found, is_crlf) = scan_resume(&text, path, format, columns)?;
             done = found;
             crlf = is_crlf;
-            if keep < text.len() {
+            if keep < written {
                 // A torn last write: drop it, its image is done again.
                 file.set_len(keep as u64)
                     .map_err(|e| CliError::write(path, &e))?;
@@ -514,12 +518,32 @@ fn csv_bytes(rows: &[Vec<String>], crlf: bool) -> Result<Vec<u8>, CliError> {
         .map_err(|e| CliError::output(format!("cannot format a CSV row: {e}")))
 }
 
+/// The text of an output file to resume. A write torn inside a multi-byte character leaves invalid UTF-8 in the
+/// unterminated last line only: that line is dropped here (it is redone), as a torn ASCII line is by the scan.
+/// Invalid UTF-8 before the last newline is a damaged file, an error.
+fn resumable_text(bytes: Vec<u8>) -> Result<String, std::str::Utf8Error> {
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(e) => {
+            let error = e.utf8_error();
+            let mut bytes = e.into_bytes();
+            let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            if error.valid_up_to() < complete {
+                return Err(error);
+            }
+            bytes.truncate(complete);
+            Ok(String::from_utf8(bytes).expect("valid up to the last newline"))
+        }
+    }
+}
+
 /// What `--resume` keeps of an output file's `text`: the length of its finished rows (a torn last write after
 /// them is dropped), the images they hold, and whether its rows end with `\r\n` (CSV). `columns` are the CSV
 /// columns of the command. Anything it could not write again byte for byte is refused, naming the line.
 ///
 /// # Errors
 /// A file that is not what this command writes, naming `path` and the line.
+#[doc(hidden)]
 pub fn scan_resume(
     text: &str,
     path: &Path,
@@ -710,6 +734,16 @@ fn foreign(path: &Path, reason: String) -> CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_torn_inside_a_character_is_dropped_like_any_torn_line() {
+        // "é" is two bytes; the kill came after the first.
+        let torn = b"{\"a\":1}\n{\"text\":\"caf\xc3".to_vec();
+        assert_eq!(super::resumable_text(torn).unwrap(), "{\"a\":1}\n");
+        // Invalid UTF-8 in a finished line is damage, not a torn write.
+        assert!(super::resumable_text(b"caf\xc3\nnext\n".to_vec()).is_err());
+        assert_eq!(super::resumable_text(b"ok\n".to_vec()).unwrap(), "ok\n");
+    }
 
     const COLUMNS: &[&str] = &["image", "sequence", "sequences", "text"];
 

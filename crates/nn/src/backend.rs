@@ -410,20 +410,46 @@ pub fn cast_module<B: Backend, M: burn::module::Module<B>>(
     device: &B::Device,
 ) -> Result<M, Error> {
     ensure_dtype_supported::<B>(device, dtype)?;
-    Ok(module.map(&mut CastParams(dtype.dtype())))
+    Ok(module.map(&mut CastParams {
+        dtype: dtype.dtype(),
+        containers: Vec::new(),
+    }))
 }
 
-struct CastParams(DType);
+struct CastParams {
+    dtype: DType,
+    /// `Struct:Type.field` of each entered field.
+    containers: Vec<String>,
+}
 
 impl<B: Backend> burn::module::ModuleMapper<B> for CastParams {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.containers.push(format!("{container_type}.{name}"));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.containers.pop();
+    }
+
     fn map_float<const D: usize>(
         &mut self,
         param: burn::module::Param<burn::prelude::Tensor<B, D>>,
     ) -> burn::module::Param<burn::prelude::Tensor<B, D>> {
-        let dtype = self.0;
+        let dtype = self.dtype;
         // int8 weights stay int8 (their scales are f32 whatever the activations' dtype).
         if matches!(param.val().dtype(), DType::QFloat(_)) {
             return param;
+        }
+        // A `Linear` weight is cast in its PyTorch layout ([out, in], of which the parameter is a transposed
+        // view), so that the cast keeps that layout: a CPU backend materialises a cast of a view in the view's
+        // order, which would turn the weight into a row-major [in, out] copy that the flex kernels cannot read.
+        if D == 2
+            && self
+                .containers
+                .last()
+                .is_some_and(|c| c == "Struct:Linear.weight")
+        {
+            return param.map(move |tensor| tensor.swap_dims(0, 1).cast(dtype).swap_dims(0, 1));
         }
         param.map(move |tensor| tensor.cast(dtype))
     }

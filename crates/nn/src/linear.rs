@@ -51,6 +51,18 @@ pub fn linear_forward<B: Backend, const D: usize>(
     out.reshape(shape)
 }
 
+/// `x · weightᵀ` for `x: [m, k]` and `weight: [n, k]`: a language-model head tied to its embedding table. On
+/// flex a row-major table goes through [`crate::kernels`] (Burn's bf16 product converts the whole table to f32
+/// on every call); elsewhere it is `x.matmul(weight.transpose())`.
+pub fn matmul_nt<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    let x = match crate::linear_flex::try_matmul_nt(x, weight) {
+        Ok(out) => return out,
+        Err(x) => x,
+    };
+    x.matmul(weight.clone().transpose())
+}
+
 /// The int8 group to use for a weight with `n` outputs when `group` is asked: `group` when it divides `n`, else
 /// the largest smaller multiple of 16 that does; `None` when no multiple of 16 divides `n`.
 pub fn q8_group_for(n: usize, group: usize) -> Option<usize> {

@@ -48,6 +48,37 @@ pub(crate) fn try_linear<B: Backend>(
     }
 }
 
+/// `x · weightᵀ` for `x: [m, k]` and a row-major `weight: [n, k]` (a tied language-model head: the embedding
+/// table) through the kernels when `B` is flex; gives `x` back otherwise.
+pub(crate) fn try_matmul_nt<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: &Tensor<B, 2>,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    if TypeId::of::<B>() != TypeId::of::<Flex>() {
+        return Err(x);
+    }
+    let TensorPrimitive::Float(w) = weight.clone().into_primitive() else {
+        return Err(x);
+    };
+    let w = downcast::<B::FloatTensorPrimitive, FlexTensor>(w).expect("B is Flex");
+    let TensorPrimitive::Float(xp) = x.into_primitive() else {
+        unreachable!("a float tensor's primitive is float")
+    };
+    let xf = downcast::<B::FloatTensorPrimitive, FlexTensor>(xp).expect("B is Flex");
+    let k = xf.layout().shape().to_vec().get(1).copied().unwrap_or(0);
+    let product = dense_rows(&w, k).and_then(|(n, start)| dense_product(&xf, &w, n, start, None));
+    match product {
+        Some(y) => {
+            let y = downcast::<FlexTensor, B::FloatTensorPrimitive>(y).expect("B is Flex");
+            Ok(Tensor::from_primitive(TensorPrimitive::Float(y)))
+        }
+        None => {
+            let xp = downcast::<FlexTensor, B::FloatTensorPrimitive>(xf).expect("B is Flex");
+            Err(Tensor::from_primitive(TensorPrimitive::Float(xp)))
+        }
+    }
+}
+
 fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
     let boxed: Box<dyn Any> = Box::new(value);
     boxed.downcast::<U>().ok().map(|b| *b)
@@ -69,22 +100,7 @@ fn flex_linear(
     let (n, out) = match weight {
         TensorPrimitive::Float(w) => {
             let (n, start) = dense_nk(w, k)?;
-            // Mixed dtypes and large f32 products stay with Burn (gemm reads f32 in place).
-            if w.dtype() != out_dtype || (out_dtype == DType::F32 && m > GEMV_MAX_ROWS) {
-                return None;
-            }
-            let bias = bias_f32(bias, n)?;
-            let x32 = to_f32(x)?;
-            let mut out = vec![0f32; m * n];
-            let range = start..start + n * k;
-            let w = match w.dtype() {
-                DType::F32 => DenseWeight::F32(w.storage::<f32>().get(range)?),
-                DType::BF16 => DenseWeight::Bf16(w.storage::<bf16>().get(range)?),
-                DType::F16 => DenseWeight::F16(w.storage::<f16>().get(range)?),
-                _ => return None,
-            };
-            kernels::linear_dense(path, &x32, m, k, w, n, bias.as_deref(), &mut out);
-            (n, out)
+            return dense_product(x, w, n, start, bias);
         }
         TensorPrimitive::QFloat(q) => {
             let (n, group) = q8_layout(q, k)?;
@@ -101,14 +117,69 @@ fn flex_linear(
             (n, out)
         }
     };
-    let shape = [m, n];
-    let data = match out_dtype {
+    output(out, [m, n], out_dtype)
+}
+
+/// `x · Wᵀ + bias` for `x: [m, k]` and `W` the row-major `[n, k]` buffer at element `start` of `w`'s storage,
+/// in `x`'s dtype; `None` for mixed dtypes and for f32 products above decoding sizes (flex's `gemm` reads f32
+/// in place).
+fn dense_product(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    n: usize,
+    start: usize,
+    bias: Option<&FlexTensor>,
+) -> Option<FlexTensor> {
+    let [m, k] = x.layout().shape().to_vec()[..] else {
+        return None;
+    };
+    let out_dtype = x.dtype();
+    if w.dtype() != out_dtype || (out_dtype == DType::F32 && m > GEMV_MAX_ROWS) {
+        return None;
+    }
+    let bias = bias_f32(bias, n)?;
+    let x32 = to_f32(x)?;
+    let mut out = vec![0f32; m * n];
+    let range = start..start + n * k;
+    let weight = match w.dtype() {
+        DType::F32 => DenseWeight::F32(w.storage::<f32>().get(range)?),
+        DType::BF16 => DenseWeight::Bf16(w.storage::<bf16>().get(range)?),
+        DType::F16 => DenseWeight::F16(w.storage::<f16>().get(range)?),
+        _ => return None,
+    };
+    kernels::linear_dense(
+        KernelPath::detect(),
+        &x32,
+        m,
+        k,
+        weight,
+        n,
+        bias.as_deref(),
+        &mut out,
+    );
+    output(out, [m, n], out_dtype)
+}
+
+fn output(out: Vec<f32>, shape: [usize; 2], dtype: DType) -> Option<FlexTensor> {
+    let data = match dtype {
         DType::F32 => TensorData::new(out, shape),
         DType::BF16 => TensorData::new(out.iter().map(|&v| bf16::from_f32(v)).collect(), shape),
         DType::F16 => TensorData::new(out.iter().map(|&v| f16::from_f32(v)).collect(), shape),
         _ => return None,
     };
     Some(FlexTensor::from_data(data))
+}
+
+/// For a row-major `[n, k]` weight (an embedding table), `n` and its element offset in the storage.
+fn dense_rows(w: &FlexTensor, k: usize) -> Option<(usize, usize)> {
+    let layout = w.layout();
+    let [n, wk] = layout.shape().to_vec()[..] else {
+        return None;
+    };
+    if wk != k || layout.strides() != [k as isize, 1] {
+        return None;
+    }
+    Some((n, layout.start_offset()))
 }
 
 /// For a weight `[k, n]` that is the transposed view of a row-major `[n, k]` buffer (how a PyTorch-layout

@@ -261,7 +261,7 @@ mod flex {
     use burn::module::Param;
     use burn::nn::{Linear, LinearConfig, LinearLayout};
     use burn::prelude::*;
-    use burn::tensor::DType;
+    use burn::tensor::{DType, TensorPrimitive};
 
     fn linear<B: Backend>(
         k: usize,
@@ -391,6 +391,51 @@ mod flex {
             .expect("the weight has a gradient");
         assert_eq!(gx.dims(), [2, 24]);
         assert_eq!(gw.dims(), [24, 8]);
+    }
+
+    #[test]
+    fn casting_keeps_a_linear_weight_in_pytorch_layout() {
+        let device = Default::default();
+        let l = linear::<Flex>(24, 40, true, 2, &device);
+        for dtype in [
+            blip2_nn::backend::FloatDType::BF16,
+            blip2_nn::backend::FloatDType::F16,
+        ] {
+            let cast = blip2_nn::backend::cast_module(l.clone(), dtype, &device).unwrap();
+            let TensorPrimitive::Float(w) = cast.weight.val().into_primitive() else {
+                panic!("a float weight")
+            };
+            // [in, out] as a transposed view of a row-major [out, in] buffer, as loading gives.
+            assert_eq!(w.layout().strides(), [1, 24], "{dtype}");
+            assert_eq!(w.layout().shape().to_vec(), [24, 40]);
+        }
+    }
+
+    #[test]
+    fn tied_head_products_match_burns_matmul() {
+        let device = Default::default();
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            for rows in [1, 3, 9] {
+                let table = Tensor::<Flex, 2>::from_data(
+                    TensorData::new(values(50 * 24, 8), [50, 24]),
+                    &device,
+                )
+                .cast(dtype);
+                let x = Tensor::<Flex, 2>::from_data(
+                    TensorData::new(values(rows * 24, 9), [rows, 24]),
+                    &device,
+                )
+                .cast(dtype);
+                let ours = blip2_nn::matmul_nt(x.clone(), &table);
+                let burns = x.matmul(table.transpose());
+                let tol = match dtype {
+                    DType::F32 => 1e-5,
+                    DType::BF16 => 0.0625,
+                    _ => 0.008,
+                };
+                assert!(max_diff(ours, burns) <= tol, "{dtype:?} rows={rows}");
+            }
+        }
     }
 
     #[test]

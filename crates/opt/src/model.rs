@@ -213,9 +213,7 @@ impl<B: Backend> OptForCausalLm<B> {
                 let [batch, len, dim] = hidden.dims();
                 let weight = self.model.decoder.embed_tokens.weight.val(); // [vocab, dim]
                 let vocab = weight.dims()[0];
-                hidden
-                    .reshape([batch * len, dim])
-                    .matmul(weight.transpose())
+                blip2_nn::matmul_nt(hidden.reshape([batch * len, dim]), &weight)
                     .reshape([batch, len, vocab])
             }
         }

@@ -293,8 +293,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
                 let [batch, len, d] = x.dims();
                 let weight = self.shared.weight.val(); // [vocab, d_model]
                 let vocab = weight.dims()[0];
-                x.reshape([batch * len, d])
-                    .matmul(weight.transpose())
+                blip2_nn::matmul_nt(x.reshape([batch * len, d]), &weight)
                     .reshape([batch, len, vocab])
             }
         }
