@@ -137,7 +137,7 @@ pub(super) fn gemm_blocks(
         let run = |block: &[f32]| {
             // SAFETY: `block` is `[rows, k]` row-major, `x` is `[m, k]`; this task writes only columns
             // `r0..r0 + rows` of `out` (`[m, n]`), disjoint across tasks.
-            unsafe { gemm_f32(m, rows, k, x, block, out_ptr.get().add(r0), n) };
+            unsafe { gemm_f32(m, rows, k, x, block, (1, k), out_ptr.get().add(r0), n) };
         };
         match w {
             DenseWeight::F32(w) => run(&w[r0 * k..(r0 + rows) * k]),
@@ -166,66 +166,27 @@ pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
     })
 }
 
-/// `dst[i, j] = sum_l x[i, l] * wt[j, l]` on one thread, for `x: [m, k]`, `wt: [rows, k]` and `dst` with row
-/// stride `dst_rs`.
+/// `dst[i, j] = sum_l x[i, l] * w[l, j]` on one thread, for `x: [m, k]` row-major, `w` the `[k, cols]` matrix
+/// with strides `(w_rs, w_cs)` (`(cols, 1)` row-major; `(1, k)` for a row-major `[cols, k]` read transposed),
+/// and `dst` with row stride `dst_rs`.
 ///
 /// # Safety
-/// `dst` must be valid for writes at `i * dst_rs + j` for `i < m`, `j < rows`.
-unsafe fn gemm_f32(
-    m: usize,
-    rows: usize,
-    k: usize,
-    x: &[f32],
-    wt: &[f32],
-    dst: *mut f32,
-    dst_rs: usize,
-) {
-    debug_assert_eq!(x.len(), m * k);
-    debug_assert_eq!(wt.len(), rows * k);
-    // SAFETY: the strides describe `x` ([m, k] row-major), `wt` read as the `[k, rows]` matrix `wt^T`, and `dst`
-    // as the caller promised.
-    unsafe {
-        gemm::gemm(
-            m,
-            rows,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            wt.as_ptr(),
-            k as isize,
-            1,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
-/// `dst[i, j] = sum_l x[i, l] * w[l, j]` on one thread, for `x: [m, k]`, `w: [k, cols]` row-major and `dst`
-/// with row stride `dst_rs`.
-///
-/// # Safety
-/// `dst` must be valid for writes at `i * dst_rs + j` for `i < m`, `j < cols`.
-pub(super) unsafe fn gemm_f32_kn(
+/// `w` must hold every element the strides address, and `dst` must be valid for writes at `i * dst_rs + j` for
+/// `i < m`, `j < cols`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_f32(
     m: usize,
     cols: usize,
     k: usize,
     x: &[f32],
     w: &[f32],
+    (w_rs, w_cs): (usize, usize),
     dst: *mut f32,
     dst_rs: usize,
 ) {
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(w.len(), k * cols);
-    // SAFETY: as `gemm_f32`, with `w` read row-major.
+    // SAFETY: the strides describe `x` and `w` as the caller promised, and `dst` likewise.
     unsafe {
         gemm::gemm(
             m,
@@ -239,8 +200,8 @@ pub(super) unsafe fn gemm_f32_kn(
             1,
             k as isize,
             w.as_ptr(),
-            1,
-            cols as isize,
+            w_cs as isize,
+            w_rs as isize,
             0.0f32,
             1.0f32,
             false,

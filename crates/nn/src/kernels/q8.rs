@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::dense::{gemm_f32_kn, with_scratch};
+use super::dense::{gemm_f32, with_scratch};
 use super::{KernelPath, SendPtr};
 
 /// Input rows per partial sum in the decoding kernel: fixed, so results do not depend on the thread count.
@@ -244,7 +244,7 @@ pub(super) fn gemm_blocks(
         with_scratch(k * cols, |s| {
             dequantize_cols(w, n, c0, cols, s);
             // SAFETY: `s` is `[k, cols]`; this task writes only columns `c0..c0 + cols` of `out` ([m, n]).
-            unsafe { gemm_f32_kn(m, cols, k, x, s, out_ptr.get().add(c0), n) };
+            unsafe { gemm_f32(m, cols, k, x, s, (cols, 1), out_ptr.get().add(c0), n) };
         });
     });
 }
