@@ -64,7 +64,14 @@ impl Activation {
     /// Applies the activation element-wise, in the tensor's dtype.
     pub fn forward<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Self::Gelu => activation::gelu(x),
+            Self::Gelu => {
+                #[cfg(feature = "flex")]
+                let x = match crate::activation_flex::try_gelu(x) {
+                    Ok(y) => return y,
+                    Err(x) => x,
+                };
+                activation::gelu(x)
+            }
             Self::GeluTanh => activation::gelu_approximate(x),
             Self::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
             Self::Relu => activation::relu(x),

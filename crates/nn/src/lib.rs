@@ -30,6 +30,8 @@
 //! ```
 
 mod activation;
+#[cfg(feature = "flex")]
+mod activation_flex;
 pub mod alloc;
 pub mod backend;
 pub mod config;

@@ -12,7 +12,7 @@ use burn::tensor::quantization::{QuantLevel, QuantValue};
 use burn::tensor::{DType, TensorData, TensorPrimitive};
 use half::{bf16, f16};
 
-use crate::kernels::{self, DenseWeight, GEMV_MAX_ROWS, KernelPath, Q8Weight};
+use crate::kernels::{self, DenseWeight, KernelPath, Q8Weight};
 
 /// `linear.forward(x)` for a 2-D `x: [rows, in]` through the kernels when `B` is flex and the weight is one
 /// they handle; gives `x` back otherwise.
@@ -121,8 +121,8 @@ fn flex_linear(
 }
 
 /// `x · Wᵀ + bias` for `x: [m, k]` and `W` the row-major `[n, k]` buffer at element `start` of `w`'s storage,
-/// in `x`'s dtype; `None` for mixed dtypes and for f32 products above decoding sizes (flex's `gemm` reads f32
-/// in place).
+/// in `x`'s dtype; `None` for mixed dtypes. f32 products of every size come here too: flex's `gemm` would
+/// repack the transposed weight on every call (two thirds of OPT's f32 prefill time in a profile).
 fn dense_product(
     x: &FlexTensor,
     w: &FlexTensor,
@@ -134,7 +134,7 @@ fn dense_product(
         return None;
     };
     let out_dtype = x.dtype();
-    if w.dtype() != out_dtype || (out_dtype == DType::F32 && m > GEMV_MAX_ROWS) {
+    if w.dtype() != out_dtype {
         return None;
     }
     let bias = bias_f32(bias, n)?;

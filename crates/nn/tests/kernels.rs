@@ -445,3 +445,61 @@ mod flex {
         assert!(quantize_linear(l, 32).is_err());
     }
 }
+
+/// erf in f64 by its Taylor series (|x| <= 4: the largest term is about 1e5, so about 1e-11 is lost to
+/// cancellation, far below f32's resolution).
+fn erf_f64(x: f64) -> f64 {
+    let mut term = x; // (-1)^n x^(2n+1) / n!
+    let mut sum = x;
+    for n in 1..200 {
+        term *= -x * x / n as f64;
+        sum += term / (2 * n + 1) as f64;
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+/// What `kernels::erf` may differ from the exact erf by (see the test below for the measured value).
+const ERF_BOUND: f64 = 3.4e-7;
+
+#[test]
+fn erf_is_within_its_stated_bound_of_the_exact_value() {
+    let mut worst = 0f64;
+    for i in -8000..=8000 {
+        let x = i as f32 * 5e-4; // [-4, 4]
+        let got = blip2_nn::kernels::erf(x) as f64;
+        worst = worst.max((got - erf_f64(x as f64)).abs());
+    }
+    // Measured: 3.31e-7, at x = ±3.934, where erf is within 1e-7 of ±1 and the rational approximation's tail
+    // error dominates (near 0 it is within a few f32 steps).
+    assert!(worst <= ERF_BOUND, "erf is {worst:e} from the exact value");
+    for x in [4.0f32, 5.0, 100.0, f32::MAX] {
+        assert!((blip2_nn::kernels::erf(x) as f64 - 1.0).abs() <= ERF_BOUND);
+        assert!((blip2_nn::kernels::erf(-x) as f64 + 1.0).abs() <= ERF_BOUND);
+    }
+}
+
+#[test]
+fn gelu_paths_equal_the_portable_path_bit_for_bit_and_the_exact_gelu() {
+    // Odd length (not a multiple of any vector width), values across the range where GELU bends.
+    let x: Vec<f32> = values(1037, 7).iter().map(|v| v * 6.0).collect();
+    let mut want = vec![0f32; x.len()];
+    blip2_nn::kernels::gelu_erf(KernelPath::Portable, &x, &mut want);
+    for path in KernelPath::available() {
+        let mut got = vec![0f32; x.len()];
+        blip2_nn::kernels::gelu_erf(path, &x, &mut got);
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{} differs from the portable path", path.name());
+    }
+    for (&x, &g) in x.iter().zip(&want) {
+        let exact = 0.5 * x as f64 * (1.0 + erf_f64(x as f64 / std::f64::consts::SQRT_2));
+        // erf's error, scaled by x / 2, plus rounding in the formula's last steps.
+        let bound = 0.5 * (x as f64).abs() * ERF_BOUND + 2.4e-7 * (1.0 + exact.abs());
+        assert!(
+            (g as f64 - exact).abs() <= bound,
+            "gelu({x}) = {g}, exact {exact}"
+        );
+    }
+}

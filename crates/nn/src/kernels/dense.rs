@@ -9,8 +9,11 @@ use super::{DenseWeight, KernelPath, SendPtr};
 
 /// Output channels per rayon task in the dot-product kernel.
 const GEMV_BLOCK: usize = 64;
-/// Output channels per block converted to f32 for `gemm`.
-const GEMM_BLOCK: usize = 64;
+/// Output channels per block converted to f32 for `gemm`, at most: `gemm` packs the activations again for every
+/// block, so blocks are as large as a 1 MiB f32 scratch allows (a multiple of 16, at least 64).
+const GEMM_BLOCK: usize = 512;
+/// f32 values of the per-thread weight scratch that bound [`GEMM_BLOCK`].
+const GEMM_SCRATCH: usize = 1 << 18;
 
 /// `out[i, r] = dot(x[i, :], w[r, :])` for `m <= GEMV_MAX_ROWS`, threaded over blocks of output channels.
 pub(super) fn gemv(
@@ -121,7 +124,7 @@ thread_local! {
 /// `out = x W^T` for larger `m`: blocks of [`GEMM_BLOCK`] weight rows, converted to f32 per thread, each
 /// multiplied by `gemm` on one thread; blocks run in parallel.
 pub(super) fn gemm_blocks(
-    _path: KernelPath,
+    path: KernelPath,
     x: &[f32],
     m: usize,
     k: usize,
@@ -130,10 +133,17 @@ pub(super) fn gemm_blocks(
     out: &mut [f32],
 ) {
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let blocks = n.div_ceil(GEMM_BLOCK);
+    // At least two blocks a thread, so that both cores stay busy on products with few outputs.
+    let per_thread = n
+        .div_ceil(2 * rayon::current_num_threads())
+        .next_multiple_of(16);
+    let block = (GEMM_SCRATCH / k.max(1) / 16 * 16)
+        .clamp(64, GEMM_BLOCK)
+        .min(per_thread.max(16));
+    let blocks = n.div_ceil(block);
     (0..blocks).into_par_iter().for_each(|b| {
-        let r0 = b * GEMM_BLOCK;
-        let rows = GEMM_BLOCK.min(n - r0);
+        let r0 = b * block;
+        let rows = block.min(n - r0);
         let run = |block: &[f32]| {
             // SAFETY: `block` is `[rows, k]` row-major, `x` is `[m, k]`; this task writes only columns
             // `r0..r0 + rows` of `out` (`[m, n]`), disjoint across tasks.
@@ -142,18 +152,42 @@ pub(super) fn gemm_blocks(
         match w {
             DenseWeight::F32(w) => run(&w[r0 * k..(r0 + rows) * k]),
             DenseWeight::Bf16(w) => with_scratch(rows * k, |s| {
-                for (d, v) in s.iter_mut().zip(&w[r0 * k..(r0 + rows) * k]) {
-                    *d = v.to_f32();
-                }
+                convert_bf16(path, &w[r0 * k..(r0 + rows) * k], s);
                 run(s)
             }),
             DenseWeight::F16(w) => with_scratch(rows * k, |s| {
-                use half::slice::HalfFloatSliceExt;
-                w[r0 * k..(r0 + rows) * k].convert_to_f32_slice(s);
+                convert_f16(path, &w[r0 * k..(r0 + rows) * k], s);
                 run(s)
             }),
         }
     });
+}
+
+/// `dst = src` as f32 (exact).
+fn convert_bf16(path: KernelPath, src: &[bf16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx512 {
+        // SAFETY: the path was checked against the CPU's features by the caller.
+        return unsafe { super::x86::bf16_to_f32_avx512(src, dst) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
+    for (d, v) in dst.iter_mut().zip(src) {
+        *d = v.to_f32();
+    }
+}
+
+/// `dst = src` as f32 (exact).
+fn convert_f16(path: KernelPath, src: &[f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx512 {
+        // SAFETY: the path was checked against the CPU's features by the caller.
+        return unsafe { super::x86::f16_to_f32_avx512(src, dst) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
+    use half::slice::HalfFloatSliceExt;
+    src.convert_to_f32_slice(dst);
 }
 
 pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {

@@ -39,10 +39,12 @@ use std::sync::OnceLock;
 use half::{bf16, f16};
 
 mod dense;
+mod elementwise;
 mod q8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub use elementwise::{erf, gelu_erf};
 pub use q8::{Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed};
 
 /// Activation rows up to which products use the decoding (GEMV) kernels on every path.
@@ -235,7 +237,7 @@ pub fn linear_q8(
     if m <= GEMV_MAX_ROWS {
         q8::gemv(path.checked(), x, m, k, w, n, out);
     } else {
-        q8::gemm_blocks(x, m, k, w, n, out);
+        q8::gemm_blocks(path.checked(), x, m, k, w, n, out);
     }
     if let Some(b) = bias {
         add_bias(out, b);

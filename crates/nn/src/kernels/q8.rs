@@ -117,20 +117,41 @@ pub fn quantize_q8_transposed(w: &[f32], n: usize, k: usize, group: usize) -> (V
 pub fn dequantize_q8(w: &Q8Weight<'_>, k: usize, n: usize) -> Vec<f32> {
     w.check(k, n);
     let mut out = vec![0f32; k * n];
-    dequantize_cols(w, n, 0, n, &mut out);
+    dequantize_cols(KernelPath::detect(), w, n, 0, n, &mut out);
     out
 }
 
-/// Writes columns `c0..c0 + cols` of the dequantized `[k, n]` weight into `dst` (`[k, cols]` row-major).
-fn dequantize_cols(w: &Q8Weight<'_>, n: usize, c0: usize, cols: usize, dst: &mut [f32]) {
+/// Writes columns `c0..c0 + cols` of the dequantized `[k, n]` weight into `dst` (`[k, cols]` row-major). `c0`
+/// and `cols` are multiples of 16 (as `group` and `n` are), so each run of 16 values has one scale.
+fn dequantize_cols(
+    path: KernelPath,
+    w: &Q8Weight<'_>,
+    n: usize,
+    c0: usize,
+    cols: usize,
+    dst: &mut [f32],
+) {
+    debug_assert!(c0.is_multiple_of(16) && cols.is_multiple_of(16));
     let groups = n / w.group;
     for (l, row) in dst.chunks_exact_mut(cols).enumerate() {
         let q = &w.values[l * n + c0..l * n + c0 + cols];
         let s = &w.scales[l * groups..(l + 1) * groups];
-        for (j, (d, &q)) in row.iter_mut().zip(q).enumerate() {
-            *d = q as f32 * s[(c0 + j) / w.group];
+        #[cfg(target_arch = "x86_64")]
+        if path == KernelPath::Avx512 {
+            // SAFETY: the path was checked against the CPU's features; `q` and `row` hold `cols` values, and
+            // `s[(c0 + j) / group]` exists for every `j < cols`.
+            unsafe { super::x86::dequant_row_avx512(q, s, c0, w.group, row) };
+            continue;
+        }
+        for (j, (d, q)) in row.chunks_exact_mut(16).zip(q.chunks_exact(16)).enumerate() {
+            let s = s[(c0 + 16 * j) / w.group];
+            for (d, &q) in d.iter_mut().zip(q) {
+                *d = q as f32 * s;
+            }
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
 }
 
 /// Decoding sizes: the input dimension is cut into [`K_CHUNK`]-row chunks, each summed into its own partial
@@ -180,8 +201,8 @@ fn chunk_rows(
     p: &mut [f32],
 ) {
     let groups = n / w.group;
-    // a[g, j] = x[i, l + j] * scale[l + j, g]
-    let mut a = vec![0f32; groups * 4];
+    // a[j, g] = x[i, l + j] * scale[l + j, g]
+    let mut a = vec![0f32; 4 * groups];
     let mut l = l0;
     while l < l1 {
         let rows = (l1 - l).min(4);
@@ -190,9 +211,11 @@ fn chunk_rows(
             *q = &w.values[(l + j) * n..(l + j + 1) * n];
         }
         for i in 0..m {
-            for g in 0..groups {
-                for j in 0..rows {
-                    a[g * 4 + j] = x[i * k + l + j] * w.scales[(l + j) * groups + g];
+            for (j, a) in a.chunks_exact_mut(groups).take(rows).enumerate() {
+                let xj = x[i * k + l + j];
+                let s = &w.scales[(l + j) * groups..(l + j + 1) * groups];
+                for (a, s) in a.iter_mut().zip(s) {
+                    *a = xj * s;
                 }
             }
             axpy(path, &mut p[i * n..(i + 1) * n], &a, &q, rows, w.group);
@@ -201,12 +224,13 @@ fn chunk_rows(
     }
 }
 
-/// `y[c] = fma(a[g, rows-1], q[rows-1][c], ... fma(a[g, 0], q[0][c], y[c]))` with `g = c / group`.
+/// `y[c] = fma(a[rows-1, g], q[rows-1][c], ... fma(a[0, g], q[0][c], y[c]))` with `g = c / group`; `a` is
+/// `[4, y.len() / group]`.
 fn axpy(path: KernelPath, y: &mut [f32], a: &[f32], q: &[&[i8]; 4], rows: usize, group: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: `path` was checked against the CPU's features (`KernelPath::checked`); every `q[j]` (j < rows)
-        // has `y.len()` values; `group` (a multiple of 16) divides `y.len()`; `a` is `[groups, 4]`.
+        // has `y.len()` values; `group` (a multiple of 16) divides `y.len()`; `a` is `[4, groups]`.
         match path {
             KernelPath::Avx512 => {
                 return unsafe { super::x86::axpy_q8_avx512(y, a, q, rows, group) };
@@ -217,11 +241,12 @@ fn axpy(path: KernelPath, y: &mut [f32], a: &[f32], q: &[&[i8]; 4], rows: usize,
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = path;
+    let groups = y.len() / group;
     for (c, y) in y.iter_mut().enumerate() {
-        let ag = &a[(c / group) * 4..];
+        let g = c / group;
         let mut v = *y;
         for j in 0..rows {
-            v = ag[j].mul_add(q[j][c] as f32, v);
+            v = a[j * groups + g].mul_add(q[j][c] as f32, v);
         }
         *y = v;
     }
@@ -229,6 +254,7 @@ fn axpy(path: KernelPath, y: &mut [f32], a: &[f32], q: &[&[i8]; 4], rows: usize,
 
 /// Larger `m`: blocks of [`GEMM_BLOCK`] output columns dequantized to f32 per thread and multiplied by `gemm`.
 pub(super) fn gemm_blocks(
+    path: KernelPath,
     x: &[f32],
     m: usize,
     k: usize,
@@ -242,7 +268,7 @@ pub(super) fn gemm_blocks(
         let c0 = b * GEMM_BLOCK;
         let cols = GEMM_BLOCK.min(n - c0);
         with_scratch(k * cols, |s| {
-            dequantize_cols(w, n, c0, cols, s);
+            dequantize_cols(path, w, n, c0, cols, s);
             // SAFETY: `s` is `[k, cols]`; this task writes only columns `c0..c0 + cols` of `out` ([m, n]).
             unsafe { gemm_f32(m, cols, k, x, s, (cols, 1), out_ptr.get().add(c0), n) };
         });
