@@ -12,7 +12,7 @@ use burn::tensor::{DType, TensorData, TensorPrimitive};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::kernels::{KernelPath, gelu_erf};
+use crate::kernels::{KernelPath, gelu_erf, narrow_bf16, widen_bf16};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -56,14 +56,17 @@ fn gelu_flex(t: &FlexTensor) -> Option<FlexTensor> {
                 .for_each(|(o, x)| gelu_erf(path, x, o));
             TensorData::new(out, shape)
         }
-        DType::BF16 => TensorData::new(
-            half_gelu(t.as_slice::<bf16>()?, path, bf16::to_f32, bf16::from_f32),
-            shape,
-        ),
-        DType::F16 => TensorData::new(
-            half_gelu(t.as_slice::<f16>()?, path, f16::to_f32, f16::from_f32),
-            shape,
-        ),
+        DType::BF16 => {
+            let widen = |x: &[bf16], w: &mut [f32]| widen_bf16(path, x, w);
+            let narrow = |w: &[f32], o: &mut [bf16]| narrow_bf16(path, w, o);
+            TensorData::new(half_gelu(t.as_slice::<bf16>()?, path, widen, narrow), shape)
+        }
+        DType::F16 => {
+            use half::slice::HalfFloatSliceExt;
+            let widen = |x: &[f16], w: &mut [f32]| x.convert_to_f32_slice(w);
+            let narrow = |w: &[f32], o: &mut [f16]| o.convert_from_f32_slice(w);
+            TensorData::new(half_gelu(t.as_slice::<f16>()?, path, widen, narrow), shape)
+        }
         _ => return None,
     };
     Some(FlexTensor::from_data(data))
@@ -73,19 +76,18 @@ fn gelu_flex(t: &FlexTensor) -> Option<FlexTensor> {
 fn half_gelu<T: Copy + Default + Send + Sync>(
     x: &[T],
     path: KernelPath,
-    widen: fn(T) -> f32,
-    narrow: fn(f32) -> T,
+    widen: impl Fn(&[T], &mut [f32]) + Sync,
+    narrow: impl Fn(&[f32], &mut [T]) + Sync,
 ) -> Vec<T> {
     let mut out = vec![T::default(); x.len()];
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(o, x)| {
-            let wide: Vec<f32> = x.iter().map(|&v| widen(v)).collect();
-            let mut g = vec![0f32; wide.len()];
+            let mut wide = vec![0f32; x.len()];
+            widen(x, &mut wide);
+            let mut g = vec![0f32; x.len()];
             gelu_erf(path, &wide, &mut g);
-            for (o, g) in o.iter_mut().zip(g) {
-                *o = narrow(g);
-            }
+            narrow(&g, o);
         });
     out
 }

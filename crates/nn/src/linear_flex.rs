@@ -163,7 +163,11 @@ fn dense_product(
 fn output(out: Vec<f32>, shape: [usize; 2], dtype: DType) -> Option<FlexTensor> {
     let data = match dtype {
         DType::F32 => TensorData::new(out, shape),
-        DType::BF16 => TensorData::new(out.iter().map(|&v| bf16::from_f32(v)).collect(), shape),
+        DType::BF16 => {
+            let mut b = vec![bf16::ZERO; out.len()];
+            kernels::narrow_bf16(KernelPath::detect(), &out, &mut b);
+            TensorData::new(b, shape)
+        }
         DType::F16 => TensorData::new(out.iter().map(|&v| f16::from_f32(v)).collect(), shape),
         _ => return None,
     };
@@ -240,7 +244,12 @@ fn to_f32(t: &FlexTensor) -> Option<Vec<f32>> {
     };
     Some(match t.dtype() {
         DType::F32 => t.as_slice::<f32>()?.to_vec(),
-        DType::BF16 => t.as_slice::<bf16>()?.iter().map(|v| v.to_f32()).collect(),
+        DType::BF16 => {
+            let src = t.as_slice::<bf16>()?;
+            let mut out = vec![0f32; src.len()];
+            kernels::widen_bf16(KernelPath::detect(), src, &mut out);
+            out
+        }
         DType::F16 => t.as_slice::<f16>()?.iter().map(|v| v.to_f32()).collect(),
         _ => return None,
     })

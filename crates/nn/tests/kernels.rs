@@ -255,6 +255,36 @@ fn quantizing_the_transpose_in_place_equals_quantizing_a_transposed_copy() {
 #[cfg(feature = "flex")]
 mod flex {
     use super::values;
+
+    #[test]
+    fn gelu_matches_burns_gelu_on_flex_and_autodiff_keeps_burns_path() {
+        let device = Default::default();
+        let data = TensorData::new(values(3 * 5 * 67, 21).iter().map(|v| v * 5.0).collect(), [3, 5, 67]);
+        let x = Tensor::<Flex, 3>::from_data(data.clone(), &device);
+        let want = burn::tensor::activation::gelu(x.clone()).into_data();
+        let got = blip2_nn::Activation::Gelu.forward(x.clone()).into_data();
+        // The rational erf is within 3.4e-7 of erf (see `erf_is_within_its_stated_bound_of_the_exact_value`).
+        got.assert_approx_eq::<f32>(&want, burn::tensor::Tolerance::absolute(2e-6));
+        // A non-contiguous input takes Burn's path and gives the same values.
+        let t = x.clone().swap_dims(1, 2);
+        let got_t = blip2_nn::Activation::Gelu.forward(t.clone()).into_data();
+        got_t.assert_approx_eq::<f32>(
+            &burn::tensor::activation::gelu(t).into_data(),
+            burn::tensor::Tolerance::absolute(2e-6),
+        );
+        // bf16: within one bf16 rounding of Burn's bf16 result.
+        let xb = x.clone().cast(DType::BF16);
+        let gb = blip2_nn::Activation::Gelu.forward(xb.clone()).cast(DType::F32).into_data();
+        let wb = burn::tensor::activation::gelu(xb).cast(DType::F32).into_data();
+        gb.assert_approx_eq::<f32>(&wb, burn::tensor::Tolerance::relative(8e-3).set_absolute(1e-6));
+        // Autodiff<Flex>: gradients flow (Burn's gelu), equal to those of Burn's op.
+        let xa = Tensor::<Autodiff<Flex>, 3>::from_data(data, &device).require_grad();
+        let grads = blip2_nn::Activation::Gelu.forward(xa.clone()).sum().backward();
+        let ga = xa.grad(&grads).expect("a gradient").into_data();
+        let xr = Tensor::<Autodiff<Flex>, 3>::from_data(x.into_data(), &device).require_grad();
+        let gr_grads = burn::tensor::activation::gelu(xr.clone()).sum().backward();
+        ga.assert_eq(&xr.grad(&gr_grads).expect("a gradient").into_data(), true);
+    }
     use blip2_nn::backend::{Autodiff, Flex};
     use blip2_nn::linear_forward;
     use blip2_nn::{kernels::quantize_q8, quantize_linear};
@@ -501,5 +531,42 @@ fn gelu_paths_equal_the_portable_path_bit_for_bit_and_the_exact_gelu() {
             (g as f64 - exact).abs() <= bound,
             "gelu({x}) = {g}, exact {exact}"
         );
+    }
+}
+
+#[test]
+fn bf16_rounding_and_widening_equal_half_on_every_path() {
+    // Ordinary values, ties in both directions, the largest finite value (rounds to infinity), subnormals,
+    // infinities and NaNs of both signs.
+    let mut x: Vec<f32> = values(999, 11).iter().map(|v| v * 1e3).collect();
+    x.extend(
+        [
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f81_8000),
+            f32::from_bits(0xbf80_8000),
+            f32::MAX,
+            f32::MIN,
+            f32::from_bits(1),
+            f32::from_bits(0x8000_8001),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+        ]
+        .iter(),
+    );
+    let want: Vec<u16> = x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+    for path in KernelPath::available() {
+        let mut got = vec![bf16::ZERO; x.len()];
+        kernels::narrow_bf16(path, &x, &mut got);
+        let got: Vec<u16> = got.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want, "{} rounds differently from half", path.name());
+        let narrow: Vec<bf16> = want.iter().map(|&b| bf16::from_bits(b)).collect();
+        let mut wide = vec![0f32; narrow.len()];
+        kernels::widen_bf16(path, &narrow, &mut wide);
+        for (w, n) in wide.iter().zip(&narrow) {
+            assert_eq!(w.to_bits(), n.to_f32().to_bits(), "{} widens differently", path.name());
+        }
     }
 }

@@ -84,3 +84,81 @@ unsafe fn gelu_avx512(x: &[f32], out: &mut [f32]) {
 unsafe fn gelu_avx2(x: &[f32], out: &mut [f32]) {
     gelu_body(x, out);
 }
+
+/// `dst = src` rounded to bfloat16 (to nearest, ties to even; NaN stays NaN), bit-identical to
+/// `half::bf16::from_f32` and vectorised on the AVX-512 and AVX2 paths.
+///
+/// # Panics
+/// When `dst` is shorter than `src`.
+pub fn narrow_bf16(path: KernelPath, src: &[f32], dst: &mut [half::bf16]) {
+    let dst = &mut dst[..src.len()];
+    #[cfg(target_arch = "x86_64")]
+    match path.checked() {
+        // SAFETY: `checked` confirmed the CPU's features.
+        KernelPath::Avx512 => return unsafe { narrow_avx512(src, dst) },
+        KernelPath::Avx2 => return unsafe { narrow_avx2(src, dst) },
+        KernelPath::Portable => {}
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
+    narrow_body(src, dst);
+}
+
+/// `dst = src` as f32 (exact), vectorised on the AVX-512 and AVX2 paths.
+///
+/// # Panics
+/// When `dst` is shorter than `src`.
+pub fn widen_bf16(path: KernelPath, src: &[half::bf16], dst: &mut [f32]) {
+    let dst = &mut dst[..src.len()];
+    #[cfg(target_arch = "x86_64")]
+    match path.checked() {
+        // SAFETY: `checked` confirmed the CPU's features; `dst` is as long as `src`.
+        KernelPath::Avx512 => return unsafe { super::x86::bf16_to_f32_avx512(src, dst) },
+        KernelPath::Avx2 => return unsafe { widen_avx2(src, dst) },
+        KernelPath::Portable => {}
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
+    widen_body(src, dst);
+}
+
+#[inline(always)]
+fn narrow_body(src: &[f32], dst: &mut [half::bf16]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        let x = v.to_bits();
+        let rounded = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
+        let nan = ((x >> 16) | 0x0040) as u16;
+        *d = half::bf16::from_bits(if x & 0x7fff_ffff > 0x7f80_0000 { nan } else { rounded });
+    }
+}
+
+#[inline(always)]
+fn widen_body(src: &[half::bf16], dst: &mut [f32]) {
+    for (d, v) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits((v.to_bits() as u32) << 16);
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn narrow_avx512(src: &[f32], dst: &mut [half::bf16]) {
+    narrow_body(src, dst);
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn narrow_avx2(src: &[f32], dst: &mut [half::bf16]) {
+    narrow_body(src, dst);
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn widen_avx2(src: &[half::bf16], dst: &mut [f32]) {
+    widen_body(src, dst);
+}

@@ -44,7 +44,7 @@ mod q8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use elementwise::{erf, gelu_erf};
+pub use elementwise::{erf, gelu_erf, narrow_bf16, widen_bf16};
 pub use q8::{Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed};
 
 /// Activation rows up to which products use the decoding (GEMV) kernels on every path.
