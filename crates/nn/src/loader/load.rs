@@ -303,6 +303,7 @@ pub fn load_module<B: Backend, M: Module<B>>(
         failure: None,
     };
     let module = module.map(&mut applier);
+    crate::alloc::release_free_memory();
     let Applier {
         consumed,
         mut report,
@@ -489,6 +490,7 @@ impl Applier<'_> {
         drop(data);
         let device = param.lazy_device();
         let tensor = crate::linear::q8_tensor::<B, D>(values, &scales, k, n, group, &device);
+        crate::alloc::release_free_memory();
         self.report.loaded.push(stored.to_string());
         self.report.quantized.push((stored.to_string(), group));
         Param::initialized(param.id, tensor)
