@@ -7,6 +7,14 @@
 
 use burn::prelude::{Backend, Int, Tensor};
 
+/// `x` row-major: a fast copy of a strided view on flex, `x` itself elsewhere (backends handle layouts).
+fn row_major<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    return crate::tensor_flex::contiguous(x);
+    #[cfg(not(feature = "flex"))]
+    x
+}
+
 /// Keys and values of one attention layer.
 #[derive(Clone, Debug)]
 pub struct LayerCache<B: Backend> {
@@ -34,6 +42,9 @@ impl<B: Backend> LayerCache<B> {
         key: Tensor<B, 4>,
         value: Tensor<B, 4>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        // Kept row-major: the heads arrive as strided views ([batch, len, heads, dim] with two axes swapped), and
+        // flex would otherwise copy a strided cache element by element at the next step's `cat`.
+        let (key, value) = (row_major(key), row_major(value));
         let (key, value) = match self.kv.take() {
             Some((k, v)) => (Tensor::cat(vec![k, key], 2), Tensor::cat(vec![v, value], 2)),
             None => (key, value),

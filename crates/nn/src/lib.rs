@@ -45,6 +45,8 @@ mod linear_flex;
 pub mod lm;
 pub mod loader;
 pub mod mask;
+#[cfg(feature = "flex")]
+mod tensor_flex;
 
 pub use activation::Activation;
 pub use error::Error;

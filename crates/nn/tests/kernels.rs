@@ -259,7 +259,10 @@ mod flex {
     #[test]
     fn gelu_matches_burns_gelu_on_flex_and_autodiff_keeps_burns_path() {
         let device = Default::default();
-        let data = TensorData::new(values(3 * 5 * 67, 21).iter().map(|v| v * 5.0).collect(), [3, 5, 67]);
+        let data = TensorData::new(
+            values(3 * 5 * 67, 21).iter().map(|v| v * 5.0).collect(),
+            [3, 5, 67],
+        );
         let x = Tensor::<Flex, 3>::from_data(data.clone(), &device);
         let want = burn::tensor::activation::gelu(x.clone()).into_data();
         let got = blip2_nn::Activation::Gelu.forward(x.clone()).into_data();
@@ -274,12 +277,23 @@ mod flex {
         );
         // bf16: within one bf16 rounding of Burn's bf16 result.
         let xb = x.clone().cast(DType::BF16);
-        let gb = blip2_nn::Activation::Gelu.forward(xb.clone()).cast(DType::F32).into_data();
-        let wb = burn::tensor::activation::gelu(xb).cast(DType::F32).into_data();
-        gb.assert_approx_eq::<f32>(&wb, burn::tensor::Tolerance::relative(8e-3).set_absolute(1e-6));
+        let gb = blip2_nn::Activation::Gelu
+            .forward(xb.clone())
+            .cast(DType::F32)
+            .into_data();
+        let wb = burn::tensor::activation::gelu(xb)
+            .cast(DType::F32)
+            .into_data();
+        gb.assert_approx_eq::<f32>(
+            &wb,
+            burn::tensor::Tolerance::relative(8e-3).set_absolute(1e-6),
+        );
         // Autodiff<Flex>: gradients flow (Burn's gelu), equal to those of Burn's op.
         let xa = Tensor::<Autodiff<Flex>, 3>::from_data(data, &device).require_grad();
-        let grads = blip2_nn::Activation::Gelu.forward(xa.clone()).sum().backward();
+        let grads = blip2_nn::Activation::Gelu
+            .forward(xa.clone())
+            .sum()
+            .backward();
         let ga = xa.grad(&grads).expect("a gradient").into_data();
         let xr = Tensor::<Autodiff<Flex>, 3>::from_data(x.into_data(), &device).require_grad();
         let gr_grads = burn::tensor::activation::gelu(xr.clone()).sum().backward();
@@ -566,7 +580,12 @@ fn bf16_rounding_and_widening_equal_half_on_every_path() {
         let mut wide = vec![0f32; narrow.len()];
         kernels::widen_bf16(path, &narrow, &mut wide);
         for (w, n) in wide.iter().zip(&narrow) {
-            assert_eq!(w.to_bits(), n.to_f32().to_bits(), "{} widens differently", path.name());
+            assert_eq!(
+                w.to_bits(),
+                n.to_f32().to_bits(),
+                "{} widens differently",
+                path.name()
+            );
         }
     }
 }

@@ -7,6 +7,7 @@ use blip2_nn::mask::{
 use blip2_nn::{Activation, Error, KvCache, LayerCache};
 use blip2_testkit::{Tol, assert_close, backend_tests};
 use burn::prelude::*;
+use burn::tensor::DType;
 
 const XS: [f64; 9] = [-6.0, -3.0, -1.0, -0.5, 0.0, 0.25, 1.0, 2.5, 7.0];
 
@@ -270,4 +271,43 @@ backend_tests!(
     additive_masks_use_the_chosen_fill,
     fully_masked_row_is_uniform_with_dtype_min,
     kv_cache_appends_reorders_and_reuses,
+    kv_cache_keeps_the_values_of_strided_views,
 );
+
+/// Keys and values arrive as strided views (heads swapped with positions, sliced, flipped); the cache stores them
+/// row-major (a copy on flex) and must give back the same values in every dtype.
+fn kv_cache_keeps_the_values_of_strided_views<B: Backend>(device: &B::Device) {
+    let base = |seed: f32| {
+        let values: Vec<f32> = (0..2 * 5 * 3 * 4).map(|i| seed + i as f32 * 0.25).collect();
+        Tensor::<B, 4>::from_data(TensorData::new(values, [2, 5, 3, 4]), device) // [batch, len, heads, dim]
+    };
+    let views = [
+        base(0.0).swap_dims(1, 2),                                   // [2, 3, 5, 4]
+        base(100.0).swap_dims(1, 2).slice([0..2, 0..3, 1..3, 0..4]), // [2, 3, 2, 4], offset
+        base(200.0).swap_dims(1, 2).flip([2]),                       // negative strides
+        base(300.0).reshape([2, 5, 4, 3]).permute([0, 3, 1, 2]),     // last axis strided
+    ];
+    let dtypes = [DType::F32, DType::BF16, DType::F16];
+    for dtype in dtypes.into_iter().filter(|&d| B::supports_dtype(device, d)) {
+        let mut cache = LayerCache::<B>::new();
+        let mut want_k = Vec::new();
+        for view in &views {
+            let view = view.clone().cast(dtype);
+            want_k.push(view.clone().into_data().convert::<f32>());
+            cache.append(view.clone(), view.neg());
+        }
+        let (k, v) = cache.get().unwrap();
+        let mut offset = 0;
+        for want in &want_k {
+            let len = want.shape[2];
+            let got = k.clone().slice([0..2, 0..3, offset..offset + len, 0..4]);
+            assert_eq!(got.into_data().convert::<f32>(), *want, "{dtype:?}");
+            let got_v = v
+                .clone()
+                .slice([0..2, 0..3, offset..offset + len, 0..4])
+                .neg();
+            assert_eq!(got_v.into_data().convert::<f32>(), *want, "{dtype:?}");
+            offset += len;
+        }
+    }
+}

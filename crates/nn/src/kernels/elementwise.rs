@@ -128,7 +128,11 @@ fn narrow_body(src: &[f32], dst: &mut [half::bf16]) {
         let x = v.to_bits();
         let rounded = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
         let nan = ((x >> 16) | 0x0040) as u16;
-        *d = half::bf16::from_bits(if x & 0x7fff_ffff > 0x7f80_0000 { nan } else { rounded });
+        *d = half::bf16::from_bits(if x & 0x7fff_ffff > 0x7f80_0000 {
+            nan
+        } else {
+            rounded
+        });
     }
 }
 
