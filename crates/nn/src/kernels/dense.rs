@@ -35,7 +35,7 @@ pub(super) fn gemv(
     if blocks * k * m < 1 << 16 {
         (0..blocks).for_each(run);
     } else {
-        (0..blocks).into_par_iter().for_each(run);
+        super::par_blocks(blocks, run);
     }
 }
 

@@ -252,6 +252,37 @@ fn add_bias(out: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// Runs `f(b)` for every `b < blocks`, in parallel: the calling thread takes blocks too, next to
+/// `current_num_threads() - 1` helpers spawned into rayon's pool, all pulling block numbers from one counter.
+///
+/// A decoding step calls a product about fifty times, each a millisecond or less. With `into_par_iter` from a
+/// thread outside the pool, the caller only waits, and every call must wake the pool's sleeping workers first;
+/// here the caller starts at once and a helper that wakes late finds fewer blocks left.
+pub(crate) fn par_blocks(blocks: usize, f: impl Fn(usize) + Sync) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let helpers = rayon::current_num_threads().min(blocks).saturating_sub(1);
+    if helpers == 0 {
+        (0..blocks).for_each(f);
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    let work = || {
+        loop {
+            let b = next.fetch_add(1, Ordering::Relaxed);
+            if b >= blocks {
+                break;
+            }
+            f(b);
+        }
+    };
+    rayon::in_place_scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| work());
+        }
+        work();
+    });
+}
+
 /// A raw pointer that rayon tasks may share when each writes a disjoint part of what it points to.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);

@@ -166,20 +166,22 @@ pub(super) fn gemv(
     out: &mut [f32],
 ) {
     let chunks = k.div_ceil(K_CHUNK).max(1);
+    let mut partials = vec![0f32; chunks * m * n];
+    let base = SendPtr(partials.as_mut_ptr());
     let partial = |c: usize| {
-        let mut p = vec![0f32; m * n];
+        // SAFETY: chunk `c` alone writes `partials[c * m * n..(c + 1) * m * n]`, which the buffer holds.
+        let p = unsafe { std::slice::from_raw_parts_mut(base.get().add(c * m * n), m * n) };
         let l0 = c * K_CHUNK;
         let l1 = ((c + 1) * K_CHUNK).min(k);
-        chunk_rows(path, x, m, k, w, n, l0, l1, &mut p);
-        p
+        chunk_rows(path, x, m, k, w, n, l0, l1, p);
     };
-    let partials: Vec<Vec<f32>> = if k * n < 1 << 16 {
-        (0..chunks).map(partial).collect()
+    if k * n < 1 << 16 {
+        (0..chunks).for_each(partial);
     } else {
-        (0..chunks).into_par_iter().map(partial).collect()
-    };
+        super::par_blocks(chunks, partial);
+    }
     out.fill(0.0);
-    for p in &partials {
+    for p in partials.chunks_exact(m * n) {
         for (o, v) in out.iter_mut().zip(p) {
             *o += v;
         }
