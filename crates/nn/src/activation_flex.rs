@@ -3,12 +3,14 @@
 //! [`crate::kernels::gelu_erf`] in parallel chunks. Every other backend, `Autodiff<Flex>` included, keeps Burn's
 //! `gelu`.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::prelude::{Backend, Tensor};
 use burn::tensor::{DType, TensorData, TensorPrimitive};
+
+use crate::linear_flex::downcast;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -37,11 +39,6 @@ pub(crate) fn try_gelu<B: Backend, const D: usize>(
         Some(y) => Ok(wrap(y)),
         None => Err(wrap(t)),
     }
-}
-
-fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
-    let boxed: Box<dyn Any> = Box::new(value);
-    boxed.downcast::<U>().ok().map(|b| *b)
 }
 
 fn gelu_flex(t: &FlexTensor) -> Option<FlexTensor> {

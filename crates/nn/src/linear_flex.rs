@@ -79,7 +79,8 @@ pub(crate) fn try_matmul_nt<B: Backend>(
     }
 }
 
-fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
+/// `value` as a `U` when `T` is `U` (the flex primitives behind a generic `B`).
+pub(crate) fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
     let boxed: Box<dyn Any> = Box::new(value);
     boxed.downcast::<U>().ok().map(|b| *b)
 }
