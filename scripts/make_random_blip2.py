@@ -79,6 +79,7 @@ def main() -> None:
     dtype = DTYPES[args.dtype]
     generator = torch.Generator().manual_seed(args.seed)
     limit = int(args.shard_gb * 1e9)
+    # Only each shard's keys and sizes stay in memory once it is written (Flan-T5-XXL is 24 GB of bf16).
     shards, current, size = [], {}, 0
     for key in sorted(shapes):
         tensor = torch.empty(shapes[key], dtype=torch.float32).normal_(0.0, 0.02, generator=generator).to(dtype)
@@ -86,14 +87,15 @@ def main() -> None:
             tensor.fill_(1.0)
         bytes_ = tensor.numel() * tensor.element_size()
         if current and size + bytes_ > limit:
-            shards.append(current)
+            shards.append({k: v.numel() * v.element_size() for k, v in current.items()})
             name = f"model-{len(shards):05d}.safetensors"
             save_file(current, str(out / name), metadata={"format": "pt"})
             current, size = {}, 0
         current[key] = tensor
         size += bytes_
-    shards.append(current)
+    shards.append({k: v.numel() * v.element_size() for k, v in current.items()})
     save_file(current, str(out / f"model-{len(shards):05d}.safetensors"), metadata={"format": "pt"})
+    del current
     total = len(shards)
     weight_map, total_size = {}, 0
     for i in range(1, total + 1):
@@ -101,9 +103,9 @@ def main() -> None:
         new = out / f"model-{i:05d}-of-{total:05d}.safetensors"
         old.rename(new)
     for i, shard in enumerate(shards, 1):
-        for key, tensor in shard.items():
+        for key, bytes_ in shard.items():
             weight_map[key] = f"model-{i:05d}-of-{total:05d}.safetensors"
-            total_size += tensor.numel() * tensor.element_size()
+            total_size += bytes_
     (out / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=1))
     (out / "config.json").write_text(config.to_json_string())

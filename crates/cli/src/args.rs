@@ -88,6 +88,17 @@ pub struct Common {
     )]
     pub dtype: Dtype,
 
+    /// With `--dtype int8`: outputs per int8 scale, a multiple of 16 up to 240 (default 64). 128 holds a
+    /// little less memory (half the scales) for a little more error (docs/numerics.md)
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        value_parser = parse_int8_group,
+        help_heading = "Model and device"
+    )]
+    pub int8_group: Option<usize>,
+
     /// Images per forward pass
     #[arg(
         long,
@@ -404,7 +415,9 @@ impl ScoreKind {
 
 fn parse_dtype(s: &str) -> Result<Dtype, String> {
     if matches!(s.trim().to_ascii_lowercase().as_str(), "int8" | "i8" | "q8") {
-        return Ok(Dtype::Int8);
+        return Ok(Dtype::Int8 {
+            group: blip2_nn::DEFAULT_Q8_GROUP,
+        });
     }
     s.parse()
         .map(Dtype::Float)
@@ -416,8 +429,11 @@ fn parse_dtype(s: &str) -> Result<Dtype, String> {
 pub enum Dtype {
     /// Every part in this dtype (the Q-Former in f32 for the half dtypes).
     Float(FloatDType),
-    /// [`blip2::Precision::INT8`].
-    Int8,
+    /// [`blip2::Precision::INT8`], with this many outputs per scale (`--int8-group`).
+    Int8 {
+        /// Outputs per scale.
+        group: usize,
+    },
 }
 
 impl Dtype {
@@ -425,7 +441,11 @@ impl Dtype {
     pub fn precision(self) -> blip2::Precision {
         match self {
             Self::Float(dtype) => dtype.into(),
-            Self::Int8 => blip2::Precision::INT8,
+            Self::Int8 { group } => {
+                let mut precision = blip2::Precision::INT8;
+                precision.int8.group = group;
+                precision
+            }
         }
     }
 }
@@ -434,8 +454,19 @@ impl std::fmt::Display for Dtype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Float(dtype) => dtype.fmt(f),
-            Self::Int8 => f.write_str("int8"),
+            Self::Int8 { group } if *group == blip2_nn::DEFAULT_Q8_GROUP => f.write_str("int8"),
+            Self::Int8 { group } => write!(f, "int8 (group {group})"),
         }
+    }
+}
+
+fn parse_int8_group(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (16..=240).contains(&n) && n.is_multiple_of(16) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not an int8 group: use a multiple of 16 from 16 to 240 (default {})",
+            blip2_nn::DEFAULT_Q8_GROUP
+        )),
     }
 }
 
@@ -447,6 +478,23 @@ fn parse_positive_u64(s: &str) -> Result<u64, String> {
 }
 
 impl Common {
+    /// Folds `--int8-group` into `--dtype int8`.
+    ///
+    /// # Errors
+    /// A usage error when `--int8-group` comes without `--dtype int8`.
+    pub fn resolve_int8_group(&mut self) -> Result<(), String> {
+        match (self.int8_group, &mut self.dtype) {
+            (None, _) => Ok(()),
+            (Some(n), Dtype::Int8 { group }) => {
+                *group = n;
+                Ok(())
+            }
+            (Some(_), dtype) => Err(format!(
+                "--int8-group applies to --dtype int8, not --dtype {dtype}"
+            )),
+        }
+    }
+
     /// The image limits: the library's defaults, with `--max-image-pixels` (and the decoder's memory
     /// allowance and the largest file raised in proportion: 12 bytes a pixel, as the defaults allow).
     pub fn image_limits(&self) -> blip2::processor::Limits {

@@ -112,7 +112,8 @@ struct Job {
     kinds: Vec<EmbedKind>,
 }
 
-fn run(cli: Cli) -> Result<Exit, CliError> {
+fn run(mut cli: Cli) -> Result<Exit, CliError> {
+    cli.common.resolve_int8_group().map_err(CliError::usage)?;
     let reporter = Reporter::new(cli.common.quiet);
     let common = &cli.common;
     if matches!(cli.command, Command::Info) {

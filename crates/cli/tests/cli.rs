@@ -884,6 +884,25 @@ fn errors_are_sentences_with_hints_and_exit_codes() {
             "f32, f16, bf16 or int8",
         ),
         (
+            vec!["caption", "-m", &opt, &rgb, "--int8-group", "128"],
+            2,
+            "--int8-group applies to --dtype int8, not --dtype f32",
+        ),
+        (
+            vec![
+                "caption",
+                "-m",
+                &opt,
+                &rgb,
+                "--dtype",
+                "int8",
+                "--int8-group",
+                "20",
+            ],
+            2,
+            "multiple of 16 from 16 to 240",
+        ),
+        (
             vec!["caption", "-m", &opt, &rgb, "--batch-size", "0"],
             2,
             "positive",
@@ -998,6 +1017,25 @@ fn info_describes_the_build_and_the_model() {
         text.contains("qformer f32") && text.contains("language_model bf16"),
         "{text}"
     );
+    let int8 = |group: Option<&str>, json: bool| {
+        let mut cmd = blip2();
+        cmd.args(["info", "-m", &model("tiny-opt-q8"), "--dtype", "int8"]);
+        if let Some(group) = group {
+            cmd.args(["--int8-group", group]);
+        }
+        if json {
+            cmd.arg("--json");
+        }
+        stdout(&run(&mut cmd, 0))
+    };
+    let text = int8(Some("16"), false);
+    assert!(text.contains("with --dtype int8 (group 16) ("), "{text}");
+    // Group 16 holds four times the scales of the default 64: more bytes in memory.
+    let bytes = |group| {
+        let info: Value = serde_json::from_str(&int8(group, true)).unwrap();
+        info["model"]["memory_bytes"].as_u64().unwrap()
+    };
+    assert!(bytes(Some("16")) > bytes(None));
     let text = stdout(&run(blip2().arg("info"), 0));
     assert!(text.contains("backends compiled in: flex"), "{text}");
 }

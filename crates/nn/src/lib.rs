@@ -9,6 +9,7 @@
 //! - [`Activation`]: the activation functions HF configs name;
 //! - [`linear_forward`]: a PyTorch-layout `Linear` on activations of any rank without copying its weight;
 //! - [`mask`]: padding and causal masks, boolean and additive;
+//! - [`ops`]: the attention layers' products and softmax (with flex's bf16 fast paths);
 //! - [`KvCache`]: per-layer key/value caches for incremental decoding and beam search;
 //! - [`lm`]: the step traits a language model implements so that a decoding loop can drive it;
 //! - [`kernels`]: CPU products for bf16, f16 and int8 weights (and f32 at decoding sizes), picked at run time
@@ -45,6 +46,7 @@ mod linear_flex;
 pub mod lm;
 pub mod loader;
 pub mod mask;
+pub mod ops;
 #[cfg(feature = "flex")]
 mod tensor_flex;
 

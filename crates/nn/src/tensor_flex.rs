@@ -78,3 +78,102 @@ fn rows<T: Copy>(src: &[T], shape: &[usize], strides: &[isize], offset: usize) -
     }
     out
 }
+
+/// Elements per parallel task when widening or narrowing.
+const CHUNK: usize = 1 << 14;
+
+/// `a.matmul(b)` for two bf16 flex tensors: both widened to f32 in parallel SIMD chunks, multiplied by flex's f32
+/// product, the result rounded back to bf16. flex's own bf16 product does the same steps, the conversions on one
+/// thread one element at a time, so the bits are the same. Gives the operands back otherwise.
+#[allow(clippy::type_complexity)]
+pub(crate) fn try_matmul_bf16<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    if TypeId::of::<B>() != TypeId::of::<Flex>()
+        || a.dtype() != DType::BF16
+        || b.dtype() != DType::BF16
+    {
+        return Err((a, b));
+    }
+    let (Some(a32), Some(b32)) = (widened::<B, D>(&a), widened::<B, D>(&b)) else {
+        return Err((a, b));
+    };
+    let product = a32.matmul(b32);
+    Ok(narrowed::<B, D>(product).expect("flex's f32 product is an f32 tensor"))
+}
+
+/// `softmax(x, dim)` for a bf16 flex tensor: widened to f32, flex's vectorised f32 softmax, rounded back once.
+/// flex's own bf16 softmax is a scalar loop that rounds twice (the exponentials, then the quotients); one
+/// rounding of the f32 result is what torch's bf16 softmax gives. Gives `x` back otherwise.
+pub(crate) fn try_softmax_bf16<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    dim: usize,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if TypeId::of::<B>() != TypeId::of::<Flex>() || x.dtype() != DType::BF16 {
+        return Err(x);
+    }
+    let Some(wide) = widened::<B, D>(&x) else {
+        return Err(x);
+    };
+    let probs = burn::tensor::activation::softmax(wide, dim);
+    Ok(narrowed::<B, D>(probs).expect("flex's f32 softmax is an f32 tensor"))
+}
+
+/// A bf16 flex tensor as a row-major f32 `Tensor<Flex, D>` (exact), or `None` for other dtypes.
+fn widened<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<Flex, D>> {
+    use rayon::prelude::*;
+    let TensorPrimitive::Float(p) = x.clone().into_primitive() else {
+        return None;
+    };
+    let t = downcast::<B::FloatTensorPrimitive, FlexTensor>(p)?;
+    if t.dtype() != DType::BF16 {
+        return None;
+    }
+    let shape = t.layout().shape().to_vec();
+    let owned;
+    let src: &[bf16] = match t.layout().contiguous_offsets() {
+        Some((start, end)) => &t.storage::<bf16>()[start..end],
+        None => {
+            owned = rows(
+                t.storage::<bf16>(),
+                &shape,
+                t.layout().strides(),
+                t.layout().start_offset(),
+            );
+            &owned
+        }
+    };
+    let path = crate::kernels::KernelPath::detect();
+    let mut wide = vec![0f32; src.len()];
+    wide.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(w, s)| crate::kernels::widen_bf16(path, s, w));
+    let t = FlexTensor::from_data(TensorData::new(wide, shape));
+    Some(Tensor::from_primitive(TensorPrimitive::Float(t)))
+}
+
+/// An f32 `Tensor<Flex, D>` rounded to bf16 as a `Tensor<B, D>` (`B` is flex).
+fn narrowed<B: Backend, const D: usize>(x: Tensor<Flex, D>) -> Option<Tensor<B, D>> {
+    use rayon::prelude::*;
+    let TensorPrimitive::Float(t) = x.into_primitive() else {
+        return None;
+    };
+    let shape = t.layout().shape().to_vec();
+    let c;
+    let t = if t.is_contiguous() {
+        &t
+    } else {
+        c = copy(&t)?;
+        &c
+    };
+    let src = t.as_slice::<f32>()?;
+    let path = crate::kernels::KernelPath::detect();
+    let mut out = vec![bf16::ZERO; src.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(o, s)| crate::kernels::narrow_bf16(path, s, o));
+    let t = FlexTensor::from_data(TensorData::new(out, shape));
+    let t = downcast::<FlexTensor, B::FloatTensorPrimitive>(t)?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(t)))
+}

@@ -2,8 +2,8 @@
 //! batch 1 and more, and the flex `Linear` fast path against Burn's own product (non-contiguous inputs too).
 
 use blip2_nn::kernels::{
-    self, DOT_MAX_ROWS, DenseWeight, GEMV_MAX_ROWS, KernelPath, Q8Weight, dequantize_q8,
-    quantize_q8,
+    self, DOT_MAX_ROWS, DenseWeight, GEMV_MAX_ROWS, KernelPath, Q8_GEMV_MAX_ROWS, Q8Weight,
+    dequantize_q8, quantize_q8,
 };
 use half::{bf16, f16};
 
@@ -136,7 +136,8 @@ fn int8_paths_equal_the_portable_path_bit_for_bit() {
         (1, 300, 32, 96),
         (2, 257, 64, 128),
         (3, 513, 16, 80),
-        (GEMV_MAX_ROWS, 77, 32, 64),
+        (5, 77, 32, 64),
+        (Q8_GEMV_MAX_ROWS, 130, 16, 32),
     ]
     .iter()
     .enumerate()
@@ -187,7 +188,8 @@ fn int8_paths_equal_the_portable_path_bit_for_bit() {
 
 #[test]
 fn int8_blocked_products_agree_with_the_dequantized_weight() {
-    let (m, k, n, group) = (GEMV_MAX_ROWS + 3, 200, 256, 64);
+    // More rows than the streaming kernel takes: the blocked product.
+    let (m, k, n, group) = (Q8_GEMV_MAX_ROWS + 3, 200, 256, 64);
     let x = values(m * k, 3);
     let w = values(k * n, 4);
     let (q, s) = quantize_q8(&w, k, n, group);
@@ -299,6 +301,100 @@ mod flex {
         let gr_grads = burn::tensor::activation::gelu(xr.clone()).sum().backward();
         ga.assert_eq(&xr.grad(&gr_grads).expect("a gradient").into_data(), true);
     }
+    #[test]
+    fn bf16_attention_products_have_burns_bits_on_strided_views() {
+        let device = Default::default();
+        let t = |shape: [usize; 4], seed| {
+            let n = shape.iter().product();
+            Tensor::<Flex, 4>::from_data(TensorData::new(values(n, seed), shape), &device)
+                .cast(DType::BF16)
+        };
+        // q kᵀ with the transposed (strided) key, and probs · v: odd sizes, batch 2, 3 heads.
+        let (q, k, v) = (
+            t([2, 3, 7, 13], 1),
+            t([2, 3, 9, 13], 2),
+            t([2, 3, 9, 11], 3),
+        );
+        let scores = blip2_nn::ops::matmul(q.clone(), k.clone().swap_dims(2, 3));
+        let want = q.matmul(k.swap_dims(2, 3));
+        assert_eq!(scores.dtype(), DType::BF16);
+        scores.to_data().assert_eq(&want.into_data(), true);
+        let p = t([2, 3, 7, 9], 4);
+        blip2_nn::ops::matmul(p.clone(), v.clone())
+            .into_data()
+            .assert_eq(&p.matmul(v).into_data(), true);
+        // f32 operands take Burn's product itself.
+        let (a, b) = (
+            t([1, 2, 5, 6], 5).cast(DType::F32),
+            t([1, 2, 6, 4], 6).cast(DType::F32),
+        );
+        blip2_nn::ops::matmul(a.clone(), b.clone())
+            .into_data()
+            .assert_eq(&a.matmul(b).into_data(), true);
+    }
+
+    #[test]
+    fn bf16_softmax_is_the_f32_softmax_rounded_once() {
+        let device = Default::default();
+        let data = TensorData::new(
+            values(2 * 3 * 5 * 37, 7).iter().map(|v| v * 8.0).collect(),
+            [2, 3, 5, 37],
+        );
+        let x = Tensor::<Flex, 4>::from_data(data, &device).cast(DType::BF16);
+        for (x, dim) in [
+            (x.clone(), 3),
+            (x.clone().swap_dims(2, 3), 3),
+            (x.clone(), 2),
+        ] {
+            let got = blip2_nn::ops::softmax(x.clone(), dim);
+            assert_eq!(got.dtype(), DType::BF16);
+            let got: Vec<f32> = got.cast(DType::F32).into_data().to_vec().unwrap();
+            // The exact softmax of the bf16 inputs, in f64.
+            let wide = x.clone().cast(DType::F32);
+            let [a, b, c, d] = wide.dims();
+            let e = (wide.clone() - wide.max_dim(dim)).cast(DType::F32);
+            let exact: Vec<f32> = e.into_data().to_vec().unwrap();
+            let dims = [a, b, c, d];
+            let stride: usize = dims[dim + 1..].iter().product();
+            let len = dims[dim];
+            let mut want = vec![0f64; exact.len()];
+            for base in (0..exact.len()).filter(|i| (i / stride) % len == 0) {
+                let idx = |j: usize| base + j * stride;
+                let sum: f64 = (0..len).map(|j| f64::from(exact[idx(j)]).exp()).sum();
+                for j in 0..len {
+                    want[idx(j)] = f64::from(exact[idx(j)]).exp() / sum;
+                }
+            }
+            // One rounding to bf16 (unit roundoff 2^-8) of an f32 value within a few f32 ulps of the exact one.
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (f64::from(*g) - w).abs() <= w * (1.0 / 256.0 + 1e-6) + 1e-30,
+                    "dim {dim}: {g} against {w}"
+                );
+            }
+        }
+        // Autodiff keeps Burn's softmax and its gradients.
+        let xa = Tensor::<Autodiff<Flex>, 2>::from_data(
+            TensorData::new(values(4 * 9, 8), [4, 9]),
+            &device,
+        )
+        .require_grad();
+        let grads = blip2_nn::ops::softmax(xa.clone(), 1)
+            .sum_dim(0)
+            .slice([0..1, 0..1])
+            .sum()
+            .backward();
+        let ga = xa.grad(&grads).expect("a gradient").into_data();
+        let xr =
+            Tensor::<Autodiff<Flex>, 2>::from_data(xa.clone().into_data(), &device).require_grad();
+        let gr = burn::tensor::activation::softmax(xr.clone(), 1)
+            .sum_dim(0)
+            .slice([0..1, 0..1])
+            .sum()
+            .backward();
+        ga.assert_eq(&xr.grad(&gr).expect("a gradient").into_data(), true);
+    }
+
     use blip2_nn::backend::{Autodiff, Flex};
     use blip2_nn::linear_forward;
     use blip2_nn::{kernels::quantize_q8, quantize_linear};

@@ -7,6 +7,7 @@
 //! is additive with the dtype's minimum (a left-pad query row, whose every key is masked, then gets a uniform
 //! softmax, as in the reference); the softmax runs in f32 and is cast back.
 
+use blip2_nn::ops::matmul;
 use blip2_nn::{Activation, LayerCache, linear_forward};
 use burn::nn::{
     Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, LinearLayout,
@@ -94,9 +95,9 @@ impl<B: Backend> OptAttention<B> {
             None => (key, value),
         }; // [batch, heads, kv_len, head_dim]
         let dtype = query.dtype();
-        let scores = query.matmul(key.swap_dims(2, 3)) + mask; // [batch, heads, new_len, kv_len]
+        let scores = matmul(query, key.swap_dims(2, 3)) + mask; // [batch, heads, new_len, kv_len]
         let probs = softmax(scores.cast(DType::F32), 3).cast(dtype);
-        let context = self.dropout.forward(probs).matmul(value); // [batch, heads, new_len, head_dim]
+        let context = matmul(self.dropout.forward(probs), value); // [batch, heads, new_len, head_dim]
         let context = context.swap_dims(1, 2).reshape([batch, new_len, hidden]);
         linear_forward(&self.out_proj, context)
     }

@@ -10,11 +10,11 @@
 //! transformers 5.x's `create_bidirectional_mask` gives eager attention).
 
 use blip2_nn::linear_forward;
+use blip2_nn::ops::{matmul, softmax};
 use burn::nn::{
     Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, LinearLayout,
 };
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 
 use crate::Blip2QFormerConfig;
 
@@ -81,12 +81,12 @@ impl<B: Backend> Blip2QFormerMultiHeadAttention<B> {
         let key = self.heads(linear_forward(&self.key, context.clone()));
         let value = self.heads(linear_forward(&self.value, context));
         let scale = (head_dim as f64).powf(-0.5);
-        let mut scores = query.matmul(key.swap_dims(2, 3)).mul_scalar(scale); // [batch, heads, seq_len, kv_len]
+        let mut scores = matmul(query, key.swap_dims(2, 3)).mul_scalar(scale); // [batch, heads, seq_len, kv_len]
         if let Some(mask) = additive_mask {
             scores = scores + mask;
         }
         let probs = self.dropout.forward(softmax(scores, 3));
-        let context = probs.matmul(value); // [batch, heads, seq_len, head_dim]
+        let context = matmul(probs, value); // [batch, heads, seq_len, head_dim]
         context.swap_dims(1, 2).reshape([batch, seq_len, hidden])
     }
 }

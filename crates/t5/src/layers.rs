@@ -11,6 +11,7 @@
 //! to the scores (block 0 computes it, later blocks reuse it; cross-attention has none), softmax in the
 //! activations' dtype, RMS norm with the variance in f32.
 
+use blip2_nn::ops::{matmul, softmax};
 use blip2_nn::{Activation, LayerCache, linear_forward};
 use burn::module::Param;
 use burn::nn::{
@@ -18,7 +19,6 @@ use burn::nn::{
 };
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::activation::softmax;
 
 use crate::T5Config;
 
@@ -209,9 +209,9 @@ impl<B: Backend> T5Attention<B> {
             }
             (None, None) => project(x),
         };
-        let scores = query.matmul(key.swap_dims(2, 3)) + bias; // no 1/sqrt(d_kv)
+        let scores = matmul(query, key.swap_dims(2, 3)) + bias; // no 1/sqrt(d_kv)
         let probs = self.dropout.forward(softmax(scores, 3));
-        let context = probs.matmul(value); // [batch, heads, q_len, d_kv]
+        let context = matmul(probs, value); // [batch, heads, q_len, d_kv]
         let inner = context.dims()[1] * context.dims()[3];
         linear_forward(
             &self.o,

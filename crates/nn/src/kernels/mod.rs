@@ -49,6 +49,11 @@ pub use q8::{Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed};
 
 /// Activation rows up to which products use the decoding (GEMV) kernels on every path.
 pub const GEMV_MAX_ROWS: usize = 4;
+/// Activation rows up to which int8 products stream the weight once (converting each int8 value once per row);
+/// more rows dequantize blocks for `gemm`. On the Xeon of docs/performance.md (2560 x 10240, group 64), streaming
+/// took 7.1 ms at 5 rows and 10.5 ms at 8 against 10.2 and 13.1 ms blocked, and lost from 10 rows on, so beam
+/// search (5 rows a step) streams.
+pub const Q8_GEMV_MAX_ROWS: usize = 8;
 /// Activation rows up to which dense products use the dot-product kernel on the AVX-512 path (in tiles of four
 /// rows by four outputs); more rows go through blocked `gemm`.
 pub const DOT_MAX_ROWS: usize = 64;
@@ -234,7 +239,7 @@ pub fn linear_q8(
     if m == 0 || n == 0 {
         return;
     }
-    if m <= GEMV_MAX_ROWS {
+    if m <= Q8_GEMV_MAX_ROWS {
         q8::gemv(path.checked(), x, m, k, w, n, out);
     } else {
         q8::gemm_blocks(path.checked(), x, m, k, w, n, out);

@@ -1,0 +1,40 @@
+//! The attention layers' products and softmax, with the flex fast paths for bf16: flex converts both operands of
+//! a bf16 product to f32 on one thread, one element at a time, and runs its bf16 softmax as a scalar loop; here
+//! the conversions are threaded and vectorised ([`crate::kernels::widen_bf16`], [`crate::kernels::narrow_bf16`])
+//! and the softmax is flex's vectorised f32 one. Every other backend and dtype, `Autodiff<Flex>` included, takes
+//! Burn's ops unchanged.
+
+use burn::prelude::{Backend, Tensor};
+
+/// `a.matmul(b)`. On flex in bf16 the result has the same bits as Burn's product (the same f32 product of the
+/// same exactly widened operands, rounded once).
+///
+/// ```
+/// use blip2_nn::backend::DefaultBackend;
+/// use burn::prelude::*;
+///
+/// let device = Default::default();
+/// let a = Tensor::<DefaultBackend, 2>::from_floats([[1.0, 2.0]], &device);
+/// let b = Tensor::<DefaultBackend, 2>::from_floats([[3.0], [4.0]], &device);
+/// let y: Vec<f32> = blip2_nn::ops::matmul(a, b).into_data().to_vec().unwrap();
+/// assert_eq!(y, [11.0]);
+/// ```
+pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let (a, b) = match crate::tensor_flex::try_matmul_bf16(a, b) {
+        Ok(y) => return y,
+        Err(operands) => operands,
+    };
+    a.matmul(b)
+}
+
+/// `softmax(x, dim)`. On flex in bf16 it is computed in f32 and rounded once (as torch's bf16 softmax is; flex's
+/// own rounds the exponentials first), so it can differ from Burn's bf16 softmax by one bf16 rounding step.
+pub fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let x = match crate::tensor_flex::try_softmax_bf16(x, dim) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    burn::tensor::activation::softmax(x, dim)
+}
