@@ -12,6 +12,9 @@
 //! `BLIP2_BENCH_LAYERS` cuts the depth, as in the benches; `BLIP2_INT8_GROUP` sets the int8 group (default 64). Prints, per mode, the largest and the root-mean-square
 //! logit error, the logits' own RMS, and how many positions keep their arg-max token.
 
+// A measuring program: printing the table is its job.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use blip2_benches::{BenchBackend, BenchDtype, env_value, setup};
 use blip2_nn::backend::FloatDType;
 use burn::prelude::*;
@@ -76,19 +79,12 @@ fn opt(modes: &[BenchDtype], device: &burn::tensor::Device<BenchBackend>) -> Vec
     let ids: Vec<i64> = (0..SOURCE as i64).map(|i| 2 + (i * 7919) % 50000).collect();
     let prompt =
         Tensor::<BenchBackend, 2, Int>::from_data(TensorData::new(ids, [1, SOURCE]), device);
-    let mut model = Some(
-        config
-            .init::<BenchBackend>(device)
-            .expect("the config is valid"),
-    );
-    let mut runs = Vec::new();
-    for &mode in modes {
-        let lm = apply(mode, model.take().expect("one model per mode"), device);
-        let logits = lm.forward(OptInput::Ids(prompt.clone()), None, None, LogitsFor::All);
-        runs.push(values(logits));
-        model = Some(lm);
-    }
-    runs
+    let model = config
+        .init::<BenchBackend>(device)
+        .expect("the config is valid");
+    in_each_mode(model, modes, device, |lm| {
+        lm.forward(OptInput::Ids(prompt.clone()), None, None, LogitsFor::All)
+    })
 }
 
 /// Flan-T5-XL (BLIP-2's config): a 32-token source, then the decoder's logits at each of 8 positions.
@@ -105,20 +101,32 @@ fn t5(modes: &[BenchDtype], device: &burn::tensor::Device<BenchBackend>) -> Vec<
     let prefix: Vec<i64> = (0..DECODED as i64).map(|i| i * 11).collect();
     let prefix =
         Tensor::<BenchBackend, 2, Int>::from_data(TensorData::new(prefix, [1, DECODED]), device);
-    let mut model = Some(
-        config
-            .init::<BenchBackend>(device)
-            .expect("the config is valid"),
-    );
-    let mut runs = Vec::new();
-    for &mode in modes {
-        let t5 = apply(mode, model.take().expect("one model per mode"), device);
+    let model = config
+        .init::<BenchBackend>(device)
+        .expect("the config is valid");
+    in_each_mode(model, modes, device, |t5| {
         let encoded = t5.encode(T5Input::Ids(source.clone()), None);
-        let logits = t5.decode(prefix.clone(), encoded, None, None, LogitsFor::All);
-        runs.push(values(logits));
-        model = Some(t5);
-    }
-    runs
+        t5.decode(prefix.clone(), encoded, None, None, LogitsFor::All)
+    })
+}
+
+/// The logits `logits_of` gives for `model` in each of `modes` in turn, each mode made from the previous one.
+fn in_each_mode<M: burn::module::Module<BenchBackend>>(
+    model: M,
+    modes: &[BenchDtype],
+    device: &burn::tensor::Device<BenchBackend>,
+    logits_of: impl Fn(&M) -> Tensor<BenchBackend, 3>,
+) -> Vec<Run> {
+    let mut model = Some(model);
+    modes
+        .iter()
+        .map(|&mode| {
+            let current = apply(mode, model.take().expect("one model per mode"), device);
+            let run = values(logits_of(&current));
+            model = Some(current);
+            run
+        })
+        .collect()
 }
 
 /// `model` in `mode`; int8 with the group `BLIP2_INT8_GROUP` (default `DEFAULT_Q8_GROUP`).

@@ -358,7 +358,7 @@ mod flex {
             let stride: usize = dims[dim + 1..].iter().product();
             let len = dims[dim];
             let mut want = vec![0f64; exact.len()];
-            for base in (0..exact.len()).filter(|i| (i / stride) % len == 0) {
+            for base in (0..exact.len()).filter(|i| (i / stride).is_multiple_of(len)) {
                 let idx = |j: usize| base + j * stride;
                 let sum: f64 = (0..len).map(|j| f64::from(exact[idx(j)]).exp()).sum();
                 for j in 0..len {
