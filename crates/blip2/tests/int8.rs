@@ -1,6 +1,6 @@
-//! int8 language models against transformers running the same scheme: scripts/make_fixtures.py replaces each
-//! language-model `Linear` weight by its int8 round trip (blip2's scheme, `add_int8_refs`) and records logits and
-//! greedy ids with f32 activations. blip2 loads the unquantized checkpoint with `Precision::int8` on, quantizes
+//! int8 language models against transformers running the same scheme: scripts/make_fixtures.py makes each
+//! language-model `Linear` run blip2's int8 product (int8 weights, activations quantized per call, exact integer
+//! sums: `q8_product`, `add_int8_refs`) and records logits and greedy ids with f32 activations. blip2 loads the unquantized checkpoint with `Precision::int8` on, quantizes
 //! while loading and runs the int8 kernels. tiny-opt-q8 quantizes every decoder `Linear` (groups 32 and 64);
 //! tiny-t5 only `o` and `wo` (the others' sizes have no multiple-of-16 divisor and stay in float).
 
@@ -145,12 +145,13 @@ fn int8_t5_matches_transformers_with_the_same_scheme() {
 }
 
 /// `Precision::INT8` (bf16 activations around the int8 weights, the vision tower in bf16) against the int8
-/// reference (f32 activations). Measured: 0.090 (tiny-opt-q8) and 0.355 (tiny-t5, logits up to about 3.7, whose
-/// bf16 run without int8 errs by 0.15 against f32, tests/precision.rs); the bounds are about twice that. For
-/// scale, int8 itself moves these logits from the f32 reference by 0.109 and 0.117.
+/// reference (f32 activations). Measured: 0.168 (tiny-opt-q8) and 0.279 (tiny-t5, logits up to about 3.7, whose
+/// bf16 run without int8 errs by 0.15 against f32, tests/precision.rs); the bounds leave room of about 1.8x and
+/// 2.5x. (Before the activations were quantized too, tiny-opt-q8 measured 0.090: bf16 and f32 activations now
+/// also round to different int8 steps.)
 #[test]
 fn int8_with_bf16_activations_stays_within_the_bf16_bound() {
-    for (name, bound) in [("tiny-opt-q8", 0.2), ("tiny-t5", 0.7)] {
+    for (name, bound) in [("tiny-opt-q8", 0.3), ("tiny-t5", 0.7)] {
         let fixture = Fixture::open(name);
         let precision = Precision {
             int8: int8_precision(&fixture, FloatDType::BF16).int8,

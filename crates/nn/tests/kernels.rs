@@ -2,7 +2,7 @@
 //! batch 1 and more, and the flex `Linear` fast path against Burn's own product (non-contiguous inputs too).
 
 use blip2_nn::kernels::{
-    self, DOT_MAX_ROWS, DenseWeight, GEMV_MAX_ROWS, KernelPath, Q8_GEMV_MAX_ROWS, Q8Weight,
+    self, DOT_MAX_ROWS, DenseWeight, GEMV_MAX_ROWS, KernelPath, Q8_ACT_BLOCK, Q8_K_SPLIT, Q8Weight,
     dequantize_q8, quantize_q8,
 };
 use half::{bf16, f16};
@@ -128,16 +128,72 @@ fn dense_paths_agree_with_the_reference() {
     }
 }
 
+/// The int8 product as `kernels::linear_q8` documents it, written out plainly: activations times scales,
+/// quantized per block of `Q8_ACT_BLOCK` inputs and group, exact integer sums, one fma per block, partial sums
+/// of `Q8_K_SPLIT` inputs added in order. Also returns,
+/// per output, the bound on its distance from the product with the dequantized weight that activation rounding
+/// allows: `sum_b t_b / 2 * sum_{l in b} |q[l, j]|`.
+fn q8_scheme(x: &[f32], m: usize, k: usize, w: &Q8Weight<'_>, n: usize) -> (Vec<f32>, Vec<f64>) {
+    let groups = n / w.group;
+    let mut out = vec![0f32; m * n];
+    let mut bound = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let g = j / w.group;
+            let (mut total, mut y) = (0f32, 0f32);
+            for l0 in (0..k).step_by(Q8_ACT_BLOCK) {
+                let l1 = (l0 + Q8_ACT_BLOCK).min(k);
+                let a: Vec<f32> = (l0..l1)
+                    .map(|l| x[i * k + l] * w.scales[l * groups + g])
+                    .collect();
+                let bad = a.iter().any(|v| v.is_nan());
+                let amax = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let (t, r) = if bad || !amax.is_finite() {
+                    (f32::NAN, 0.0)
+                } else if (amax / 127.0).is_normal() {
+                    (amax / 127.0, 127.0 / amax)
+                } else {
+                    (1.0, 1.0)
+                };
+                let mut sum = 0i64;
+                let mut qabs = 0f64;
+                for (l, a) in (l0..l1).zip(&a) {
+                    let p = (a * r).round_ties_even().clamp(-127.0, 127.0) as i8;
+                    let q = w.values[l * n + j];
+                    sum += i64::from(q) * i64::from(p);
+                    qabs += f64::from(q.unsigned_abs());
+                }
+                y = (sum as f32).mul_add(t, y);
+                bound[i * n + j] += f64::from(t) / 2.0 * qabs;
+                // Each run of Q8_K_SPLIT inputs is a partial sum; the partials are added in order.
+                if l1.is_multiple_of(Q8_K_SPLIT) || l1 == k {
+                    total += y;
+                    y = 0.0;
+                }
+            }
+            out[i * n + j] = total;
+        }
+    }
+    (out, bound)
+}
+
 #[test]
-fn int8_paths_equal_the_portable_path_bit_for_bit() {
+fn int8_paths_equal_the_portable_path_and_the_documented_scheme_bit_for_bit() {
     for (case, &(m, k, group, n)) in [
+        // (m, k, group, n): batch 1; k not a multiple of 4 and over one activation block; groups that split
+        // a 64-column tile (16, 32, 48, 80) or span several (192); n over one 256-column chunk with a tail
+        // tile; rows in chunks of four and over one batch of 32.
         (1usize, 1usize, 16usize, 16usize),
         (1, 5, 16, 48),
         (1, 300, 32, 96),
         (2, 257, 64, 128),
         (3, 513, 16, 80),
         (5, 77, 32, 64),
-        (Q8_GEMV_MAX_ROWS, 130, 16, 32),
+        (8, 130, 16, 32),
+        (1, 130, 48, 336),
+        (4, 384, 80, 400),
+        (1, 1000, 192, 576),
+        (37, 131, 64, 320),
     ]
     .iter()
     .enumerate()
@@ -162,15 +218,18 @@ fn int8_paths_equal_the_portable_path_bit_for_bit() {
             Some(&bias),
             &mut portable,
         );
-        let deq = dequantize_q8(&qw, k, n);
-        let (want, mag) = reference(&x, m, k, |j, l| deq[l * n + j], n, &bias);
-        check_close(
-            &portable,
-            &want,
-            &mag,
-            k,
-            &format!("int8 portable m={m} k={k} n={n}"),
-        );
+        let (scheme, _) = q8_scheme(&x, m, k, &qw, n);
+        for (j, (a, (s, b))) in portable
+            .iter()
+            .zip(scheme.iter().zip(bias.iter().cycle()))
+            .enumerate()
+        {
+            assert_eq!(
+                a.to_bits(),
+                (s + b).to_bits(),
+                "int8 portable m={m} k={k} n={n} group={group}: output {j} is not the documented scheme's"
+            );
+        }
         for path in KernelPath::available() {
             let mut out = vec![0f32; m * n];
             kernels::linear_q8(path, &x, m, k, &qw, n, Some(&bias), &mut out);
@@ -180,16 +239,17 @@ fn int8_paths_equal_the_portable_path_bit_for_bit() {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
                 same,
-                "int8 {path} m={m} k={k} n={n} differs from the portable path"
+                "int8 {path} m={m} k={k} n={n} group={group} differs from the portable path"
             );
         }
     }
 }
 
 #[test]
-fn int8_blocked_products_agree_with_the_dequantized_weight() {
-    // More rows than the streaming kernel takes: the blocked product.
-    let (m, k, n, group) = (Q8_GEMV_MAX_ROWS + 3, 200, 256, 64);
+fn int8_products_stay_within_the_activation_rounding_bound() {
+    // Against the f64 product with the dequantized weight: activation rounding moves each output by at most
+    // sum_b t_b / 2 * sum_l |q[l, j]| (the weight's own rounding is in the dequantized weight), plus f32 sums.
+    let (m, k, n, group) = (11, 300, 256, 64);
     let x = values(m * k, 3);
     let w = values(k * n, 4);
     let (q, s) = quantize_q8(&w, k, n, group);
@@ -200,9 +260,79 @@ fn int8_blocked_products_agree_with_the_dequantized_weight() {
     };
     let deq = dequantize_q8(&qw, k, n);
     let (want, mag) = reference(&x, m, k, |j, l| deq[l * n + j], n, &vec![0.0; n]);
+    let (_, bound) = q8_scheme(&x, m, k, &qw, n);
     let mut out = vec![0f32; m * n];
     kernels::linear_q8(KernelPath::detect(), &x, m, k, &qw, n, None, &mut out);
-    check_close(&out, &want, &mag, k, "int8 blocked");
+    let mut used = 0f64;
+    for (idx, ((o, w), (b, mag))) in out
+        .iter()
+        .zip(&want)
+        .zip(bound.iter().zip(&mag))
+        .enumerate()
+    {
+        let err = (f64::from(*o) - w).abs();
+        let slack = f64::from(f32::EPSILON) * (k as f64) * mag;
+        assert!(
+            err <= b + slack,
+            "output {idx}: error {err} over the bound {b} (+{slack})"
+        );
+        used = used.max(err / (b + slack));
+    }
+    // The bound is not vacuous: activation rounding is visible.
+    assert!(used > 0.01, "largest error only {used} of the bound");
+}
+
+#[test]
+fn int8_products_do_not_depend_on_the_thread_count() {
+    // Large enough to be threaded: 12 runs of Q8_K_SPLIT inputs, split over 1, 2 or 3 threads.
+    let (m, k, n, group) = (3, 12 * Q8_K_SPLIT - 5, 320, 64);
+    let x = values(m * k, 31);
+    let w = values(k * n, 32);
+    let (q, s) = quantize_q8(&w, k, n, group);
+    let qw = Q8Weight {
+        values: &q,
+        scales: &s,
+        group,
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut out = vec![0f32; m * n];
+        pool.install(|| kernels::linear_q8(KernelPath::detect(), &x, m, k, &qw, n, None, &mut out));
+        out
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        assert!(
+            run(threads)
+                .iter()
+                .zip(&one)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{threads} threads"
+        );
+    }
+}
+
+#[test]
+fn int8_products_of_non_finite_activations_are_nan() {
+    let (m, k, n, group) = (2, 200, 64, 16);
+    let mut x = values(m * k, 5);
+    x[3] = f32::NAN; // row 0, block 0
+    x[k + 150] = f32::INFINITY; // row 1, block 1
+    let w = values(k * n, 6);
+    let (q, s) = quantize_q8(&w, k, n, group);
+    let qw = Q8Weight {
+        values: &q,
+        scales: &s,
+        group,
+    };
+    for path in KernelPath::available() {
+        let mut out = vec![0f32; m * n];
+        kernels::linear_q8(path, &x, m, k, &qw, n, None, &mut out);
+        assert!(out.iter().all(|v| v.is_nan()), "{path}: {out:?}");
+    }
 }
 
 #[test]
@@ -495,20 +625,43 @@ mod flex {
                 "weight {i}"
             );
         }
+        let (values_q, _) = quantize_q8(&w, k, n, group);
+        let bias: Vec<f32> = q.bias.as_ref().unwrap().val().into_data().to_vec().unwrap();
         for rows in [1, 4, 7] {
-            let x = Tensor::<Flex, 2>::from_data(
-                TensorData::new(values(rows * k, 12), [rows, k]),
-                &device,
-            );
+            let xv = values(rows * k, 12);
+            let x = Tensor::<Flex, 2>::from_data(TensorData::new(xv.clone(), [rows, k]), &device);
             let ours = linear_forward(&q, x.clone());
-            let reference = x.clone().matmul(q.weight.val().dequantize())
-                + q.bias.as_ref().unwrap().val().unsqueeze();
-            assert!(max_diff(ours.clone(), reference) < 1e-5, "rows={rows}");
+            // The flex path is the kernels' integer product (activations quantized per call), bit for bit.
+            let mut want = vec![0f32; rows * n];
+            let qw = blip2_nn::kernels::Q8Weight {
+                values: &values_q,
+                scales: &scales,
+                group,
+            };
+            blip2_nn::kernels::linear_q8(
+                blip2_nn::kernels::KernelPath::detect(),
+                &xv,
+                rows,
+                k,
+                &qw,
+                n,
+                Some(&bias),
+                &mut want,
+            );
+            let got: Vec<f32> = ours.clone().into_data().to_vec().unwrap();
+            assert_eq!(got, want, "rows={rows}");
             // Burn's own `Linear::forward` (its generic dequantize-then-multiply path, what every other backend
-            // runs) gives the same values. (Autodiff cannot hold quantized tensors in Burn 0.21: `q_from_data` is
-            // a `todo!()` there; int8 is for inference.)
+            // runs) differs by the activations' rounding only: observed at most 0.030 here against a largest
+            // output of 7.4 (0.4%; k = 48 inputs, one block), bounded by 1% of the largest output.
+            // (Autodiff cannot hold quantized tensors in Burn 0.21: `q_from_data` is a `todo!()` there; int8 is
+            // for inference.)
             let theirs = q.forward(x);
-            assert!(max_diff(ours, theirs) < 1e-5, "Burn's path, rows={rows}");
+            let scale: f32 = theirs.clone().abs().max().into_scalar();
+            let d = max_diff(ours, theirs);
+            assert!(
+                d < 0.01 * scale,
+                "Burn's path, rows={rows}: {d} (largest output {scale})"
+            );
         }
     }
 

@@ -12,15 +12,15 @@
 //!   threaded over blocks.
 //! - **int8 weights** ([`Q8Weight`]) are Burn's own quantized tensors: `[in, out]` int8, symmetric, one f32 scale
 //!   per block of `group` consecutive output channels of one input row (Burn's block `[1, group]`), so every
-//!   Burn backend can also run them through its generic dequantize-then-multiply path. Decoding streams the rows
-//!   of the weight (the input dimension is split across threads, each summing a partial output), and larger
-//!   batches dequantize column blocks to f32 and use `gemm`. Activations stay in floating point: the scale varies
-//!   along the input dimension, which rules out integer dot products (see docs/numerics.md).
+//!   Burn backend can also run them through its generic dequantize-then-multiply path. [`linear_q8`] multiplies
+//!   in integers: it moves the weight's scales onto the activations and quantizes those per call, in blocks of
+//!   [`Q8_ACT_BLOCK`] inputs (docs/numerics.md), then sums int8 products exactly (AVX-512 VNNI where present),
+//!   threaded over runs of [`Q8_K_SPLIT`] inputs that each read whole rows of the weight.
 //!
 //! Every product accumulates in f32. Each routine exists for three [`KernelPath`]s, picked at run time from
 //! the CPU's features: AVX-512 (F, BW, VL), AVX2 with FMA and F16C, and a portable scalar path that also
-//! compiles on aarch64 and is the reference the others are tested against. The int8 paths are bit-identical to
-//! the portable one; the dense paths sum in a different order and agree within f32 accumulation error.
+//! compiles on aarch64 and is the reference the others are tested against (the int8 product also uses AVX-512
+//! VNNI when the CPU has it). The int8 paths are bit-identical to the portable one; the dense paths sum in a different order and agree within f32 accumulation error.
 //!
 //! ```
 //! use blip2_nn::kernels::{self, DenseWeight, KernelPath};
@@ -43,17 +43,16 @@ mod elementwise;
 mod q8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_q8;
 
 pub use elementwise::{erf, gelu_erf, narrow_bf16, widen_bf16};
-pub use q8::{Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed};
+pub use q8::{
+    Q8_ACT_BLOCK, Q8_K_SPLIT, Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed,
+};
 
 /// Activation rows up to which products use the decoding (GEMV) kernels on every path.
 pub const GEMV_MAX_ROWS: usize = 4;
-/// Activation rows up to which int8 products stream the weight once (converting each int8 value once per row);
-/// more rows dequantize blocks for `gemm`. On the Xeon of docs/performance.md (2560 x 10240, group 64), streaming
-/// took 7.1 ms at 5 rows and 10.5 ms at 8 against 10.2 and 13.1 ms blocked, and lost from 10 rows on, so beam
-/// search (5 rows a step) streams.
-pub const Q8_GEMV_MAX_ROWS: usize = 8;
 /// Activation rows up to which dense products use the dot-product kernel on the AVX-512 path (in tiles of four
 /// rows by four outputs); more rows go through blocked `gemm`.
 pub const DOT_MAX_ROWS: usize = 64;
@@ -215,7 +214,24 @@ pub fn linear_dense(
     }
 }
 
-/// `out = x Wq + bias` for `x: [m, k]` (row-major f32), an int8 weight `[k, n]` and `out: [m, n]`.
+/// `out ≈ x Wq + bias` for `x: [m, k]` (row-major f32), an int8 weight `[k, n]` and `out: [m, n]`, multiplying
+/// in integers: the activations are quantized per call, like the weights, to symmetric int8.
+///
+/// The scheme, for row `i`, input `l` and output `j` of group `g = j / group`, with `s[l, g]` the weight's scale
+/// and `q[l, j]` its value:
+/// 1. `a[l, g] = x[i, l] * s[l, g]` (f32): the weight's scale moves onto the activation, since it varies along
+///    the input dimension;
+/// 2. per block `b` of [`Q8_ACT_BLOCK`] consecutive inputs and per group: `amax` the largest `|a|`,
+///    `t = amax / 127` and `p[l, g] = clamp(round_half_even(a[l, g] * (127 / amax)), -127, 127)`; `t = 1` and
+///    the factor 1 when `amax / 127` is zero or subnormal; `t = NaN` (and `p = 0`) when an `a` is NaN or
+///    infinite, so such inputs give NaN outputs;
+/// 3. with `S_b = sum_{l in b} q[l, j] * p[l, g]` exact in integers, each run `c` of [`Q8_K_SPLIT`] inputs
+///    gives `Y_c = fma(S_b', t_b', fma(S_b, t_b, 0))` over its blocks in order, and
+///    `out[i, j] = ((0 + Y_0) + Y_1) + ...`: the runs are the threads' tasks, so the bits do not depend on the
+///    thread count; then the bias is added.
+///
+/// Every path gives the same bits: AVX-512 VNNI where the CPU has it (`vpdpbusd`), else the portable integer
+/// loops (compiled for AVX2 where available).
 ///
 /// # Panics
 /// When a slice's length does not match `m`, `k` and `n`, or the weight's group does not divide `n`.
@@ -239,11 +255,7 @@ pub fn linear_q8(
     if m == 0 || n == 0 {
         return;
     }
-    if m <= Q8_GEMV_MAX_ROWS {
-        q8::gemv(path.checked(), x, m, k, w, n, out);
-    } else {
-        q8::gemm_blocks(path.checked(), x, m, k, w, n, out);
-    }
+    q8::product(path.checked(), x, m, k, w, n, out);
     if let Some(b) = bias {
         add_bias(out, b);
     }

@@ -2,13 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::dense::{gemm_f32, with_scratch};
 use super::{KernelPath, SendPtr};
-
-/// Input rows per partial sum in the decoding kernel: fixed, so results do not depend on the thread count.
-const K_CHUNK: usize = 256;
-/// Output columns per block dequantized to f32 for `gemm`.
-const GEMM_BLOCK: usize = 128;
 
 /// An int8 weight of a `Linear` with `k` inputs and `n` outputs, as Burn stores a block-quantized `[k, n]`
 /// tensor: `values` row-major `[k, n]`, and `scales` row-major `[k, n / group]`, one per block of `group`
@@ -154,108 +148,183 @@ fn dequantize_cols(
     let _ = path;
 }
 
-/// Decoding sizes: the input dimension is cut into [`K_CHUNK`]-row chunks, each summed into its own partial
-/// output in parallel (streaming the weight row by row), then the partials are added in chunk order.
-pub(super) fn gemv(
-    path: KernelPath,
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &Q8Weight<'_>,
-    n: usize,
-    out: &mut [f32],
-) {
-    let chunks = k.div_ceil(K_CHUNK).max(1);
-    let mut partials = vec![0f32; chunks * m * n];
-    let base = SendPtr(partials.as_mut_ptr());
-    let partial = |c: usize| {
-        // SAFETY: chunk `c` alone writes `partials[c * m * n..(c + 1) * m * n]`, which the buffer holds.
-        let p = unsafe { std::slice::from_raw_parts_mut(base.get().add(c * m * n), m * n) };
-        let l0 = c * K_CHUNK;
-        let l1 = ((c + 1) * K_CHUNK).min(k);
-        chunk_rows(path, x, m, k, w, n, l0, l1, p);
-    };
-    if k * n < 1 << 16 {
-        (0..chunks).for_each(partial);
-    } else {
-        super::par_blocks(chunks, partial);
-    }
-    out.fill(0.0);
-    for p in partials.chunks_exact(m * n) {
-        for (o, v) in out.iter_mut().zip(p) {
-            *o += v;
+// ---- the product: int8 weights times int8 activations, quantized per call ----
+
+/// Inputs per activation scale: the activations of one row are quantized in blocks of this many consecutive
+/// inputs (one scale per block and weight group). Each block's integer sums are exact in `i32` and in `f32`
+/// (`|sum| <= 128 * 127 * 127 < 2^24`).
+pub const Q8_ACT_BLOCK: usize = 128;
+/// Inputs per task of the product: each task sums its blocks into its own partial output, and the partials are
+/// added in order, so the result does not depend on the number of threads.
+pub const Q8_K_SPLIT: usize = 2 * Q8_ACT_BLOCK;
+/// Output columns the VNNI kernel handles together (four tiles of 64); partial outputs are padded to it.
+const CHUNK_COLS: usize = 256;
+/// Activation rows quantized and multiplied together: bounds the quantized activations' memory.
+const ROW_BATCH: usize = 32;
+
+/// One batch of activation rows quantized for one int8 weight (see [`linear_q8`](super::linear_q8)).
+///
+/// For row `i`, input `l` and weight group `g`: `a = x[i, l] * scale[l, g]` (f32), and per block `b` of
+/// [`Q8_ACT_BLOCK`] inputs: `t[i, b, g]` and `p[i, l, g] = clamp(round_half_even(a * r), -127, 127)` with
+/// [`act_scale`]'s `(t, r)` from the block's largest `|a|`.
+pub(super) struct QuantizedActs {
+    /// Quads of inputs: `k.div_ceil(4)`.
+    pub kq: usize,
+    /// Blocks of inputs: `k.div_ceil(Q8_ACT_BLOCK)`.
+    pub nb: usize,
+    /// Row stride of `p`, `t` and `sum`: the groups plus 3, so that four consecutive groups can be read from any.
+    pub gp: usize,
+    /// `[rows, kq, gp]`: the four `p` of inputs `4q..4q + 4` of group `g` in one little-endian `u32` (0 past `k`).
+    pub p: Vec<u32>,
+    /// `[rows, nb, gp]`: the activation scales.
+    pub t: Vec<f32>,
+    /// `[rows, nb, gp]`: the sum of the block's `p`.
+    pub sum: Vec<i32>,
+}
+
+impl QuantizedActs {
+    fn new(rows: usize, k: usize, groups: usize) -> Self {
+        let (kq, nb, gp) = (k.div_ceil(4), k.div_ceil(Q8_ACT_BLOCK), groups + 3);
+        Self {
+            kq,
+            nb,
+            gp,
+            p: vec![0; rows * kq * gp],
+            t: vec![0.0; rows * nb * gp],
+            sum: vec![0; rows * nb * gp],
         }
     }
 }
 
-/// `p[i, :] += sum_{l0 <= l < l1} x[i, l] * scale[l, :] * q[l, :]`, four input rows at a time, in the order
-/// every path uses (so that all paths give the same bits).
+/// The activation scale `t` of a block and the factor `r` that quantizes it, from the block's largest `|a|`
+/// (`bad` when one `a` is NaN): `(amax / 127, 127 / amax)`; `(1, 1)` when `amax / 127` is zero or subnormal; and
+/// `(NaN, 0)` when an `a` is NaN or infinite, so that the outputs become NaN rather than silently finite.
+#[inline]
+pub(super) fn act_scale(amax: f32, bad: bool) -> (f32, f32) {
+    if bad || !amax.is_finite() {
+        return (f32::NAN, 0.0);
+    }
+    let t = amax / 127.0;
+    if t.is_normal() {
+        (t, 127.0 / amax)
+    } else {
+        (1.0, 1.0)
+    }
+}
+
+/// `clamp(round_half_even(a * r), -127, 127)`, and 0 for NaN (only reached with `r = 0`).
+#[inline]
+fn quantize_act(a: f32, r: f32) -> i8 {
+    (a * r).round_ties_even().clamp(-127.0, 127.0) as i8
+}
+
+/// Quantizes activation rows `x: [rows, k]` for `w` into `acts` (see [`QuantizedActs`]), threaded over blocks.
 #[allow(clippy::too_many_arguments)]
-fn chunk_rows(
+fn quantize_acts(
     path: KernelPath,
+    vnni: bool,
     x: &[f32],
-    m: usize,
+    rows: usize,
     k: usize,
     w: &Q8Weight<'_>,
-    n: usize,
+    groups: usize,
+    acts: &mut QuantizedActs,
+) {
+    let (kq, nb, gp) = (acts.kq, acts.nb, acts.gp);
+    let (pp, tp, sp) = (
+        SendPtr(acts.p.as_mut_ptr().cast()),
+        SendPtr(acts.t.as_mut_ptr()),
+        SendPtr(acts.sum.as_mut_ptr().cast()),
+    );
+    let block = |b: usize| {
+        let l0 = b * Q8_ACT_BLOCK;
+        let l1 = (l0 + Q8_ACT_BLOCK).min(k);
+        for i in 0..rows {
+            let xi = &x[i * k..(i + 1) * k];
+            // SAFETY: block `b` of row `i` alone writes quads `l0 / 4..l1.div_ceil(4)` of `p` and entry `b` of
+            // `t` and `sum` (row `i`), all inside the buffers `QuantizedActs::new` sized for `rows`, `k`, groups.
+            unsafe {
+                let p = pp.get().cast::<u32>().add((i * kq + l0 / 4) * gp);
+                let t = tp.get().add((i * nb + b) * gp);
+                let s = sp.get().cast::<i32>().add((i * nb + b) * gp);
+                #[cfg(target_arch = "x86_64")]
+                if path == KernelPath::Avx512 && vnni {
+                    super::x86_q8::quantize_block_avx512(xi, w.scales, groups, l0, l1, gp, p, t, s);
+                    continue;
+                }
+                let _ = (path, vnni);
+                quantize_block(xi, w.scales, groups, l0, l1, gp, p, t, s);
+            }
+        }
+    };
+    if rows * k * groups < 1 << 15 {
+        (0..nb).for_each(block);
+    } else {
+        super::par_blocks(nb, block);
+    }
+}
+
+/// The portable quantization of inputs `l0..l1` (one block) of one row.
+///
+/// # Safety
+/// `p` is valid for `(l1 - l0).div_ceil(4) * gp` writes, `t` and `s` for `groups`; `scales` is `[k, groups]`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn quantize_block(
+    x: &[f32],
+    scales: &[f32],
+    groups: usize,
     l0: usize,
     l1: usize,
-    p: &mut [f32],
+    gp: usize,
+    p: *mut u32,
+    t: *mut f32,
+    s: *mut i32,
 ) {
-    let groups = n / w.group;
-    // a[j, g] = x[i, l + j] * scale[l + j, g]
-    let mut a = vec![0f32; 4 * groups];
-    let mut l = l0;
-    while l < l1 {
-        let rows = (l1 - l).min(4);
-        let mut q: [&[i8]; 4] = [&[]; 4];
-        for (j, q) in q.iter_mut().enumerate().take(rows) {
-            *q = &w.values[(l + j) * n..(l + j + 1) * n];
+    for g in 0..groups {
+        let a = |l: usize| x[l] * scales[l * groups + g];
+        let (mut amax, mut bad) = (0.0f32, false);
+        for l in l0..l1 {
+            let v = a(l);
+            bad |= v.is_nan();
+            amax = amax.max(v.abs());
         }
-        for i in 0..m {
-            for (j, a) in a.chunks_exact_mut(groups).take(rows).enumerate() {
-                let xj = x[i * k + l + j];
-                let s = &w.scales[(l + j) * groups..(l + j + 1) * groups];
-                for (a, s) in a.iter_mut().zip(s) {
-                    *a = xj * s;
+        let (tg, r) = act_scale(amax, bad);
+        let mut sum = 0i32;
+        for (dq, q0) in (l0..l1).step_by(4).enumerate() {
+            let mut bytes = [0u8; 4];
+            for (dl, byte) in bytes.iter_mut().enumerate() {
+                if q0 + dl < l1 {
+                    let v = quantize_act(a(q0 + dl), r);
+                    sum += i32::from(v);
+                    *byte = v as u8;
                 }
             }
-            axpy(path, &mut p[i * n..(i + 1) * n], &a, &q, rows, w.group);
+            // SAFETY: as the function's contract.
+            unsafe { *p.add(dq * gp + g) = u32::from_le_bytes(bytes) };
         }
-        l += rows;
+        // SAFETY: as the function's contract.
+        unsafe {
+            *t.add(g) = tg;
+            *s.add(g) = sum;
+        }
     }
 }
 
-/// `y[c] = fma(a[rows-1, g], q[rows-1][c], ... fma(a[0, g], q[0][c], y[c]))` with `g = c / group`; `a` is
-/// `[4, y.len() / group]`.
-fn axpy(path: KernelPath, y: &mut [f32], a: &[f32], q: &[&[i8]; 4], rows: usize, group: usize) {
+/// Whether this CPU has AVX-512 VNNI (`vpdpbusd`), read once.
+fn has_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: `path` was checked against the CPU's features (`KernelPath::checked`); every `q[j]` (j < rows)
-        // has `y.len()` values; `group` (a multiple of 16) divides `y.len()`; `a` is `[4, groups]`.
-        match path {
-            KernelPath::Avx512 => {
-                return unsafe { super::x86::axpy_q8_avx512(y, a, q, rows, group) };
-            }
-            KernelPath::Avx2 => return unsafe { super::x86::axpy_q8_avx2(y, a, q, rows, group) },
-            KernelPath::Portable => {}
-        }
+        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *VNNI.get_or_init(|| std::arch::is_x86_feature_detected!("avx512vnni"))
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = path;
-    let groups = y.len() / group;
-    for (c, y) in y.iter_mut().enumerate() {
-        let g = c / group;
-        let mut v = *y;
-        for j in 0..rows {
-            v = a[j * groups + g].mul_add(q[j][c] as f32, v);
-        }
-        *y = v;
-    }
+    false
 }
 
-/// Larger `m`: blocks of [`GEMM_BLOCK`] output columns dequantized to f32 per thread and multiplied by `gemm`.
-pub(super) fn gemm_blocks(
+/// `out = x Wq` for `x: [m, k]` (see [`linear_q8`](super::linear_q8) for the scheme): rows in batches of
+/// [`ROW_BATCH`], each quantized once; then each run of [`Q8_K_SPLIT`] inputs is a task (threaded) that sums its
+/// blocks into its own partial output, reading whole rows of the weight, and the partials are added in order.
+pub(super) fn product(
     path: KernelPath,
     x: &[f32],
     m: usize,
@@ -264,15 +333,145 @@ pub(super) fn gemm_blocks(
     n: usize,
     out: &mut [f32],
 ) {
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let blocks = n.div_ceil(GEMM_BLOCK);
-    (0..blocks).into_par_iter().for_each(|b| {
-        let c0 = b * GEMM_BLOCK;
-        let cols = GEMM_BLOCK.min(n - c0);
-        with_scratch(k * cols, |s| {
-            dequantize_cols(path, w, n, c0, cols, s);
-            // SAFETY: `s` is `[k, cols]`; this task writes only columns `c0..c0 + cols` of `out` ([m, n]).
-            unsafe { gemm_f32(m, cols, k, x, s, (cols, 1), out_ptr.get().add(c0), n) };
-        });
-    });
+    let vnni = path == KernelPath::Avx512 && has_vnni();
+    let groups = n / w.group;
+    let n_pad = n.next_multiple_of(CHUNK_COLS);
+    let splits = k.div_ceil(Q8_K_SPLIT);
+    for (r0, xb) in (0..m).step_by(ROW_BATCH).zip(x.chunks(ROW_BATCH * k)) {
+        let rows = (m - r0).min(ROW_BATCH);
+        let mut acts = QuantizedActs::new(rows, k, groups);
+        quantize_acts(path, vnni, xb, rows, k, w, groups, &mut acts);
+        let mut partials = vec![0f32; splits * rows * n_pad];
+        let base = SendPtr(partials.as_mut_ptr());
+        let acts = &acts;
+        let run = |c: usize| {
+            // SAFETY: task `c` alone writes its `[rows, n_pad]` partial.
+            let y = unsafe {
+                std::slice::from_raw_parts_mut(base.get().add(c * rows * n_pad), rows * n_pad)
+            };
+            let blocks =
+                c * Q8_K_SPLIT / Q8_ACT_BLOCK..((c + 1) * Q8_K_SPLIT).min(k).div_ceil(Q8_ACT_BLOCK);
+            split(path, vnni, w, k, n, blocks, acts, rows, y);
+        };
+        if rows * k * n < 1 << 16 {
+            (0..splits).for_each(run);
+        } else {
+            super::par_blocks(splits, run);
+        }
+        // The VNNI partials hold each 64-column tile in the order its registers do (see `x86_q8`).
+        let at = |j: usize| {
+            if vnni {
+                let (tile, c) = (j / 64, j % 64);
+                tile * 64 + 16 * ((c % 16) / 4) + 4 * (c / 16) + c % 4
+            } else {
+                j
+            }
+        };
+        let ob = &mut out[r0 * n..(r0 + rows) * n];
+        for (i, o) in ob.chunks_exact_mut(n).enumerate() {
+            for (j, o) in o.iter_mut().enumerate() {
+                let idx = i * n_pad + at(j);
+                *o = partials
+                    .chunks_exact(rows * n_pad)
+                    .fold(0.0, |acc, p| acc + p[idx]);
+            }
+        }
+    }
+}
+
+/// The blocks `blocks` of the product for every row of `acts`, summed into `y` (`[rows, n_pad]`, zeroed).
+#[allow(clippy::too_many_arguments)]
+fn split(
+    path: KernelPath,
+    vnni: bool,
+    w: &Q8Weight<'_>,
+    k: usize,
+    n: usize,
+    blocks: std::ops::Range<usize>,
+    acts: &QuantizedActs,
+    rows: usize,
+    y: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if vnni {
+            // SAFETY: VNNI was detected; `y` is `[rows, n_pad]` and `acts` was quantized for `w`.
+            return unsafe { super::x86_q8::split_vnni(w, k, n, blocks, acts, rows, y) };
+        }
+        if path >= KernelPath::Avx2 {
+            // SAFETY: the path was checked against the CPU's features (AVX-512 implies AVX2 and FMA here).
+            return unsafe { split_avx2(w, k, n, blocks, acts, rows, y) };
+        }
+    }
+    let _ = (path, vnni);
+    split_portable(w, k, n, blocks, acts, rows, y);
+}
+
+/// [`split_portable`] compiled for AVX2 and FMA (the compiler vectorises its integer loops).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn split_avx2(
+    w: &Q8Weight<'_>,
+    k: usize,
+    n: usize,
+    blocks: std::ops::Range<usize>,
+    acts: &QuantizedActs,
+    rows: usize,
+    y: &mut [f32],
+) {
+    split_portable(w, k, n, blocks, acts, rows, y);
+}
+
+/// The reference: for each row and output column `j` (group `g = j / group`), `y = fma(S_b as f32, t[b, g], y)`
+/// over the blocks `b` in order, where `S_b = sum_{l in b} q[l, j] * p[l, g]` in `i32`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn split_portable(
+    w: &Q8Weight<'_>,
+    k: usize,
+    n: usize,
+    blocks: std::ops::Range<usize>,
+    acts: &QuantizedActs,
+    rows: usize,
+    y: &mut [f32],
+) {
+    let (kq, nb, gp) = (acts.kq, acts.nb, acts.gp);
+    let n_pad = y.len() / rows.max(1);
+    let mut acc = vec![0i32; n];
+    for i in 0..rows {
+        let yi = &mut y[i * n_pad..i * n_pad + n];
+        for b in blocks.clone() {
+            acc.fill(0);
+            let l0 = b * Q8_ACT_BLOCK;
+            let l1 = (l0 + Q8_ACT_BLOCK).min(k);
+            for l in l0..l1 {
+                let q = &w.values[l * n..(l + 1) * n];
+                let prow = &acts.p[(i * kq + l / 4) * gp..];
+                for (g, (acc, q)) in acc
+                    .chunks_exact_mut(w.group)
+                    .zip(q.chunks_exact(w.group))
+                    .enumerate()
+                {
+                    let pv = i32::from(prow[g].to_le_bytes()[l % 4] as i8);
+                    for (a, &q) in acc.iter_mut().zip(q) {
+                        *a += i32::from(q) * pv;
+                    }
+                }
+            }
+            let tb = &acts.t[(i * nb + b) * gp..];
+            for (g, (y, acc)) in yi
+                .chunks_exact_mut(w.group)
+                .zip(acc.chunks_exact(w.group))
+                .enumerate()
+            {
+                for (y, &a) in y.iter_mut().zip(acc) {
+                    *y = (a as f32).mul_add(tb[g], *y);
+                }
+            }
+        }
+    }
 }
