@@ -167,6 +167,7 @@ const ROW_BATCH: usize = 32;
 /// For row `i`, input `l` and weight group `g`: `a = x[i, l] * scale[l, g]` (f32), and per block `b` of
 /// [`Q8_ACT_BLOCK`] inputs: `t[i, b, g]` and `p[i, l, g] = clamp(round_half_even(a * r), -127, 127)` with
 /// [`act_scale`]'s `(t, r)` from the block's largest `|a|`.
+#[derive(Default)]
 pub(super) struct QuantizedActs {
     /// Quads of inputs: `k.div_ceil(4)`.
     pub kq: usize,
@@ -183,17 +184,30 @@ pub(super) struct QuantizedActs {
 }
 
 impl QuantizedActs {
-    fn new(rows: usize, k: usize, groups: usize) -> Self {
+    /// Sizes the buffers for `rows` rows of `k` inputs and `groups` groups. Every entry the product reads is
+    /// written by `quantize_acts` first, so the buffers keep their old contents and are reused across calls (a
+    /// fresh allocation of this size is fresh pages from the OS, zeroed on first touch: 15% of an int8 decoding
+    /// step in a profile).
+    fn resize(&mut self, rows: usize, k: usize, groups: usize) {
         let (kq, nb, gp) = (k.div_ceil(4), k.div_ceil(Q8_ACT_BLOCK), groups + 3);
-        Self {
+        *self = Self {
             kq,
             nb,
             gp,
-            p: vec![0; rows * kq * gp],
-            t: vec![0.0; rows * nb * gp],
-            sum: vec![0; rows * nb * gp],
-        }
+            p: std::mem::take(&mut self.p),
+            t: std::mem::take(&mut self.t),
+            sum: std::mem::take(&mut self.sum),
+        };
+        self.p.resize(rows * kq * gp, 0);
+        self.t.resize(rows * nb * gp, 0.0);
+        self.sum.resize(rows * nb * gp, 0);
     }
+}
+
+thread_local! {
+    /// The calling thread's quantized activations and partial outputs, reused across products.
+    static SCRATCH: std::cell::RefCell<(QuantizedActs, Vec<f32>)> =
+        std::cell::RefCell::new((QuantizedActs::default(), Vec::new()));
 }
 
 /// The activation scale `t` of a block and the factor `r` that quantizes it, from the block's largest `|a|`
@@ -337,49 +351,103 @@ pub(super) fn product(
     let groups = n / w.group;
     let n_pad = n.next_multiple_of(CHUNK_COLS);
     let splits = k.div_ceil(Q8_K_SPLIT);
-    for (r0, xb) in (0..m).step_by(ROW_BATCH).zip(x.chunks(ROW_BATCH * k)) {
-        let rows = (m - r0).min(ROW_BATCH);
-        let mut acts = QuantizedActs::new(rows, k, groups);
-        quantize_acts(path, vnni, xb, rows, k, w, groups, &mut acts);
-        let mut partials = vec![0f32; splits * rows * n_pad];
-        let base = SendPtr(partials.as_mut_ptr());
-        let acts = &acts;
-        let run = |c: usize| {
-            // SAFETY: task `c` alone writes its `[rows, n_pad]` partial.
-            let y = unsafe {
-                std::slice::from_raw_parts_mut(base.get().add(c * rows * n_pad), rows * n_pad)
-            };
-            let blocks =
-                c * Q8_K_SPLIT / Q8_ACT_BLOCK..((c + 1) * Q8_K_SPLIT).min(k).div_ceil(Q8_ACT_BLOCK);
-            split(path, vnni, w, k, n, blocks, acts, rows, y);
-        };
-        if rows * k * n < 1 << 16 {
-            (0..splits).for_each(run);
-        } else {
-            super::par_blocks(splits, run);
-        }
-        // The VNNI partials hold each 64-column tile in the order its registers do (see `x86_q8`).
-        let at = |j: usize| {
-            if vnni {
-                let (tile, c) = (j / 64, j % 64);
-                tile * 64 + 16 * ((c % 16) / 4) + 4 * (c / 16) + c % 4
-            } else {
-                j
+    SCRATCH.with(|scratch| {
+        // A product started while this thread waits inside another (work stolen by rayon) gets its own buffers.
+        let mut own = None;
+        let mut held = scratch.try_borrow_mut().ok();
+        let (acts, partials) = match held.as_deref_mut() {
+            Some(s) => (&mut s.0, &mut s.1),
+            None => {
+                let s = own.insert((QuantizedActs::default(), Vec::new()));
+                (&mut s.0, &mut s.1)
             }
         };
-        let ob = &mut out[r0 * n..(r0 + rows) * n];
-        for (i, o) in ob.chunks_exact_mut(n).enumerate() {
-            for (j, o) in o.iter_mut().enumerate() {
-                let idx = i * n_pad + at(j);
-                *o = partials
-                    .chunks_exact(rows * n_pad)
-                    .fold(0.0, |acc, p| acc + p[idx]);
+        for (r0, xb) in (0..m).step_by(ROW_BATCH).zip(x.chunks(ROW_BATCH * k)) {
+            let rows = (m - r0).min(ROW_BATCH);
+            acts.resize(rows, k, groups);
+            quantize_acts(path, vnni, xb, rows, k, w, groups, acts);
+            // Tasks: runs of inputs times parts of the columns, enough for the threads to share out evenly (a
+            // helper thread wakes tens of microseconds late, and a product of 2560 x 2560 takes 0.3 ms).
+            let parts = 32usize
+                .div_ceil(splits.max(1))
+                .min(n_pad / CHUNK_COLS)
+                .max(1);
+            let width = (n_pad / CHUNK_COLS).div_ceil(parts) * CHUNK_COLS;
+            let parts = n_pad.div_ceil(width);
+            let len = splits * parts * rows * width;
+            if partials.len() < len {
+                partials.resize(len, 0.0);
+            }
+            let partials = &mut partials[..len];
+            let base = SendPtr(partials.as_mut_ptr());
+            let acts = &*acts;
+            let run = |task: usize| {
+                let (c, part) = (task / parts, task % parts);
+                // SAFETY: task `task` alone writes its `[rows, width]` partial. It zeroes it itself (in parallel,
+                // in its own cache).
+                let y = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        base.get().add(task * rows * width),
+                        rows * width,
+                    )
+                };
+                y.fill(0.0);
+                let blocks = c * Q8_K_SPLIT / Q8_ACT_BLOCK
+                    ..((c + 1) * Q8_K_SPLIT).min(k).div_ceil(Q8_ACT_BLOCK);
+                let cols = part * width..((part + 1) * width).min(n);
+                split(path, vnni, w, k, n, blocks, cols, acts, rows, y);
+            };
+            if rows * k * n < 1 << 16 {
+                (0..splits * parts).for_each(run);
+            } else {
+                super::par_blocks(splits * parts, run);
+            }
+            let ob = &mut out[r0 * n..(r0 + rows) * n];
+            reduce(partials, splits, parts, rows, width, vnni, ob);
+        }
+    });
+}
+
+/// `out[i, j] = ((0 + P_0[i, j]) + P_1[i, j]) + ...` over the `splits` partials, each in `parts` parts
+/// `[rows, width]` of consecutive columns; the VNNI partials hold each 64-column tile in the order its registers
+/// do (see `x86_q8`).
+fn reduce(
+    partials: &[f32],
+    splits: usize,
+    parts: usize,
+    rows: usize,
+    width: usize,
+    vnni: bool,
+    out: &mut [f32],
+) {
+    let n = out.len() / rows.max(1);
+    let mut acc = vec![0f32; width];
+    for i in 0..rows {
+        for part in 0..parts {
+            let j0 = part * width;
+            let cols = width.min(n - j0);
+            acc.fill(0.0);
+            for c in 0..splits {
+                let at = ((c * parts + part) * rows + i) * width;
+                for (a, v) in acc.iter_mut().zip(&partials[at..at + width]) {
+                    *a += v;
+                }
+            }
+            let o = &mut out[i * n + j0..i * n + j0 + cols];
+            if vnni {
+                for (j, o) in o.iter_mut().enumerate() {
+                    let (tile, c) = (j / 64, j % 64);
+                    *o = acc[tile * 64 + 16 * ((c % 16) / 4) + 4 * (c / 16) + c % 4];
+                }
+            } else {
+                o.copy_from_slice(&acc[..cols]);
             }
         }
     }
 }
 
-/// The blocks `blocks` of the product for every row of `acts`, summed into `y` (`[rows, n_pad]`, zeroed).
+/// The blocks `blocks` of the product, for the output columns `cols` (from a multiple of 256) of every row of
+/// `acts`, summed into `y` (`[rows, width]` from column `cols.start`, zeroed).
 #[allow(clippy::too_many_arguments)]
 fn split(
     path: KernelPath,
@@ -388,6 +456,7 @@ fn split(
     k: usize,
     n: usize,
     blocks: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
     acts: &QuantizedActs,
     rows: usize,
     y: &mut [f32],
@@ -395,16 +464,17 @@ fn split(
     #[cfg(target_arch = "x86_64")]
     {
         if vnni {
-            // SAFETY: VNNI was detected; `y` is `[rows, n_pad]` and `acts` was quantized for `w`.
-            return unsafe { super::x86_q8::split_vnni(w, k, n, blocks, acts, rows, y) };
+            // SAFETY: VNNI was detected; `y` is `[rows, width]` with `width >= cols.len()` a multiple of 256, and
+            // `acts` was quantized for `w`.
+            return unsafe { super::x86_q8::split_vnni(w, k, n, blocks, cols, acts, rows, y) };
         }
         if path >= KernelPath::Avx2 {
             // SAFETY: the path was checked against the CPU's features (AVX-512 implies AVX2 and FMA here).
-            return unsafe { split_avx2(w, k, n, blocks, acts, rows, y) };
+            return unsafe { split_avx2(w, k, n, blocks, cols, acts, rows, y) };
         }
     }
     let _ = (path, vnni);
-    split_portable(w, k, n, blocks, acts, rows, y);
+    split_portable(w, k, n, blocks, cols, acts, rows, y);
 }
 
 /// [`split_portable`] compiled for AVX2 and FMA (the compiler vectorises its integer loops).
@@ -419,11 +489,12 @@ unsafe fn split_avx2(
     k: usize,
     n: usize,
     blocks: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
     acts: &QuantizedActs,
     rows: usize,
     y: &mut [f32],
 ) {
-    split_portable(w, k, n, blocks, acts, rows, y);
+    split_portable(w, k, n, blocks, cols, acts, rows, y);
 }
 
 /// The reference: for each row and output column `j` (group `g = j / group`), `y = fma(S_b as f32, t[b, g], y)`
@@ -435,41 +506,41 @@ fn split_portable(
     k: usize,
     n: usize,
     blocks: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
     acts: &QuantizedActs,
     rows: usize,
     y: &mut [f32],
 ) {
     let (kq, nb, gp) = (acts.kq, acts.nb, acts.gp);
-    let n_pad = y.len() / rows.max(1);
-    let mut acc = vec![0i32; n];
+    let width = y.len() / rows.max(1);
+    let j0 = cols.start;
+    let mut acc = vec![0i32; cols.len()];
     for i in 0..rows {
-        let yi = &mut y[i * n_pad..i * n_pad + n];
+        let yi = &mut y[i * width..i * width + cols.len()];
         for b in blocks.clone() {
             acc.fill(0);
             let l0 = b * Q8_ACT_BLOCK;
             let l1 = (l0 + Q8_ACT_BLOCK).min(k);
             for l in l0..l1 {
-                let q = &w.values[l * n..(l + 1) * n];
+                let q = &w.values[l * n + j0..l * n + cols.end];
                 let prow = &acts.p[(i * kq + l / 4) * gp..];
-                for (g, (acc, q)) in acc
-                    .chunks_exact_mut(w.group)
-                    .zip(q.chunks_exact(w.group))
-                    .enumerate()
-                {
-                    let pv = i32::from(prow[g].to_le_bytes()[l % 4] as i8);
+                // Runs of 16 columns share a group (the group is a multiple of 16, as is `j0`).
+                for (c, (acc, q)) in acc.chunks_exact_mut(16).zip(q.chunks_exact(16)).enumerate() {
+                    let pv = i32::from(prow[(j0 + 16 * c) / w.group].to_le_bytes()[l % 4] as i8);
                     for (a, &q) in acc.iter_mut().zip(q) {
                         *a += i32::from(q) * pv;
                     }
                 }
             }
             let tb = &acts.t[(i * nb + b) * gp..];
-            for (g, (y, acc)) in yi
-                .chunks_exact_mut(w.group)
-                .zip(acc.chunks_exact(w.group))
+            for (c, (y, acc)) in yi
+                .chunks_exact_mut(16)
+                .zip(acc.chunks_exact(16))
                 .enumerate()
             {
+                let t = tb[(j0 + 16 * c) / w.group];
                 for (y, &a) in y.iter_mut().zip(acc) {
-                    *y = (a as f32).mul_add(tb[g], *y);
+                    *y = (a as f32).mul_add(t, *y);
                 }
             }
         }

@@ -164,38 +164,55 @@ fn tile_groups(w: &Q8Weight<'_>, j0: usize, cols: usize) -> [TileGroups; 4] {
     tg
 }
 
-/// The blocks `blocks` of the product for every row of `acts`, summed into `y` (`[rows, n_pad]`, zeroed, each
-/// 64-column tile in register order): for each block, every 256 columns, every four rows.
+/// The blocks `blocks` of the product for the columns `cols` of every row of `acts`, summed into `y` (`[rows,
+/// width]` from column `cols.start`, zeroed; each 64-column tile in register order): one row streams
+/// ([`one_row`]); more go block by block, 256 columns at a time, four rows at a time.
 ///
 /// # Safety
-/// The CPU has AVX-512 F/BW/VL and VNNI; `y` is `[rows, n.next_multiple_of(256)]`; `acts` was quantized for `w`.
+/// The CPU has AVX-512 F/BW/VL and VNNI; `cols.start` is a multiple of 256 and `y` is `[rows, width]` with
+/// `width` a multiple of 256 at least `cols.len()`; `acts` was quantized for `w`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn split_vnni(
     w: &Q8Weight<'_>,
     k: usize,
     n: usize,
     blocks: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
     acts: &QuantizedActs,
     rows: usize,
     y: &mut [f32],
 ) {
-    let n_pad = n.next_multiple_of(CHUNK);
-    debug_assert!(y.len() == rows * n_pad);
-    let groups: Vec<[TileGroups; 4]> = (0..n_pad / CHUNK)
-        .map(|c| tile_groups(w, c * CHUNK, (n - c * CHUNK).min(CHUNK)))
+    let width = y.len() / rows;
+    debug_assert!(
+        cols.start.is_multiple_of(CHUNK) && width.is_multiple_of(CHUNK) && width >= cols.len()
+    );
+    let groups: Vec<[TileGroups; 4]> = (cols.start..cols.end)
+        .step_by(CHUNK)
+        .map(|j0| tile_groups(w, j0, (cols.end - j0).min(CHUNK)))
         .collect();
+    if rows == 1 {
+        // SAFETY: the function's contract.
+        return unsafe { one_row(w, k, n, blocks, cols, acts, &groups, y) };
+    }
     for b in blocks {
         let l0 = b * Q8_ACT_BLOCK;
         let l1 = (l0 + Q8_ACT_BLOCK).min(k);
         let quads = l0 / 4..l1.div_ceil(4);
         for (cc, tg) in groups.iter().enumerate() {
-            let j0 = cc * CHUNK;
-            let tiles = (n - j0).min(CHUNK).div_ceil(TILE);
+            let j0 = cols.start + cc * CHUNK;
+            let tiles = (cols.end - j0).min(CHUNK).div_ceil(TILE);
             // The lines the next pass reads: the same rows' next 256 columns, or the next block's first ones.
-            let next = if j0 + CHUNK < n {
+            let next = if j0 + CHUNK < cols.end {
                 (0, j0 + CHUNK)
             } else {
-                (Q8_ACT_BLOCK, 0)
+                (Q8_ACT_BLOCK, cols.start)
+            };
+            let at = Place {
+                n,
+                j0,
+                y0: cc * CHUNK,
+                width,
             };
             let mut i0 = 0;
             while i0 < rows {
@@ -206,54 +223,137 @@ pub(super) unsafe fn split_vnni(
                 // row and four tiles, two rows and two tiles, or four (three) rows and one tile.
                 unsafe {
                     match r {
-                        1 => block::<1, 4>(w, k, n, n_pad, j0, tg, 0, acts, i0, b, q(), pf, y),
+                        1 => block::<1, 4>(w, k, at, tg, 0, acts, i0, b, q(), pf, y),
                         2 => {
                             for t0 in [0, 2] {
                                 let t = [tg[t0], tg[t0 + 1]];
-                                block::<2, 2>(w, k, n, n_pad, j0, &t, t0, acts, i0, b, q(), pf, y);
+                                block::<2, 2>(w, k, at, &t, t0, acts, i0, b, q(), pf, y);
                             }
                         }
                         3 => {
                             for (t0, t) in tg.iter().enumerate().take(tiles) {
-                                block::<3, 1>(
-                                    w,
-                                    k,
-                                    n,
-                                    n_pad,
-                                    j0,
-                                    &[*t],
-                                    t0,
-                                    acts,
-                                    i0,
-                                    b,
-                                    q(),
-                                    pf,
-                                    y,
-                                );
+                                block::<3, 1>(w, k, at, &[*t], t0, acts, i0, b, q(), pf, y);
                             }
                         }
                         _ => {
                             for (t0, t) in tg.iter().enumerate().take(tiles) {
-                                block::<4, 1>(
-                                    w,
-                                    k,
-                                    n,
-                                    n_pad,
-                                    j0,
-                                    &[*t],
-                                    t0,
-                                    acts,
-                                    i0,
-                                    b,
-                                    q(),
-                                    pf,
-                                    y,
-                                );
+                                block::<4, 1>(w, k, at, &[*t], t0, acts, i0, b, q(), pf, y);
                             }
                         }
                     }
                 }
                 i0 += r;
+            }
+        }
+    }
+}
+
+/// Where a pass of [`block`] reads and writes: the weight's row length `n`, the pass's first column `j0`, and
+/// its first column `y0` in `y`, whose rows are `width` long.
+#[derive(Clone, Copy)]
+struct Place {
+    n: usize,
+    j0: usize,
+    y0: usize,
+    width: usize,
+}
+
+/// [`split_vnni`] for one activation row (decoding): each quad of input rows is read across the columns, four
+/// sequential streams, with the block's integer sums in a buffer, rather than in passes of 256 columns over a
+/// block's 128 rows (short runs, one page per row, which the hardware prefetcher does not follow). Same sums and
+/// the same f32 operations as [`block`].
+///
+/// # Safety
+/// As [`split_vnni`], with `rows == 1`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn one_row(
+    w: &Q8Weight<'_>,
+    k: usize,
+    n: usize,
+    blocks: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    acts: &QuantizedActs,
+    groups: &[[TileGroups; 4]],
+    y: &mut [f32],
+) {
+    let tiles = cols.len().div_ceil(TILE);
+    let j0 = cols.start;
+    let gp = acts.gp;
+    let vp = w.values.as_ptr();
+    let pp = acts.p.as_ptr();
+    let flip = _mm512_set1_epi8(-128);
+    let mut acc = vec![_mm512_setzero_si512(); tiles * 4];
+    unsafe {
+        for b in blocks {
+            acc.fill(_mm512_setzero_si512());
+            let l0 = b * Q8_ACT_BLOCK;
+            let l1 = (l0 + Q8_ACT_BLOCK).min(k);
+            for quad in l0 / 4..l1.div_ceil(4) {
+                let l = 4 * quad;
+                let rows_here = (k - l).min(4);
+                let prow = pp.add(quad * gp);
+                for (tile, acc) in acc.chunks_exact_mut(4).enumerate() {
+                    let tg = &groups[tile / 4][tile % 4];
+                    let mut wv = [_mm512_setzero_si512(); 4];
+                    for (d, wv) in wv.iter_mut().enumerate() {
+                        if d < rows_here {
+                            let at = (l + d) * n + j0 + tile * TILE;
+                            *wv = _mm512_maskz_loadu_epi8(tg.mask, vp.add(at).cast());
+                        }
+                        *wv = _mm512_xor_si512(*wv, flip);
+                    }
+                    let (u01lo, u01hi) = (
+                        _mm512_unpacklo_epi8(wv[0], wv[1]),
+                        _mm512_unpackhi_epi8(wv[0], wv[1]),
+                    );
+                    let (u23lo, u23hi) = (
+                        _mm512_unpacklo_epi8(wv[2], wv[3]),
+                        _mm512_unpackhi_epi8(wv[2], wv[3]),
+                    );
+                    let v = [
+                        _mm512_unpacklo_epi16(u01lo, u23lo),
+                        _mm512_unpackhi_epi16(u01lo, u23lo),
+                        _mm512_unpacklo_epi16(u01hi, u23hi),
+                        _mm512_unpackhi_epi16(u01hi, u23hi),
+                    ];
+                    let src = prow.add(tg.g0);
+                    let pv = if tg.uniform {
+                        _mm512_set1_epi32(*src as i32)
+                    } else {
+                        _mm512_permutexvar_epi32(
+                            tg.idx,
+                            _mm512_castsi128_si512(_mm_loadu_si128(src.cast())),
+                        )
+                    };
+                    for (a, v) in acc.iter_mut().zip(v) {
+                        *a = _mm512_dpbusd_epi32(*a, v, pv);
+                    }
+                }
+            }
+            for (tile, acc) in acc.chunks_exact(4).enumerate() {
+                let tg = &groups[tile / 4][tile % 4];
+                let (tsrc, ssrc) = (
+                    acts.t.as_ptr().add(b * gp + tg.g0),
+                    acts.sum.as_ptr().add(b * gp + tg.g0),
+                );
+                let (tv, sv) = if tg.uniform {
+                    (_mm512_set1_ps(*tsrc), _mm512_set1_epi32(*ssrc))
+                } else {
+                    (
+                        _mm512_permutexvar_ps(tg.idx, _mm512_castps128_ps512(_mm_loadu_ps(tsrc))),
+                        _mm512_permutexvar_epi32(
+                            tg.idx,
+                            _mm512_castsi128_si512(_mm_loadu_si128(ssrc.cast())),
+                        ),
+                    )
+                };
+                let corr = _mm512_slli_epi32::<7>(sv);
+                for (c, a) in acc.iter().enumerate() {
+                    let dst = y.as_mut_ptr().add(tile * TILE + 16 * c);
+                    let sumf = _mm512_cvtepi32_ps(_mm512_sub_epi32(*a, corr));
+                    _mm512_storeu_ps(dst, _mm512_fmadd_ps(sumf, tv, _mm512_loadu_ps(dst)));
+                }
             }
         }
     }
@@ -269,9 +369,7 @@ pub(super) unsafe fn split_vnni(
 unsafe fn block<const R: usize, const T: usize>(
     w: &Q8Weight<'_>,
     k: usize,
-    n: usize,
-    n_pad: usize,
-    j0: usize,
+    at: Place,
     tg: &[TileGroups; T],
     t0: usize,
     acts: &QuantizedActs,
@@ -282,6 +380,7 @@ unsafe fn block<const R: usize, const T: usize>(
     y: &mut [f32],
 ) {
     let (kq, nb, gp) = (acts.kq, acts.nb, acts.gp);
+    let Place { n, j0, y0, width } = at;
     let vp = w.values.as_ptr();
     let pp = acts.p.as_ptr();
     let flip = _mm512_set1_epi8(-128);
@@ -341,7 +440,7 @@ unsafe fn block<const R: usize, const T: usize>(
         }
         for (ri, acc) in acc.iter().enumerate() {
             let at = (i0 + ri) * nb + b;
-            let yr = y.as_mut_ptr().add((i0 + ri) * n_pad + j0);
+            let yr = y.as_mut_ptr().add((i0 + ri) * width + y0);
             for (s, tg) in tg.iter().enumerate() {
                 let (tsrc, ssrc) = (
                     acts.t.as_ptr().add(at * gp + tg.g0),
