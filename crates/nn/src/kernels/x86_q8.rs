@@ -165,8 +165,8 @@ fn tile_groups(w: &Q8Weight<'_>, j0: usize, cols: usize) -> [TileGroups; 4] {
 }
 
 /// The blocks `blocks` of the product for the columns `cols` of every row of `acts`, summed into `y` (`[rows,
-/// width]` from column `cols.start`, zeroed; each 64-column tile in register order): one row streams
-/// ([`one_row`]); more go block by block, 256 columns at a time, four rows at a time.
+/// width]` from column `cols.start`, zeroed; each 64-column tile in register order): block by block, 256
+/// columns at a time, up to four rows at a time, prefetching the lines of the next pass.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL and VNNI; `cols.start` is a multiple of 256 and `y` is `[rows, width]` with
@@ -191,10 +191,6 @@ pub(super) unsafe fn split_vnni(
         .step_by(CHUNK)
         .map(|j0| tile_groups(w, j0, (cols.end - j0).min(CHUNK)))
         .collect();
-    if rows == 1 {
-        // SAFETY: the function's contract.
-        return unsafe { one_row(w, k, n, blocks, cols, acts, &groups, y) };
-    }
     for b in blocks {
         let l0 = b * Q8_ACT_BLOCK;
         let l1 = (l0 + Q8_ACT_BLOCK).min(k);
@@ -256,107 +252,6 @@ struct Place {
     j0: usize,
     y0: usize,
     width: usize,
-}
-
-/// [`split_vnni`] for one activation row (decoding): each quad of input rows is read across the columns, four
-/// sequential streams, with the block's integer sums in a buffer, rather than in passes of 256 columns over a
-/// block's 128 rows (short runs, one page per row, which the hardware prefetcher does not follow). Same sums and
-/// the same f32 operations as [`block`].
-///
-/// # Safety
-/// As [`split_vnni`], with `rows == 1`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn one_row(
-    w: &Q8Weight<'_>,
-    k: usize,
-    n: usize,
-    blocks: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    acts: &QuantizedActs,
-    groups: &[[TileGroups; 4]],
-    y: &mut [f32],
-) {
-    let tiles = cols.len().div_ceil(TILE);
-    let j0 = cols.start;
-    let gp = acts.gp;
-    let vp = w.values.as_ptr();
-    let pp = acts.p.as_ptr();
-    let flip = _mm512_set1_epi8(-128);
-    let mut acc = vec![_mm512_setzero_si512(); tiles * 4];
-    unsafe {
-        for b in blocks {
-            acc.fill(_mm512_setzero_si512());
-            let l0 = b * Q8_ACT_BLOCK;
-            let l1 = (l0 + Q8_ACT_BLOCK).min(k);
-            for quad in l0 / 4..l1.div_ceil(4) {
-                let l = 4 * quad;
-                let rows_here = (k - l).min(4);
-                let prow = pp.add(quad * gp);
-                for (tile, acc) in acc.chunks_exact_mut(4).enumerate() {
-                    let tg = &groups[tile / 4][tile % 4];
-                    let mut wv = [_mm512_setzero_si512(); 4];
-                    for (d, wv) in wv.iter_mut().enumerate() {
-                        if d < rows_here {
-                            let at = (l + d) * n + j0 + tile * TILE;
-                            *wv = _mm512_maskz_loadu_epi8(tg.mask, vp.add(at).cast());
-                        }
-                        *wv = _mm512_xor_si512(*wv, flip);
-                    }
-                    let (u01lo, u01hi) = (
-                        _mm512_unpacklo_epi8(wv[0], wv[1]),
-                        _mm512_unpackhi_epi8(wv[0], wv[1]),
-                    );
-                    let (u23lo, u23hi) = (
-                        _mm512_unpacklo_epi8(wv[2], wv[3]),
-                        _mm512_unpackhi_epi8(wv[2], wv[3]),
-                    );
-                    let v = [
-                        _mm512_unpacklo_epi16(u01lo, u23lo),
-                        _mm512_unpackhi_epi16(u01lo, u23lo),
-                        _mm512_unpacklo_epi16(u01hi, u23hi),
-                        _mm512_unpackhi_epi16(u01hi, u23hi),
-                    ];
-                    let src = prow.add(tg.g0);
-                    let pv = if tg.uniform {
-                        _mm512_set1_epi32(*src as i32)
-                    } else {
-                        _mm512_permutexvar_epi32(
-                            tg.idx,
-                            _mm512_castsi128_si512(_mm_loadu_si128(src.cast())),
-                        )
-                    };
-                    for (a, v) in acc.iter_mut().zip(v) {
-                        *a = _mm512_dpbusd_epi32(*a, v, pv);
-                    }
-                }
-            }
-            for (tile, acc) in acc.chunks_exact(4).enumerate() {
-                let tg = &groups[tile / 4][tile % 4];
-                let (tsrc, ssrc) = (
-                    acts.t.as_ptr().add(b * gp + tg.g0),
-                    acts.sum.as_ptr().add(b * gp + tg.g0),
-                );
-                let (tv, sv) = if tg.uniform {
-                    (_mm512_set1_ps(*tsrc), _mm512_set1_epi32(*ssrc))
-                } else {
-                    (
-                        _mm512_permutexvar_ps(tg.idx, _mm512_castps128_ps512(_mm_loadu_ps(tsrc))),
-                        _mm512_permutexvar_epi32(
-                            tg.idx,
-                            _mm512_castsi128_si512(_mm_loadu_si128(ssrc.cast())),
-                        ),
-                    )
-                };
-                let corr = _mm512_slli_epi32::<7>(sv);
-                for (c, a) in acc.iter().enumerate() {
-                    let dst = y.as_mut_ptr().add(tile * TILE + 16 * c);
-                    let sumf = _mm512_cvtepi32_ps(_mm512_sub_epi32(*a, corr));
-                    _mm512_storeu_ps(dst, _mm512_fmadd_ps(sumf, tv, _mm512_loadu_ps(dst)));
-                }
-            }
-        }
-    }
 }
 
 /// Block `b` (its input quads `quads`) for rows `i0..i0 + R` and the `T` tiles `tg` (tiles `t0..t0 + T` of the
