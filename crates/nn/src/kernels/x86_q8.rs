@@ -198,7 +198,8 @@ pub(super) unsafe fn split_vnni(
         for (cc, tg) in groups.iter().enumerate() {
             let j0 = cols.start + cc * CHUNK;
             let tiles = (cols.end - j0).min(CHUNK).div_ceil(TILE);
-            // The lines the next pass reads: the same rows' next 256 columns, or the next block's first ones.
+            // The lines the next pass reads (into L2: one pass ahead is 32 KiB, most of L1): the same rows' next
+            // 256 columns, or the next block's first ones.
             let next = if j0 + CHUNK < cols.end {
                 (0, j0 + CHUNK)
             } else {
@@ -288,7 +289,7 @@ unsafe fn block<const R: usize, const T: usize>(
                 for d in 0..4 {
                     let ahead = vp.wrapping_add((l + d + dl) * n + col + t0 * TILE);
                     for s in 0..T {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(s * TILE).cast());
+                        _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(s * TILE).cast());
                     }
                 }
             }
