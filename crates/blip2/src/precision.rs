@@ -34,7 +34,9 @@ pub struct Precision {
 }
 
 /// The parts whose `Linear` weights are held in int8: symmetric, one f32 scale per `group` outputs of each input
-/// (see `blip2_nn::quantize_linear` and docs/numerics.md). Activations stay in the part's float dtype.
+/// (see `blip2_nn::quantize_linear` and docs/numerics.md). Activations stay in the part's float dtype between
+/// layers; on flex each int8 product quantizes them per call and multiplies in integers
+/// (`blip2_nn::kernels::linear_q8`), other backends dequantize the weight and multiply in float.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Int8 {
     /// The ViT.

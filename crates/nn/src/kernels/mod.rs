@@ -17,7 +17,7 @@
 //!   [`Q8_ACT_BLOCK`] inputs (docs/numerics.md), then sums int8 products exactly (AVX-512 VNNI where present),
 //!   threaded over runs of [`Q8_K_SPLIT`] inputs that each read whole rows of the weight.
 //!
-//! Every product accumulates in f32. Each routine exists for three [`KernelPath`]s, picked at run time from
+//! Dense products accumulate in f32; int8 products sum in integers per block of inputs, then in f32. Each routine exists for three [`KernelPath`]s, picked at run time from
 //! the CPU's features: AVX-512 (F, BW, VL), AVX2 with FMA and F16C, and a portable scalar path that also
 //! compiles on aarch64 and is the reference the others are tested against (the int8 product also uses AVX-512
 //! VNNI when the CPU has it). The int8 paths are bit-identical to the portable one; the dense paths sum in a different order and agree within f32 accumulation error.

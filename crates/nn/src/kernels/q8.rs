@@ -1,4 +1,5 @@
-//! int8 weight-only products: Burn's block-quantized layout `[k, n]` with one scale per `[1, group]` block.
+//! int8 products: weights in Burn's block-quantized layout `[k, n]` with one scale per `[1, group]` block,
+//! activations quantized per call, sums in integers.
 
 use rayon::prelude::*;
 
