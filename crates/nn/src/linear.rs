@@ -82,6 +82,14 @@ pub(crate) fn q8_tensor<B: Backend, const D: usize>(
     group: usize,
     device: &B::Device,
 ) -> Tensor<B, D> {
+    // Room for the scales after the values, so that Burn appends them in place (see `q8_values`).
+    let values = if values.capacity() < values.len() + 3 + 4 * scales.len() {
+        let mut roomy = crate::kernels::q8_values(values.len(), scales.len());
+        roomy.copy_from_slice(&values);
+        roomy
+    } else {
+        values
+    };
     let store = <B::QuantizedTensorPrimitive as QTensorPrimitive>::default_scheme().store;
     let scheme = QuantScheme::default()
         .with_value(QuantValue::Q8S)
@@ -186,5 +194,43 @@ impl<B: Backend> ModuleMapper<B> for QuantizeLinears {
             param.id,
             q8_tensor::<B, D>(values, &scales, k, n, group, &device),
         )
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexQTensor;
+    use burn::tensor::TensorPrimitive;
+
+    use super::*;
+
+    /// The int8 values of a flex int8 tensor, and where they live.
+    fn values_of(tensor: Tensor<Flex, 2>) -> (Vec<i8>, *const i8) {
+        let TensorPrimitive::QFloat(q) = tensor.into_primitive() else {
+            panic!("an int8 tensor")
+        };
+        let q: FlexQTensor = q;
+        let values = q.tensor().as_slice::<i8>().expect("i8 values");
+        (values.to_vec(), values.as_ptr())
+    }
+
+    /// The int8 values stay in the buffer quantization made: no copy of the weight as it becomes a tensor.
+    #[test]
+    fn int8_tensors_keep_the_quantized_buffer() {
+        let (k, n, group) = (48, 96, 32);
+        let w: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 - 6.0).collect();
+        for (values, scales) in [
+            quantize_q8(&w, k, n, group),
+            crate::kernels::quantize_q8_transposed(&w, n, k, group),
+        ] {
+            // A buffer without room for the scales is copied once into one that has: same values.
+            let tight = values.clone();
+            let tensor = q8_tensor::<Flex, 2>(tight, &scales, k, n, group, &Default::default());
+            assert_eq!(values_of(tensor).0, values);
+            let ptr = values.as_ptr();
+            let tensor = q8_tensor::<Flex, 2>(values, &scales, k, n, group, &Default::default());
+            assert_eq!(values_of(tensor).1, ptr);
+        }
     }
 }

@@ -367,6 +367,66 @@ fn quantization_is_symmetric_per_block_and_rounds_half_to_even() {
 }
 
 #[test]
+fn quantization_equals_the_plain_formula_on_ties_extremes_and_non_finite_values() {
+    // Groups of 16 with halves at every magnitude, values past 2^22 (a group holding an infinity has scale 1),
+    // NaN, infinities, subnormals and signed zeros: the quantizer must give `clamp(round_half_even(w / s))`.
+    let mut w: Vec<f32> = (0..16 * 16).map(|i| (i as f32 - 128.0) + 0.5).collect();
+    w.extend([
+        f32::INFINITY,
+        5.0e6 + 0.5,
+        -1.0e7,
+        3.0e38,
+        2.5,
+        -2.5,
+        0.5,
+        -0.5,
+        f32::NAN,
+        1.0,
+        -0.0,
+        0.0,
+        126.5,
+        -126.5,
+        4_194_304.5,
+        -4_194_303.5,
+    ]);
+    w.extend([
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e-40,
+        -1e-40,
+        1e-45,
+        0.0,
+        -0.0,
+        2.0,
+        1.5,
+        -1.5,
+        1e-39,
+        3e-39,
+        -7e-39,
+        1e-38,
+        0.0,
+        0.0,
+    ]);
+    w.extend((0..16).map(|i| 1e-39 * i as f32 - 7e-39));
+    let n = 16;
+    let k = w.len() / n;
+    let (q, s) = quantize_q8(&w, k, n, n);
+    for (l, (row, &scale)) in w.chunks(n).zip(&s).enumerate() {
+        let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let want_scale = if (amax / 127.0).is_normal() {
+            amax / 127.0
+        } else {
+            1.0
+        };
+        assert_eq!(scale.to_bits(), want_scale.to_bits(), "row {l}");
+        for (j, &v) in row.iter().enumerate() {
+            let want = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+            assert_eq!(q[l * n + j], want, "row {l}, value {v}");
+        }
+    }
+}
+
+#[test]
 fn quantizing_the_transpose_in_place_equals_quantizing_a_transposed_copy() {
     for (n, k, group) in [(64, 37, 32), (48, 16, 16), (128, 1, 64)] {
         let w = values(n * k, 21); // [n, k]

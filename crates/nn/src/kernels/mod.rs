@@ -47,6 +47,7 @@ mod x86;
 mod x86_q8;
 
 pub use elementwise::{erf, gelu_erf, narrow_bf16, widen_bf16};
+pub(crate) use q8::q8_values;
 pub use q8::{
     Q8_ACT_BLOCK, Q8_K_SPLIT, Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed,
 };
