@@ -83,7 +83,7 @@ pub(crate) fn q8_tensor<B: Backend, const D: usize>(
     device: &B::Device,
 ) -> Tensor<B, D> {
     // Room for the scales after the values, so that Burn appends them in place (see `q8_values`).
-    let values = if values.capacity() < values.len() + 3 + 4 * scales.len() {
+    let values = if values.capacity() < crate::kernels::q8_capacity(values.len(), scales.len()) {
         let mut roomy = crate::kernels::q8_values(values.len(), scales.len());
         roomy.copy_from_slice(&values);
         roomy

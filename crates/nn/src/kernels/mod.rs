@@ -47,10 +47,10 @@ mod x86;
 mod x86_q8;
 
 pub use elementwise::{erf, gelu_erf, narrow_bf16, widen_bf16};
-pub(crate) use q8::q8_values;
 pub use q8::{
     Q8_ACT_BLOCK, Q8_K_SPLIT, Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed,
 };
+pub(crate) use q8::{q8_capacity, q8_values};
 
 /// Activation rows up to which products use the decoding (GEMV) kernels on every path.
 pub const GEMV_MAX_ROWS: usize = 4;

@@ -112,9 +112,15 @@ pub fn quantize_q8_transposed(w: &[f32], n: usize, k: usize, group: usize) -> (V
 /// scales to the values' buffer, and with the room flex keeps the values where they are; without it, they end
 /// up copied into another buffer (checked by a test in `linear.rs`).
 pub(crate) fn q8_values(len: usize, scales: usize) -> Vec<i8> {
-    let mut values = Vec::with_capacity(len + 3 + 4 * scales);
+    let mut values = Vec::with_capacity(q8_capacity(len, scales));
     values.resize(len, 0);
     values
+}
+
+/// The bytes a buffer of `len` int8 values needs for Burn to append `scales` f32 scales in place (up to 3 bytes
+/// of padding to align them).
+pub(crate) fn q8_capacity(len: usize, scales: usize) -> usize {
+    len + 3 + 4 * scales
 }
 
 /// The f32 weight `[k, n]` an int8 weight stands for.
@@ -242,11 +248,12 @@ fn quantize_act(a: f32, r: f32) -> i8 {
     round_small(a * r).clamp(-127.0, 127.0) as i8
 }
 
-/// `v.round_ties_even()` for `|v| <= 2^22` (NaN stays NaN, infinities stay infinite; larger values are never
-/// passed): adding and removing `1.5 * 2^23` leaves the sum where f32's spacing is 1, so the float addition
-/// itself rounds half to even. Unlike `round_ties_even`, which is a call to libm's `rintf` unless the crate is
-/// built for SSE4.1, it inlines and vectorizes: quantizing OPT-2.7b at load time spent 15% of a profile in
-/// `rintf`. The int8 values here are at most 127 in magnitude before clamping.
+/// `v.round_ties_even()` for `|v| <= 2^22` (NaN stays NaN, infinities stay infinite): adding and removing
+/// `1.5 * 2^23` leaves the sum where f32's spacing is 1, so the float addition itself rounds half to even.
+/// Unlike `round_ties_even`, which is a call to libm's `rintf` unless the crate is built for SSE4.1, it inlines
+/// and vectorizes: quantizing the OPT bench's int8 model spent 15% of a profile in `rintf`. The values passed
+/// are at most about 127 in magnitude, except in a weight group holding an infinity (scale 1): those may be off
+/// by one past 2^22, and clamp to ±127 either way (tested against the plain formula).
 #[inline]
 fn round_small(v: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23
