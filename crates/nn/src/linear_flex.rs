@@ -3,6 +3,7 @@
 //! call. Every other backend (and `Autodiff<Flex>`, so training keeps its gradients) takes Burn's path.
 
 use std::any::{Any, TypeId};
+use std::borrow::Cow;
 
 use burn::backend::Flex;
 use burn::backend::flex::{FlexQTensor, FlexTensor};
@@ -139,9 +140,24 @@ fn dense_product(
         return None;
     }
     let bias = bias_f32(bias, n)?;
-    let x32 = to_f32(x)?;
     let mut out = vec![0f32; m * n];
     let range = start..start + n * k;
+    if out_dtype == DType::BF16 {
+        // bf16 activations go in as they are (the kernels widen them only when they must).
+        let x = row_major(x);
+        kernels::linear_bf16(
+            KernelPath::detect(),
+            x.as_slice::<bf16>()?,
+            m,
+            k,
+            w.storage::<bf16>().get(range)?,
+            n,
+            bias.as_deref(),
+            &mut out,
+        );
+        return output(out, [m, n], out_dtype);
+    }
+    let x32 = to_f32(x)?;
     let weight = match w.dtype() {
         DType::F32 => DenseWeight::F32(w.storage::<f32>().get(range)?),
         DType::BF16 => DenseWeight::Bf16(w.storage::<bf16>().get(range)?),
@@ -161,12 +177,23 @@ fn dense_product(
     output(out, [m, n], out_dtype)
 }
 
+/// Outputs per parallel task when rounding a product to bf16.
+const NARROW_CHUNK: usize = 1 << 14;
+
 fn output(out: Vec<f32>, shape: [usize; 2], dtype: DType) -> Option<FlexTensor> {
     let data = match dtype {
         DType::F32 => TensorData::new(out, shape),
         DType::BF16 => {
+            use rayon::prelude::*;
+            let path = KernelPath::detect();
             let mut b = vec![bf16::ZERO; out.len()];
-            kernels::narrow_bf16(KernelPath::detect(), &out, &mut b);
+            if out.len() < 2 * NARROW_CHUNK {
+                kernels::narrow_bf16(path, &out, &mut b);
+            } else {
+                b.par_chunks_mut(NARROW_CHUNK)
+                    .zip(out.par_chunks(NARROW_CHUNK))
+                    .for_each(|(b, o)| kernels::narrow_bf16(path, o, b));
+            }
             TensorData::new(b, shape)
         }
         DType::F16 => TensorData::new(out.iter().map(|&v| f16::from_f32(v)).collect(), shape),
@@ -234,15 +261,18 @@ fn bias_f32(bias: Option<&FlexTensor>, n: usize) -> Option<Option<Vec<f32>>> {
     }
 }
 
+/// `t` itself when its values are row-major in its storage, else a row-major copy.
+fn row_major(t: &FlexTensor) -> Cow<'_, FlexTensor> {
+    if t.layout().contiguous_offsets().is_some() {
+        Cow::Borrowed(t)
+    } else {
+        Cow::Owned(t.to_contiguous())
+    }
+}
+
 /// A float tensor's values, row-major, as f32.
 fn to_f32(t: &FlexTensor) -> Option<Vec<f32>> {
-    let c;
-    let t = if t.layout().contiguous_offsets().is_some() {
-        t
-    } else {
-        c = t.to_contiguous();
-        &c
-    };
+    let t = row_major(t);
     Some(match t.dtype() {
         DType::F32 => t.as_slice::<f32>()?.to_vec(),
         DType::BF16 => {

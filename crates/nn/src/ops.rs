@@ -1,9 +1,11 @@
-//! The attention layers' products and softmax, with the flex fast paths for bf16: flex converts both operands of
-//! a bf16 product to f32 on one thread, one element at a time, and runs its bf16 softmax as a scalar loop; here
-//! the conversions are threaded and vectorised ([`crate::kernels::widen_bf16`], [`crate::kernels::narrow_bf16`])
-//! and the softmax is flex's vectorised f32 one. Every other backend and dtype, `Autodiff<Flex>` included, takes
-//! Burn's ops unchanged.
+//! The attention layers' products and softmax, and layer norms, with the flex fast paths for bf16: flex converts
+//! both operands of a bf16 product (and a layer norm's input and output) to f32 on one thread, one element at a
+//! time, and runs its bf16 softmax as a scalar loop; here the conversions are threaded and vectorised
+//! ([`crate::kernels::widen_bf16`], [`crate::kernels::narrow_bf16`]), the softmax is flex's vectorised f32 one,
+//! and [`qkv_attention`] fuses a whole self-attention. Every other backend and dtype, `Autodiff<Flex>` included,
+//! takes Burn's ops unchanged.
 
+use burn::nn::LayerNorm;
 use burn::prelude::{Backend, Tensor};
 
 /// `a.matmul(b)`. On flex in bf16 the result has the same bits as Burn's product (the same f32 product of the
@@ -37,4 +39,38 @@ pub fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tenso
         Err(x) => x,
     };
     burn::tensor::activation::softmax(x, dim)
+}
+
+/// Softmax self-attention of a fused projection `qkv: [batch, seq, 3 * heads * head_dim]` (for each token the
+/// queries of every head, then the keys, then the values, head-major: HF's ViT `qkv` layout), as
+/// `[batch, seq, heads * head_dim]`: `softmax(q kᵀ * scale) v` per head, without masks or dropout. `None` when
+/// this backend and dtype have no fused kernel (then run the separate ops); today that is flex in bf16 on a
+/// CPU with AVX512-BF16, where it follows the rounding steps of HF's eager attention in bf16
+/// ([`crate::kernels::attention_qkv_bf16`]) and runs heads in parallel without copying them out.
+pub fn qkv_attention<B: Backend>(
+    qkv: &Tensor<B, 3>,
+    heads: usize,
+    scale: f64,
+) -> Option<Tensor<B, 3>> {
+    #[cfg(feature = "flex")]
+    return crate::tensor_flex::try_qkv_attention(qkv, heads, scale);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (qkv, heads, scale);
+        None
+    }
+}
+
+/// `norm.forward(x)`. On flex in bf16 the result has the same bits as Burn's layer norm (the same f32 layer norm
+/// of the exactly widened input, rounded once), with the conversions threaded and vectorised.
+pub fn layer_norm<B: Backend, const D: usize>(
+    norm: &LayerNorm<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let x = match crate::tensor_flex::try_layer_norm_bf16(norm, x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    norm.forward(x)
 }

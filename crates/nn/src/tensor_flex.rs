@@ -8,6 +8,9 @@ use burn::backend::flex::FlexTensor;
 use burn::prelude::{Backend, Tensor};
 use burn::tensor::{DType, TensorData, TensorPrimitive};
 
+use burn::nn::LayerNorm;
+
+use crate::kernels::{KernelPath, QkvShape, attention_qkv_bf16};
 use crate::linear_flex::downcast;
 use half::{bf16, f16};
 
@@ -118,6 +121,67 @@ pub(crate) fn try_softmax_bf16<B: Backend, const D: usize>(
     };
     let probs = burn::tensor::activation::softmax(wide, dim);
     Ok(narrowed::<B, D>(probs).expect("flex's f32 softmax is an f32 tensor"))
+}
+
+/// Softmax attention of the fused projection `qkv: [batch, seq, 3 * heads * head_dim]` when `B` is flex, `qkv`
+/// is bf16 and this CPU multiplies bf16 pairs ([`KernelPath::bf16_dot`]); see [`crate::ops::qkv_attention`].
+pub(crate) fn try_qkv_attention<B: Backend>(
+    qkv: &Tensor<B, 3>,
+    heads: usize,
+    scale: f64,
+) -> Option<Tensor<B, 3>> {
+    let path = KernelPath::detect();
+    if TypeId::of::<B>() != TypeId::of::<Flex>() || qkv.dtype() != DType::BF16 || !path.bf16_dot() {
+        return None;
+    }
+    let [batch, seq, width] = qkv.dims();
+    if heads == 0 || width % (3 * heads) != 0 || width == 0 {
+        return None;
+    }
+    let TensorPrimitive::Float(p) = qkv.clone().into_primitive() else {
+        return None;
+    };
+    let t = downcast::<B::FloatTensorPrimitive, FlexTensor>(p)?;
+    let t = if t.is_contiguous() { t } else { copy(&t)? };
+    let shape = QkvShape {
+        batch,
+        seq,
+        heads,
+        head_dim: width / 3 / heads,
+    };
+    let mut out = vec![bf16::ZERO; batch * seq * shape.hidden()];
+    attention_qkv_bf16(path, t.as_slice::<bf16>()?, shape, scale as f32, &mut out);
+    let t = FlexTensor::from_data(TensorData::new(out, [batch, seq, shape.hidden()]));
+    let t = downcast::<FlexTensor, B::FloatTensorPrimitive>(t)?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(t)))
+}
+
+/// `norm.forward(x)` for a bf16 flex tensor: `x` widened to f32 in parallel SIMD chunks, flex's f32 layer norm
+/// with the parameters in f32, the result rounded back to bf16 in parallel. flex's own bf16 layer norm does the
+/// same steps, the conversions on one thread one element at a time, so the bits are the same. Gives `x` back
+/// otherwise.
+pub(crate) fn try_layer_norm_bf16<B: Backend, const D: usize>(
+    norm: &LayerNorm<B>,
+    x: Tensor<B, D>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if TypeId::of::<B>() != TypeId::of::<Flex>()
+        || x.dtype() != DType::BF16
+        || norm.gamma.val().dtype() != DType::BF16
+    {
+        return Err(x);
+    }
+    let Some(norm) = downcast::<LayerNorm<B>, LayerNorm<Flex>>(norm.clone()) else {
+        return Err(x);
+    };
+    let Some(wide) = widened::<B, D>(&x) else {
+        return Err(x);
+    };
+    let Ok(norm) =
+        crate::backend::cast_module(norm, crate::backend::FloatDType::F32, &wide.device())
+    else {
+        return Err(x);
+    };
+    Ok(narrowed::<B, D>(norm.forward(wide)).expect("flex's f32 layer norm is an f32 tensor"))
 }
 
 /// A bf16 flex tensor as a row-major f32 `Tensor<Flex, D>` (exact), or `None` for other dtypes.

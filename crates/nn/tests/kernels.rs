@@ -128,6 +128,138 @@ fn dense_paths_agree_with_the_reference() {
     }
 }
 
+#[test]
+fn bf16_activation_products_agree_with_the_reference() {
+    // Besides SHAPES: the AVX512-BF16 tiles (six rows, four outputs, runs of 2048 inputs) with partial tiles,
+    // k not a multiple of 32, several runs with a tail, and more output blocks than threads.
+    let extra = [
+        (6, 32, 4),
+        (7, 2088, 13),
+        (13, 4100, 9),
+        (33, 64, 389),
+        (70, 100, 5),
+    ];
+    for (case, &(m, k, n)) in SHAPES.iter().chain(&extra).enumerate() {
+        let x: Vec<bf16> = values(m * k, case as u64 + 300)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let w: Vec<bf16> = values(n * k, case as u64 + 400)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let bias = values(n, case as u64 + 500);
+        let x32: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        let (want, mag) = reference(&x32, m, k, |j, l| w[j * k + l].to_f32(), n, &bias);
+        for path in KernelPath::available() {
+            let mut out = vec![f32::NAN; m * n];
+            kernels::linear_bf16(path, &x, m, k, &w, n, Some(&bias), &mut out);
+            let dot = if path.bf16_dot() { " (vdpbf16ps)" } else { "" };
+            check_close(
+                &out,
+                &want,
+                &mag,
+                k,
+                &format!("bf16 {path}{dot} m={m} k={k} n={n}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn only_the_avx512_path_multiplies_bf16_pairs() {
+    assert!(!KernelPath::Portable.bf16_dot());
+    assert!(!KernelPath::Avx2.bf16_dot());
+    #[cfg(target_arch = "x86_64")]
+    if KernelPath::Avx512.is_available() && std::arch::is_x86_feature_detected!("avx512bf16") {
+        assert_eq!(
+            KernelPath::Avx512.bf16_dot(),
+            std::env::var("BLIP2_CPU_BF16_DOT")
+                .map_or(true, |v| !matches!(v.trim(), "off" | "0" | "false"))
+        );
+    }
+}
+
+/// The attention `kernels::attention_qkv_bf16` documents, with f64 sums: scores rounded to bf16, scaled in f32
+/// and rounded, softmax, probabilities rounded to bf16, their product with the values rounded to bf16. Also
+/// returns, per output, `sum_j p[i, j] |v[j, d]|`.
+fn attention_reference(qkv: &[bf16], shape: kernels::QkvShape, scale: f32) -> (Vec<f32>, Vec<f64>) {
+    let kernels::QkvShape {
+        batch,
+        seq,
+        heads,
+        head_dim,
+    } = shape;
+    let hidden = shape.hidden();
+    let at = |b: usize, i: usize, part: usize, h: usize, d: usize| {
+        f64::from(qkv[(b * seq + i) * 3 * hidden + part * hidden + h * head_dim + d].to_f32())
+    };
+    let round = |v: f64| f64::from(bf16::from_f64(v).to_f32());
+    let mut out = vec![0f32; batch * seq * hidden];
+    let mut mag = vec![0f64; out.len()];
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..seq {
+                let u: Vec<f64> = (0..seq)
+                    .map(|j| {
+                        let s: f64 = (0..head_dim)
+                            .map(|d| at(b, i, 0, h, d) * at(b, j, 1, h, d))
+                            .sum();
+                        round(f64::from(round(s) as f32 * scale))
+                    })
+                    .collect();
+                let max = u.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = u.iter().map(|x| (x - max).exp()).sum();
+                let p: Vec<f64> = u.iter().map(|x| round((x - max).exp() / sum)).collect();
+                for d in 0..head_dim {
+                    let o = (b * seq + i) * hidden + h * head_dim + d;
+                    out[o] = round((0..seq).map(|j| p[j] * at(b, j, 2, h, d)).sum()) as f32;
+                    mag[o] = (0..seq).map(|j| p[j] * at(b, j, 2, h, d).abs()).sum();
+                }
+            }
+        }
+    }
+    (out, mag)
+}
+
+#[test]
+fn fused_attention_paths_agree_with_the_eager_formula() {
+    for (case, &(batch, seq, heads, head_dim)) in
+        [(1, 1, 1, 1), (2, 5, 3, 7), (1, 40, 2, 88), (2, 33, 2, 40)]
+            .iter()
+            .enumerate()
+    {
+        let shape = kernels::QkvShape {
+            batch,
+            seq,
+            heads,
+            head_dim,
+        };
+        // Queries and keys up to 3 in size, so that the scaled scores spread the softmax.
+        let qkv: Vec<bf16> = values(batch * seq * 3 * shape.hidden(), case as u64 + 600)
+            .iter()
+            .map(|&v| bf16::from_f32(3.0 * v))
+            .collect();
+        let scale = (head_dim as f32).powf(-0.5);
+        let (want, mag) = attention_reference(&qkv, shape, scale);
+        for path in KernelPath::available() {
+            let mut out = vec![bf16::NAN; want.len()];
+            kernels::attention_qkv_bf16(path, &qkv, shape, scale, &mut out);
+            for (j, ((g, w), m)) in out.iter().zip(&want).zip(&mag).enumerate() {
+                // The output's own rounding (2^-8 relative) when both sides round the same f32 value, and
+                // at most two more such steps when the f32 sums (in another order than the f64 ones) fall
+                // on the other side of a bf16 rounding boundary of a score or probability: 3 * 2^-8 of the
+                // weighted magnitude (observed: at most 2.4e-3 of it, one output rounding).
+                let err = (f64::from(g.to_f32()) - f64::from(*w)).abs();
+                assert!(
+                    err <= 3.0 / 256.0 * m + 1e-30,
+                    "{path} {shape:?}: element {j}: {g} against {w} (scale {m})"
+                );
+            }
+        }
+    }
+}
+
 /// The int8 product as `kernels::linear_q8` documents it, written out plainly: activations times scales,
 /// quantized per block of `Q8_ACT_BLOCK` inputs and group, exact integer sums, one fma per block, partial sums
 /// of `Q8_K_SPLIT` inputs added in order. Also returns,
@@ -521,6 +653,99 @@ mod flex {
         blip2_nn::ops::matmul(a.clone(), b.clone())
             .into_data()
             .assert_eq(&a.matmul(b).into_data(), true);
+    }
+
+    #[test]
+    fn fused_qkv_attention_matches_the_separate_ops() {
+        let device = Default::default();
+        let (batch, seq, heads, head_dim) = (2, 9, 2, 16);
+        let hidden = heads * head_dim;
+        let data = TensorData::new(
+            values(batch * seq * 3 * hidden, 11)
+                .iter()
+                .map(|v| v * 3.0)
+                .collect(),
+            [batch, seq, 3 * hidden],
+        );
+        let qkv = Tensor::<Flex, 3>::from_data(data, &device).cast(DType::BF16);
+        // A power of two, so that Burn's bf16 scaling (the scale rounded to bf16) and the kernel's agree.
+        let scale = 0.25;
+        let split = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * hidden, hidden)
+                .reshape([batch, seq, heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let scores = blip2_nn::ops::matmul(split(0), split(1).swap_dims(2, 3)).mul_scalar(scale);
+        let probs = blip2_nn::ops::softmax(scores, 3);
+        let want = blip2_nn::ops::matmul(probs, split(2))
+            .swap_dims(1, 2)
+            .reshape([batch, seq, hidden]);
+        let fused = blip2_nn::ops::qkv_attention(&qkv, heads, scale);
+        if !blip2_nn::kernels::KernelPath::detect().bf16_dot() {
+            assert!(
+                fused.is_none(),
+                "the fused path runs only where bf16 pairs multiply"
+            );
+            return;
+        }
+        let got = fused.expect("flex in bf16 on this CPU has the fused path");
+        assert_eq!(got.dtype(), DType::BF16);
+        assert_eq!(got.dims(), [batch, seq, hidden]);
+        let got: Vec<f32> = got.cast(DType::F32).into_data().to_vec().unwrap();
+        let want: Vec<f32> = want.cast(DType::F32).into_data().to_vec().unwrap();
+        // Both round the same steps; their f32 sums differ in order, which can move a score or probability
+        // across a bf16 rounding boundary: a few bf16 steps of the values (at most 3 here).
+        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 3.0 * 3.0 / 256.0,
+                "element {j}: {g} against {w}"
+            );
+        }
+        // f32 tensors and autodiff keep the separate ops.
+        assert!(
+            blip2_nn::ops::qkv_attention(&qkv.clone().cast(DType::F32), heads, scale).is_none()
+        );
+        let qa = Tensor::<Autodiff<Flex>, 3>::from_data(qkv.to_data(), &device);
+        assert!(blip2_nn::ops::qkv_attention(&qa, heads, scale).is_none());
+    }
+
+    #[test]
+    fn bf16_layer_norms_have_burns_bits() {
+        use burn::nn::LayerNormConfig;
+        let device = Default::default();
+        let width = 37;
+        let mut norm = LayerNormConfig::new(width)
+            .with_epsilon(1e-6)
+            .init::<Flex>(&device);
+        norm.gamma = Param::from_tensor(Tensor::from_data(
+            TensorData::new(values(width, 31), [width]),
+            &device,
+        ));
+        norm.beta = norm.beta.map(|_| {
+            Param::from_tensor(Tensor::from_data(
+                TensorData::new(values(width, 32), [width]),
+                &device,
+            ))
+        });
+        let norm =
+            blip2_nn::backend::cast_module(norm, blip2_nn::backend::FloatDType::BF16, &device)
+                .unwrap();
+        let x = Tensor::<Flex, 3>::from_data(
+            TensorData::new(
+                values(3 * 40 * width, 33).iter().map(|v| v * 5.0).collect(),
+                [3, 40, width],
+            ),
+            &device,
+        )
+        .cast(DType::BF16);
+        for x in [x.clone(), x.clone().swap_dims(0, 1)] {
+            let got = blip2_nn::ops::layer_norm(&norm, x.clone());
+            assert_eq!(got.dtype(), DType::BF16);
+            let want = norm.forward(x);
+            let bits = |t: Tensor<Flex, 3>| t.into_data().to_vec::<half::bf16>().unwrap();
+            assert_eq!(bits(got), bits(want));
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! is additive with the dtype's minimum (a left-pad query row, whose every key is masked, then gets a uniform
 //! softmax, as in the reference); the softmax runs in f32 and is cast back.
 
-use blip2_nn::ops::matmul;
+use blip2_nn::ops::{self, matmul};
 use blip2_nn::{Activation, LayerCache, linear_forward};
 use burn::nn::{
     Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, LinearLayout,
@@ -152,7 +152,7 @@ impl<B: Backend> OptDecoderLayer<B> {
         let pre = self.do_layer_norm_before;
         let residual = x.clone();
         let h = if pre {
-            self.self_attn_layer_norm.forward(x)
+            ops::layer_norm(&self.self_attn_layer_norm, x)
         } else {
             x
         };
@@ -160,12 +160,12 @@ impl<B: Backend> OptDecoderLayer<B> {
         let h = if pre {
             h
         } else {
-            self.self_attn_layer_norm.forward(h)
+            ops::layer_norm(&self.self_attn_layer_norm, h)
         };
 
         let residual = h.clone();
         let f = if pre {
-            self.final_layer_norm.forward(h)
+            ops::layer_norm(&self.final_layer_norm, h)
         } else {
             h
         };
@@ -174,7 +174,7 @@ impl<B: Backend> OptDecoderLayer<B> {
         if pre {
             h
         } else {
-            self.final_layer_norm.forward(h)
+            ops::layer_norm(&self.final_layer_norm, h)
         }
     }
 }

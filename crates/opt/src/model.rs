@@ -15,6 +15,7 @@ use std::path::Path;
 use blip2_nn::backend::FloatDType;
 use blip2_nn::loader::{Checkpoint, KeyMap, LoadOptions, LoadReport, WeightFormat, load_module};
 use blip2_nn::mask::{MaskValue, additive_mask, causal_padding_mask, float_dtype_of};
+use blip2_nn::ops;
 use blip2_nn::{KvCache, linear_forward};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
 use burn::prelude::*;
@@ -194,7 +195,7 @@ impl<B: Backend> OptForCausalLm<B> {
             h = layer.forward(h, additive.clone(), layer_cache);
         }
         if let Some(norm) = &decoder.final_layer_norm {
-            h = norm.forward(h);
+            h = ops::layer_norm(norm, h);
         }
         match &decoder.project_out {
             Some(project) => linear_forward(project, h),

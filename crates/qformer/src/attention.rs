@@ -10,7 +10,7 @@
 //! transformers 5.x's `create_bidirectional_mask` gives eager attention).
 
 use blip2_nn::linear_forward;
-use blip2_nn::ops::{matmul, softmax};
+use blip2_nn::ops::{layer_norm, matmul, softmax};
 use burn::nn::{
     Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, LinearLayout,
 };
@@ -120,7 +120,7 @@ impl<B: Backend> Blip2QFormerSelfOutput<B> {
         let x = self
             .dropout
             .forward(linear_forward(&self.dense, hidden_states));
-        self.layer_norm.forward(x + residual)
+        layer_norm(&self.layer_norm, x + residual)
     }
 }
 

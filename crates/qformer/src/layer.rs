@@ -8,6 +8,7 @@
 //! queries) cross-attend to the image and use the query feed-forward; the rest (text) skip cross-attention and
 //! use the text feed-forward. Self-attention runs over the whole sequence first.
 
+use blip2_nn::ops::layer_norm;
 use blip2_nn::{Activation, linear_forward};
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
@@ -68,7 +69,7 @@ impl<B: Backend> Blip2QFormerOutput<B> {
     /// `[batch, len, intermediate]`, residual `[batch, len, hidden]` `-> [batch, len, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = self.dropout.forward(linear_forward(&self.dense, x));
-        self.layer_norm.forward(x + residual)
+        layer_norm(&self.layer_norm, x + residual)
     }
 }
 

@@ -8,6 +8,7 @@
 //! have no LayerNorm of their own (the Q-Former's input `layernorm` normalises queries and text together).
 
 use blip2_nn::mask::{MaskValue, additive_mask, float_dtype_of, padding_mask};
+use blip2_nn::ops::layer_norm;
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
@@ -78,7 +79,7 @@ impl<B: Backend> Blip2QFormerModel<B> {
         let dtype = self.layernorm.gamma.val().dtype();
         let embedded = self
             .dropout
-            .forward(self.layernorm.forward(query_embeds.cast(dtype)));
+            .forward(layer_norm(&self.layernorm, query_embeds.cast(dtype)));
         let mask = attention_mask.map(|mask| {
             additive_mask(
                 padding_mask(mask),

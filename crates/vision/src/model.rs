@@ -6,6 +6,7 @@
 //! Deliberate choice (matches HF): the pooler output is `post_layernorm` applied to the CLS row of
 //! `last_hidden_state`, which has already been through `post_layernorm`: the same LayerNorm twice.
 
+use blip2_nn::ops::layer_norm;
 use std::path::Path;
 
 use blip2_nn::backend::FloatDType;
@@ -165,14 +166,14 @@ impl<B: Backend> Blip2VisionModel<B> {
                 states.push(h.clone());
             }
         });
-        let last_hidden_state = self.post_layernorm.forward(encoded);
+        let last_hidden_state = layer_norm(&self.post_layernorm, encoded);
         let [batch, _, hidden] = last_hidden_state.dims();
         let cls = last_hidden_state
             .clone()
             .narrow(1, 0, 1)
             .reshape([batch, hidden]); // [batch, hidden]
         // HF applies post_layernorm a second time to the (already normalised) CLS row.
-        let pooler_output = self.post_layernorm.forward(cls);
+        let pooler_output = layer_norm(&self.post_layernorm, cls);
         Blip2VisionOutput {
             last_hidden_state,
             pooler_output,

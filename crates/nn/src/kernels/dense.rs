@@ -14,6 +14,10 @@ const GEMV_BLOCK: usize = 64;
 const GEMM_BLOCK: usize = 512;
 /// f32 values of the per-thread weight scratch that bound [`GEMM_BLOCK`].
 const GEMM_SCRATCH: usize = 1 << 18;
+/// Output channels per task of the AVX512-BF16 product, at most: their weight rows for one run of
+/// `x86_bf16::KC` inputs (288 KiB) stay in L2 while every activation row passes.
+#[cfg(target_arch = "x86_64")]
+const DP_BLOCK: usize = 96;
 
 /// `out[i, r] = dot(x[i, :], w[r, :])` for `m <= GEMV_MAX_ROWS`, threaded over blocks of output channels.
 pub(super) fn gemv(
@@ -160,6 +164,59 @@ pub(super) fn gemm_blocks(
                 run(s)
             }),
         }
+    });
+}
+
+/// `out = a W^T + bias` for bf16 activations `a: [m, k]` and a bf16 weight `[n, k]` on AVX512-BF16, threaded over
+/// blocks of output channels.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL and BF16.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_dpbf16(
+    a: &[bf16],
+    m: usize,
+    k: usize,
+    w: &[bf16],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    use super::x86_bf16::{NR, Operands, product_cols};
+    assert!(a.len() == m * k && w.len() == n * k && out.len() == m * n);
+    assert!(bias.is_none_or(|b| b.len() == n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for row in out.chunks_exact_mut(n) {
+            match bias {
+                Some(b) => row.copy_from_slice(b),
+                None => row.fill(0.0),
+            }
+        }
+        return;
+    }
+    // At least two blocks a thread and the same number for every thread, each at most DP_BLOCK outputs.
+    let threads = rayon::current_num_threads();
+    let blocks = threads * n.div_ceil(threads * DP_BLOCK).max(2);
+    let block = n.div_ceil(blocks).next_multiple_of(NR);
+    let op = Operands {
+        a: a.as_ptr(),
+        a_rs: k,
+        w: w.as_ptr(),
+        w_rs: k,
+        out: out.as_mut_ptr(),
+        out_rs: n,
+        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+        m,
+        k,
+    };
+    super::par_blocks(n.div_ceil(block), |b| {
+        // SAFETY: the CPU has the features (the caller's promise); the operands are `[m, k]`, `[n, k]` and
+        // `[m, n]`, and each task writes only its own outputs.
+        unsafe { product_cols(op, b * block, ((b + 1) * block).min(n)) }
     });
 }
 

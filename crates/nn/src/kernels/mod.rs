@@ -10,6 +10,10 @@
 //!   through a dot-product kernel threaded over output channels; more rows (the vision tower) go through blocks
 //!   of 64 output channels converted to f32 in a per-thread buffer and multiplied by `gemm`'s f32 kernels,
 //!   threaded over blocks.
+//! - **bf16 activations times bf16 weights** ([`linear_bf16`]): on a CPU with AVX512-BF16, more than
+//!   [`GEMV_MAX_ROWS`] rows multiply on `vdpbf16ps` (pairs of bf16 products summed into f32) in register tiles
+//!   of six rows by four outputs, reading both operands in their stored layout, threaded over blocks of
+//!   outputs; [`attention_qkv_bf16`] runs a ViT's whole self-attention on the same tiles, a head per task.
 //! - **int8 weights** ([`Q8Weight`]) are Burn's own quantized tensors: `[in, out]` int8, symmetric, one f32 scale
 //!   per block of `group` consecutive output channels of one input row (Burn's block `[1, group]`), so every
 //!   Burn backend can also run them through its generic dequantize-then-multiply path. [`linear_q8`] multiplies
@@ -38,14 +42,18 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
+mod attention;
 mod dense;
 mod elementwise;
 mod q8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
+mod x86_bf16;
+#[cfg(target_arch = "x86_64")]
 mod x86_q8;
 
+pub use attention::{QkvShape, attention_qkv_bf16};
 pub use elementwise::{erf, gelu_erf, narrow_bf16, widen_bf16};
 pub use q8::{
     Q8_ACT_BLOCK, Q8_K_SPLIT, Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed,
@@ -126,6 +134,24 @@ impl KernelPath {
                 _ => best,
             }
         })
+    }
+
+    /// Whether bf16 × bf16 products on this path use AVX512-BF16's `vdpbf16ps` (see [`linear_bf16`]): on the
+    /// AVX-512 path of a CPU with AVX512-BF16 (Zen 4 and later, Cooper Lake and later Xeons), unless the
+    /// environment sets `BLIP2_CPU_BF16_DOT=off` (read once per process).
+    pub fn bf16_dot(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static DOT: OnceLock<bool> = OnceLock::new();
+            self.checked() == Self::Avx512
+                && *DOT.get_or_init(|| {
+                    std::arch::is_x86_feature_detected!("avx512bf16")
+                        && !std::env::var("BLIP2_CPU_BF16_DOT")
+                            .is_ok_and(|v| matches!(v.trim(), "off" | "0" | "false"))
+                })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// `self` if this CPU runs it, else the portable path: kernels never execute instructions the CPU lacks.
@@ -213,6 +239,54 @@ pub fn linear_dense(
     if let Some(b) = bias {
         add_bias(out, b);
     }
+}
+
+/// `out = x W^T + bias` for bf16 activations `x: [m, k]` (row-major), a bf16 weight `W: [n, k]` and
+/// `out: [m, n]` (f32).
+///
+/// With more than [`GEMV_MAX_ROWS`] rows, on a path where [`KernelPath::bf16_dot`] holds, the products run on
+/// `vdpbf16ps` straight from the bf16 values: exact products, f32 sums in a different order than the
+/// portable path's, and subnormal values (below about `1.2e-38`) taken as zero. Otherwise `x` is widened to
+/// f32 (exactly) and multiplied by [`linear_dense`].
+///
+/// ```
+/// use blip2_nn::kernels::{self, KernelPath};
+/// use half::bf16;
+///
+/// let b = |v: &[f32]| v.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>();
+/// let (x, w) = (b(&[1.0, 1.0, 2.0, 0.5, 0.0, -1.0]), b(&[1.0, 2.0, 3.0, -1.0, 0.5, 0.0]));
+/// let mut y = [0.0f32; 4];
+/// kernels::linear_bf16(KernelPath::detect(), &x, 2, 3, &w, 2, None, &mut y);
+/// assert_eq!(y, [9.0, -0.5, -2.5, -0.5]);
+/// ```
+///
+/// # Panics
+/// When a slice's length does not match `m`, `k` and `n`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bf16(
+    path: KernelPath,
+    x: &[bf16],
+    m: usize,
+    k: usize,
+    w: &[bf16],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    assert_eq!(x.len(), m * k, "x is not [m, k]");
+    assert_eq!(w.len(), n * k, "the weight is not [n, k]");
+    assert_eq!(out.len(), m * n, "out is not [m, n]");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "the bias is not [n]");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if m > GEMV_MAX_ROWS && path.bf16_dot() {
+        // SAFETY: `bf16_dot` checked the CPU's features.
+        return unsafe { dense::gemm_dpbf16(x, m, k, w, n, bias, out) };
+    }
+    let mut x32 = vec![0f32; x.len()];
+    widen_bf16(path.checked(), x, &mut x32);
+    linear_dense(path, &x32, m, k, DenseWeight::Bf16(w), n, bias, out);
 }
 
 /// `out ≈ x Wq + bias` for `x: [m, k]` (row-major f32), an int8 weight `[k, n]` and `out: [m, n]`, multiplying

@@ -1,0 +1,336 @@
+//! Softmax attention of bf16 heads read straight from a fused `[q | k | v]` projection (the ViT's `qkv`
+//! `Linear`), one task per batch row and head.
+
+use std::cell::RefCell;
+
+use half::bf16;
+
+use super::{KernelPath, narrow_bf16};
+
+/// The layout of a fused projection `[batch, seq, 3 * heads * head_dim]`: for each token, the query of every
+/// head (head-major), then the keys, then the values, as HF's ViT attention splits it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QkvShape {
+    /// Batch rows.
+    pub batch: usize,
+    /// Tokens per row.
+    pub seq: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Values per head.
+    pub head_dim: usize,
+}
+
+impl QkvShape {
+    /// `heads * head_dim`.
+    pub fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// Per-thread buffers of one head: scores `[seq, seq]` f32, probabilities `[seq, seq]` and transposed values
+/// `[head_dim, seq]` in bf16, the context `[seq, head_dim]` in f32.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    probs: Vec<bf16>,
+    values_t: Vec<bf16>,
+    context: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// `out[b, i, h * head_dim + d] = bf16(sum_j p[i, j] * v[j, d])` for every batch row `b` and head `h`, with
+/// `p[i, ·] = bf16(softmax(bf16(bf16(q_i · k_j) * scale)))` computed in f32: the rounding steps of HF's eager
+/// attention in bf16 (`softmax(q kᵀ * scale) v`, each product and the scaling rounded to bf16, the softmax
+/// computed in f32 and rounded once; the scale is an f32, as torch multiplies a bf16 tensor by a Python float).
+/// The products sum exact bf16 products in f32 (on `vdpbf16ps` where [`KernelPath::bf16_dot`] holds), in a
+/// different order than a plain loop, so the result is within f32 accumulation error of the plain formula
+/// before each rounding.
+///
+/// `qkv` is the fused projection (see [`QkvShape`]) and `out` is `[batch, seq, heads * head_dim]`. Heads run in
+/// parallel.
+///
+/// # Panics
+/// When a slice's length does not match `shape`.
+pub fn attention_qkv_bf16(
+    path: KernelPath,
+    qkv: &[bf16],
+    shape: QkvShape,
+    scale: f32,
+    out: &mut [bf16],
+) {
+    let QkvShape {
+        batch, seq, heads, ..
+    } = shape;
+    let hidden = shape.hidden();
+    assert_eq!(
+        qkv.len(),
+        batch * seq * 3 * hidden,
+        "qkv is not [batch, seq, 3 * hidden]"
+    );
+    assert_eq!(
+        out.len(),
+        batch * seq * hidden,
+        "out is not [batch, seq, hidden]"
+    );
+    if out.is_empty() {
+        return;
+    }
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    super::par_blocks(batch * heads, |task| {
+        let (b, h) = (task / heads, task % heads);
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            // SAFETY: this task writes only the columns `h * head_dim..(h + 1) * head_dim` of batch row `b`.
+            unsafe { head(path, qkv, shape, scale, b, h, &mut s, out_ptr) };
+        });
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut bf16);
+// SAFETY: tasks write disjoint parts of the output while the caller holds it borrowed mutably.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// One head of one batch row.
+///
+/// # Safety
+/// `out` points to the `[batch, seq, hidden]` output, of which the caller owns this head's columns of row `b`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn head(
+    path: KernelPath,
+    qkv: &[bf16],
+    shape: QkvShape,
+    scale: f32,
+    b: usize,
+    h: usize,
+    s: &mut Scratch,
+    out: SendPtr,
+) {
+    let QkvShape { seq, head_dim, .. } = shape;
+    let hidden = shape.hidden();
+    let stride = 3 * hidden;
+    let row0 = b * seq * stride;
+    let q = &qkv[row0 + h * head_dim..];
+    let k = &qkv[row0 + hidden + h * head_dim..];
+    let v = &qkv[row0 + 2 * hidden + h * head_dim..];
+    s.scores.resize(seq * seq, 0.0);
+    s.probs.resize(seq * seq, bf16::ZERO);
+    s.values_t.resize(head_dim * seq, bf16::ZERO);
+    s.context.resize(seq * head_dim, 0.0);
+
+    products(
+        path,
+        q,
+        stride,
+        k,
+        stride,
+        seq,
+        seq,
+        head_dim,
+        &mut s.scores,
+        seq,
+    );
+    for (scores, probs) in s
+        .scores
+        .chunks_exact_mut(seq)
+        .zip(s.probs.chunks_exact_mut(seq))
+    {
+        softmax_row(path, scores, scale);
+        narrow_bf16(path, scores, probs);
+    }
+    for (j, row) in v.chunks(stride).take(seq).enumerate() {
+        for (d, &x) in row[..head_dim].iter().enumerate() {
+            s.values_t[d * seq + j] = x;
+        }
+    }
+    products(
+        path,
+        &s.probs,
+        seq,
+        &s.values_t,
+        seq,
+        seq,
+        head_dim,
+        seq,
+        &mut s.context,
+        head_dim,
+    );
+    for (i, ctx) in s.context.chunks_exact(head_dim).enumerate() {
+        // SAFETY: row `b * seq + i` of the output, this head's columns (the caller's promise).
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(
+                out.0.add((b * seq + i) * hidden + h * head_dim),
+                head_dim,
+            )
+        };
+        narrow_bf16(path, ctx, dst);
+    }
+}
+
+/// The row's products rounded to bf16, scaled and rounded again, then their softmax in f32 (in place), with
+/// [`exp_neg`] for the exponentials; vectorised on the AVX-512 and AVX2 paths (the same bits on every path but
+/// for the order of the sum).
+fn softmax_row(path: KernelPath, row: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    match path.checked() {
+        // SAFETY: `checked` confirmed the CPU's features.
+        KernelPath::Avx512 => return unsafe { softmax_avx512(row, scale) },
+        KernelPath::Avx2 => return unsafe { softmax_avx2(row, scale) },
+        KernelPath::Portable => {}
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
+    softmax_body(row, scale);
+}
+
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn softmax_avx512(row: &mut [f32], scale: f32) {
+    softmax_body(row, scale);
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(row: &mut [f32], scale: f32) {
+    softmax_body(row, scale);
+}
+
+/// Lanes of the running maximum and sum, so that the loops vectorise.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn softmax_body(row: &mut [f32], scale: f32) {
+    let mut max = [f32::NEG_INFINITY; LANES];
+    for chunk in row.chunks_mut(LANES) {
+        for (x, m) in chunk.iter_mut().zip(&mut max) {
+            *x = round_bf16(round_bf16(*x) * scale);
+            *m = m.max(*x);
+        }
+    }
+    let max = max.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = [0f32; LANES];
+    for chunk in row.chunks_mut(LANES) {
+        for (x, s) in chunk.iter_mut().zip(&mut sum) {
+            *x = exp_neg(*x - max);
+            *s += *x;
+        }
+    }
+    let sum: f32 = sum.iter().sum();
+    for x in row.iter_mut() {
+        *x /= sum;
+    }
+}
+
+/// `v` rounded to the nearest bf16 (ties to even), as an f32; NaN stays NaN.
+#[inline(always)]
+fn round_bf16(v: f32) -> f32 {
+    let x = v.to_bits();
+    let rounded = x.wrapping_add(0x7fff + ((x >> 16) & 1)) & 0xffff_0000;
+    f32::from_bits(if x & 0x7fff_ffff > 0x7f80_0000 {
+        x | 0x0040_0000
+    } else {
+        rounded
+    })
+}
+
+/// `e^x` for `x <= 0` (a softmax's shifted scores) within about 2 ulp: `x = n ln 2 + r` with `|r| <= ln 2 / 2`,
+/// `e^r` by its Taylor polynomial of degree 7 (truncation below 6e-9), times `2^n`; 0 below -87.3 (where `e^x`
+/// leaves f32's normal range); NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp_neg(x: f32) -> f32 {
+    const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer (ties to even).
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let t = x * std::f32::consts::LOG2_E + SHIFTER;
+    let n = t - SHIFTER;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    // `t`'s low bits hold `n` (two's complement); `n + 127` is a normal exponent for `x >= -87.3`.
+    let e = (t.to_bits().wrapping_sub(SHIFTER.to_bits()) as i32).wrapping_add(127);
+    let y = p * f32::from_bits((e.clamp(1, 254) as u32) << 23);
+    if x < -87.3 { 0.0 } else { y }
+}
+
+/// `out[i * out_rs + j] = sum_l a[i * a_rs + l] * w[j * w_rs + l]` for `i < m`, `j < n`, `l < k`, on this
+/// thread.
+#[allow(clippy::too_many_arguments)]
+fn products(
+    path: KernelPath,
+    a: &[bf16],
+    a_rs: usize,
+    w: &[bf16],
+    w_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+    out_rs: usize,
+) {
+    assert!(m > 0 && n > 0 && k > 0);
+    assert!(a.len() >= (m - 1) * a_rs + k && w.len() >= (n - 1) * w_rs + k);
+    assert!(out.len() >= (m - 1) * out_rs + n);
+    #[cfg(target_arch = "x86_64")]
+    if path.bf16_dot() {
+        let op = super::x86_bf16::Operands {
+            a: a.as_ptr(),
+            a_rs,
+            w: w.as_ptr(),
+            w_rs,
+            out: out.as_mut_ptr(),
+            out_rs,
+            bias: std::ptr::null(),
+            m,
+            k,
+        };
+        // SAFETY: `bf16_dot` checked the CPU's features; the asserts above bound every row read and written.
+        return unsafe { super::x86_bf16::product_cols(op, 0, n) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
+    for i in 0..m {
+        let ar = &a[i * a_rs..i * a_rs + k];
+        for j in 0..n {
+            let wr = &w[j * w_rs..j * w_rs + k];
+            out[i * out_rs + j] = ar
+                .iter()
+                .zip(wr)
+                .map(|(x, y)| x.to_f32() * y.to_f32())
+                .sum();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exp_neg;
+
+    #[test]
+    fn exp_neg_is_within_two_ulp_of_the_exact_exponential() {
+        let mut worst = 0f64;
+        for i in 0..=2_000_000 {
+            let x = -87.3f32 * i as f32 / 2_000_000.0;
+            let exact = f64::from(x).exp();
+            let ulps = (f64::from(exp_neg(x)) - exact).abs() / (exact * f64::from(f32::EPSILON));
+            worst = worst.max(ulps);
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert_eq!(exp_neg(-100.0), 0.0);
+        assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
+        assert!(exp_neg(f32::NAN).is_nan());
+    }
+}
