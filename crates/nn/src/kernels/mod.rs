@@ -221,12 +221,7 @@ pub fn linear_dense(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    assert_eq!(x.len(), m * k, "x is not [m, k]");
-    assert_eq!(w.len(), n * k, "the weight is not [n, k]");
-    assert_eq!(out.len(), m * n, "out is not [m, n]");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "the bias is not [n]");
-    }
+    check_dense(x.len(), w.len(), out.len(), bias, [m, k, n]);
     if m == 0 || n == 0 {
         return;
     }
@@ -273,12 +268,7 @@ pub fn linear_bf16(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    assert_eq!(x.len(), m * k, "x is not [m, k]");
-    assert_eq!(w.len(), n * k, "the weight is not [n, k]");
-    assert_eq!(out.len(), m * n, "out is not [m, n]");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "the bias is not [n]");
-    }
+    check_dense(x.len(), w.len(), out.len(), bias, [m, k, n]);
     #[cfg(target_arch = "x86_64")]
     if m > GEMV_MAX_ROWS && path.bf16_dot() {
         // SAFETY: `bf16_dot` checked the CPU's features.
@@ -333,6 +323,16 @@ pub fn linear_q8(
     q8::product(path.checked(), x, m, k, w, n, out);
     if let Some(b) = bias {
         add_bias(out, b);
+    }
+}
+
+/// Panics unless the lengths are those of `x: [m, k]`, `w: [n, k]`, `out: [m, n]` and `bias: [n]`.
+fn check_dense(x: usize, w: usize, out: usize, bias: Option<&[f32]>, [m, k, n]: [usize; 3]) {
+    assert_eq!(x, m * k, "x is not [m, k]");
+    assert_eq!(w, n * k, "the weight is not [n, k]");
+    assert_eq!(out, m * n, "out is not [m, n]");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "the bias is not [n]");
     }
 }
 
