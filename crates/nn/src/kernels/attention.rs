@@ -5,7 +5,8 @@ use std::cell::RefCell;
 
 use half::bf16;
 
-use super::{KernelPath, narrow_bf16};
+use super::elementwise::bf16_bits;
+use super::{KernelPath, SendPtr, narrow_bf16};
 
 /// The layout of a fused projection `[batch, seq, 3 * heads * head_dim]`: for each token, the query of every
 /// head (head-major), then the keys, then the values, as HF's ViT attention splits it.
@@ -90,12 +91,6 @@ pub fn attention_qkv_bf16(
     });
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut bf16);
-// SAFETY: tasks write disjoint parts of the output while the caller holds it borrowed mutably.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
 /// One head of one batch row.
 ///
 /// # Safety
@@ -109,7 +104,7 @@ unsafe fn head(
     b: usize,
     h: usize,
     s: &mut Scratch,
-    out: SendPtr,
+    out: SendPtr<bf16>,
 ) {
     let QkvShape { seq, head_dim, .. } = shape;
     let hidden = shape.hidden();
@@ -164,7 +159,7 @@ unsafe fn head(
         // SAFETY: row `b * seq + i` of the output, this head's columns (the caller's promise).
         let dst = unsafe {
             std::slice::from_raw_parts_mut(
-                out.0.add((b * seq + i) * hidden + h * head_dim),
+                out.get().add((b * seq + i) * hidden + h * head_dim),
                 head_dim,
             )
         };
@@ -233,13 +228,7 @@ fn softmax_body(row: &mut [f32], scale: f32) {
 /// `v` rounded to the nearest bf16 (ties to even), as an f32; NaN stays NaN.
 #[inline(always)]
 fn round_bf16(v: f32) -> f32 {
-    let x = v.to_bits();
-    let rounded = x.wrapping_add(0x7fff + ((x >> 16) & 1)) & 0xffff_0000;
-    f32::from_bits(if x & 0x7fff_ffff > 0x7f80_0000 {
-        x | 0x0040_0000
-    } else {
-        rounded
-    })
+    f32::from_bits(u32::from(bf16_bits(v)) << 16)
 }
 
 /// `e^x` for `x <= 0` (a softmax's shifted scores) within about 2 ulp: `x = n ln 2 + r` with `|r| <= ln 2 / 2`,

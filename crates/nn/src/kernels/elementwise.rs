@@ -125,14 +125,21 @@ pub fn widen_bf16(path: KernelPath, src: &[half::bf16], dst: &mut [f32]) {
 #[inline(always)]
 fn narrow_body(src: &[f32], dst: &mut [half::bf16]) {
     for (d, &v) in dst.iter_mut().zip(src) {
-        let x = v.to_bits();
-        let rounded = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
-        let nan = ((x >> 16) | 0x0040) as u16;
-        *d = half::bf16::from_bits(if x & 0x7fff_ffff > 0x7f80_0000 {
-            nan
-        } else {
-            rounded
-        });
+        *d = half::bf16::from_bits(bf16_bits(v));
+    }
+}
+
+/// The bits of `v` rounded to bfloat16 (to nearest, ties to even; NaN stays NaN), as `half::bf16::from_f32`
+/// gives them, in plain integer steps that vectorise.
+#[inline(always)]
+pub(super) fn bf16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
+    let rounded = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
+    let nan = ((x >> 16) | 0x0040) as u16;
+    if x & 0x7fff_ffff > 0x7f80_0000 {
+        nan
+    } else {
+        rounded
     }
 }
 

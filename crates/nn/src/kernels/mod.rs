@@ -376,14 +376,20 @@ pub(crate) fn par_blocks(blocks: usize, f: impl Fn(usize) + Sync) {
 }
 
 /// A raw pointer that rayon tasks may share when each writes a disjoint part of what it points to.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+struct SendPtr<T = f32>(*mut T);
 // SAFETY: only used to write disjoint ranges from different tasks, while the owner is borrowed mutably.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
-impl SendPtr {
-    fn get(self) -> *mut f32 {
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
         self.0
     }
 }

@@ -274,9 +274,9 @@ fn quantize_acts(
 ) {
     let (kq, nb, gp) = (acts.kq, acts.nb, acts.gp);
     let (pp, tp, sp) = (
-        SendPtr(acts.p.as_mut_ptr().cast()),
+        SendPtr::<f32>(acts.p.as_mut_ptr().cast()),
         SendPtr(acts.t.as_mut_ptr()),
-        SendPtr(acts.sum.as_mut_ptr().cast()),
+        SendPtr::<f32>(acts.sum.as_mut_ptr().cast()),
     );
     let block = |b: usize| {
         let l0 = b * Q8_ACT_BLOCK;
