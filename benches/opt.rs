@@ -35,6 +35,12 @@ fn opt(c: &mut Criterion) {
         let lm = config
             .init::<BenchBackend>(&device)
             .expect("the bench config is valid");
+        // In int8 the tied head is quantized too (as loading in int8 and torch's `quantize_dynamic` do).
+        let lm = if dtype == BenchDtype::Int8 {
+            lm.untie_head()
+        } else {
+            lm
+        };
         // Materialises every lazy parameter in `dtype` (outside the timings).
         let lm = dtype.apply(lm, &device);
         let ids: Vec<i64> = (0..PROMPT as i64).map(|i| 2 + (i * 7919) % 50000).collect();

@@ -687,6 +687,9 @@ def blip2_lm_fixture(out: Path, name: str, images: dict[str, Path], seed: int, s
     processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=spec["num_query_tokens"])
     image_token = tokenizer.convert_tokens_to_ids("<image>")
     vocab = len(tokenizer)
+    if spec.get("vocab_multiple"):
+        # Rows past the tokenizer's, as the hub's OPT pads its 50265 tokens (and `<image>`) to 50304.
+        vocab = -(-vocab // spec["vocab_multiple"]) * spec["vocab_multiple"]
 
     vision_config = Blip2VisionConfig(**spec["vision"], image_size=spec["image_size"])
     qformer_config = Blip2QFormerConfig(**spec["qformer"])
@@ -1735,9 +1738,11 @@ TINY_T5 = {
 # `lm_head.weight`), OPT saved fresh (tied head absent); both in the 5.x processor layout.
 TINY_T5_SAVED = dict(TINY_T5, form="saved", int8_group=None)
 # int8 (issue 17): an OPT whose decoder sizes are multiples of 16, so that every decoder Linear is quantized
-# (q/k/v/out and fc2 with 32 outputs per scale, fc1 with 64); the head (vocabulary 331) stays in float.
+# (q/k/v/out and fc2 with 32 outputs per scale, fc1 with 64), and whose vocabulary is padded to a multiple of 16
+# (331 tokens, 336 rows) so that the tied head is quantized too (48 outputs per scale).
 TINY_OPT_Q8 = {
     **TINY_OPT,
+    "vocab_multiple": 16,
     "text": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
                  word_embed_proj_dim=32, do_layer_norm_before=True),
     "int8_group": 64,

@@ -189,6 +189,23 @@ fn describe(located: &Located, dtype: crate::args::Dtype) -> Result<ModelInfo, C
             .or_default() += n;
         memory += bytes;
     }
+    // OPT's tied head, absent from the file, gets an int8 copy of the embeddings when the language model is
+    // in int8 (`OptForCausalLm::load`); it is a copy, not a parameter of the checkpoint.
+    if let TextConfig::Opt(c) = &config.text_config
+        && matches!(kind, ModelKind::Generation)
+        && precision.int8.language_model
+        && c.tie_word_embeddings
+        && !checkpoint.contains("language_model.lm_head.weight")
+        && blip2_nn::q8_group_for(c.vocab_size, precision.int8.group).is_some()
+    {
+        let n = (c.vocab_size * c.embed_dim()) as u64;
+        let bytes = (n as f64 * int8_bytes).ceil() as u64;
+        if let Some(entry) = counts.get_mut("language_model") {
+            entry.2 += bytes;
+            entry.3 = true;
+        }
+        memory += bytes;
+    }
     let parameters = counts.values().map(|(n, ..)| n).sum();
     let parts = counts
         .into_iter()

@@ -129,6 +129,26 @@ impl OptConfig {
 }
 
 impl<B: Backend> OptForCausalLm<B> {
+    /// The same model with a tied head made its own `lm_head`: a `Linear` whose weight is the embedding table
+    /// (shared, not copied, until one of them changes). Logits are unchanged; it lets
+    /// [`blip2_nn::quantize_linears`] quantize the head, as loading with an int8 format does. A model with its own
+    /// head is returned as it is.
+    pub fn untie_head(self) -> Self {
+        if self.lm_head.is_some() {
+            return self;
+        }
+        let table = self.model.decoder.embed_tokens.weight.val(); // [vocab, dim]: PyTorch's head layout
+        let [vocab, dim] = table.dims();
+        let mut lm_head = linear(dim, vocab, false, &table.device());
+        let id = lm_head.weight.id;
+        // As the loader does: the `Col` layout's load mapper makes the `[out, in]` table a transposed view.
+        lm_head.weight = lm_head.weight.transform_for_load(table, id);
+        Self {
+            lm_head: Some(lm_head),
+            ..self
+        }
+    }
+
     /// An empty KV cache with one slot per layer.
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.model.decoder.layers.len())
@@ -376,6 +396,7 @@ impl<B: Backend> OptForCausalLm<B> {
         } else {
             KeyMap::under("language_model")
         };
+        let format = format.into();
         let options = LoadOptions::new(key_map).with_format(format);
         // transformers 5.24: with `tie_word_embeddings` (every OPT) the head is `embed_tokens` unless the file
         // stores an `lm_head.weight` with values of its own, which it then uses; without it, the file must hold
@@ -390,10 +411,22 @@ impl<B: Backend> OptForCausalLm<B> {
         } else {
             options
         };
-        let own_head = !config.tie_word_embeddings || checkpoint.contains(&head);
-        let module = config.build::<B>(own_head, device)?;
+        let stored_head = !config.tie_word_embeddings || checkpoint.contains(&head);
+        // With the `Linear` weights in int8, a tied head gets an int8 copy of the embeddings of its own (as
+        // torch's `quantize_dynamic` quantizes OPT's `lm_head`): the largest product of a decoding step, read
+        // in half the bytes of bf16. The embeddings stay as they are for the lookups.
+        let int8_head = !stored_head
+            && format
+                .int8_group
+                .is_some_and(|group| blip2_nn::q8_group_for(config.vocab_size, group).is_some());
+        let options = if int8_head {
+            options.with_tied(&head, &embeddings)
+        } else {
+            options
+        };
+        let module = config.build::<B>(stored_head || int8_head, device)?;
         let (model, mut report) = load_module(module, checkpoint, &options, device)?;
-        if !own_head {
+        if !stored_head && !int8_head {
             report.tied.push((head, embeddings));
         }
         Ok((model, report))

@@ -277,3 +277,28 @@ fn bad_inputs_are_errors_not_panics() {
         );
     }
 }
+
+/// `untie_head` gives the tied head a `Linear` of its own holding the embeddings (for `quantize_linears`, as
+/// the int8 parity test in the blip2 crate checks): the same logits, bit for bit.
+#[test]
+fn untie_head_keeps_the_logits() {
+    let device = Default::default();
+    let fixture = Fixture::open("tiny-opt-lm");
+    let lm =
+        OptForCausalLm::<Flex>::from_pretrained(fixture.dir(), FloatDType::F32, &device).unwrap();
+    assert!(lm.lm_head.is_none(), "tiny-opt-lm's head is tied");
+    let ids = || fixture.int_tensor::<Flex, 2>("input_ids/batch", &device);
+    let mask = || fixture.int_tensor::<Flex, 2>("attention_mask/batch", &device);
+    let tied = lm
+        .forward(OptInput::Ids(ids()), Some(mask()), None, LogitsFor::All)
+        .into_data();
+    let dim = lm.config.embed_dim();
+    let untied = lm.untie_head();
+    let head = untied.lm_head.as_ref().expect("an own head");
+    assert_eq!(head.weight.dims(), [dim, 330]);
+    let logits = untied.forward(OptInput::Ids(ids()), Some(mask()), None, LogitsFor::All);
+    assert_tensor_close("untied head", &logits, &tied, Tol::EXACT);
+    // Untying twice changes nothing.
+    let again = untied.untie_head();
+    assert!(again.lm_head.is_some());
+}

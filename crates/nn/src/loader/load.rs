@@ -200,7 +200,8 @@ pub struct LoadReport {
     pub ignored: Vec<String>,
     /// Every disagreement; empty for a clean load.
     pub problems: Vec<Problem>,
-    /// `(key, group)` for each weight held in int8 ([`LoadOptions::int8_group`]).
+    /// `(key, group)` for each weight held in int8 ([`LoadOptions::int8_group`]): the parameter's own key, also
+    /// when it was read from a tied source (listed in `tied`).
     pub quantized: Vec<(String, usize)>,
 }
 
@@ -428,7 +429,7 @@ impl<B: Backend> ModuleMapper<B> for Applier<'_> {
                 .is_some_and(|c| c == "Struct:Linear.weight")
             && let Some(group) = crate::q8_group_for(info.shape[0], group)
         {
-            return self.load_q8(param, &stored, group);
+            return self.load_q8(param, &key, &stored, group);
         }
         let data = match self.checkpoint.read(&stored, self.options.dtype) {
             Ok(data) => data,
@@ -467,10 +468,12 @@ impl<B: Backend> ModuleMapper<B> for Applier<'_> {
 }
 
 impl Applier<'_> {
-    /// Reads the PyTorch-layout weight `[n, k]` of a `Linear` as f32 and holds it as Burn's int8 `[k, n]`.
+    /// Reads the PyTorch-layout weight `[n, k]` of a `Linear` as f32 (from `stored`: its own key `key` or a tied
+    /// source) and holds it as Burn's int8 `[k, n]`.
     fn load_q8<B: Backend, const D: usize>(
         &mut self,
         param: Param<Tensor<B, D>>,
+        key: &str,
         stored: &str,
         group: usize,
     ) -> Param<Tensor<B, D>> {
@@ -492,7 +495,7 @@ impl Applier<'_> {
         let tensor = crate::linear::q8_tensor::<B, D>(values, &scales, k, n, group, &device);
         crate::alloc::release_free_memory();
         self.report.loaded.push(stored.to_string());
-        self.report.quantized.push((stored.to_string(), group));
+        self.report.quantized.push((key.to_string(), group));
         Param::initialized(param.id, tensor)
     }
 }
