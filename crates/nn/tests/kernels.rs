@@ -576,6 +576,32 @@ fn quantizing_the_transpose_in_place_equals_quantizing_a_transposed_copy() {
     }
 }
 
+/// Quantizing a weight a few rows at a time (as the loader does, to keep the f32 copy small) gives the bits of
+/// quantizing it whole, runs in any order.
+#[test]
+fn quantizing_runs_of_rows_equals_quantizing_the_whole_weight() {
+    for (n, k, group, run) in [
+        (192, 37, 32, 64),
+        (96, 16, 16, 48),
+        (128, 33, 64, 64),
+        (64, 5, 16, 64),
+    ] {
+        let w = values(n * k, 23); // [n, k]
+        let (want_q, want_s) = kernels::quantize_q8_transposed(&w, n, k, group);
+        let mut q = vec![0i8; k * n];
+        let mut s = vec![0f32; k * (n / group)];
+        for j0 in (0..n).step_by(run).rev() {
+            let rows = &w[j0 * k..(j0 + run).min(n) * k];
+            kernels::quantize_q8_transposed_into(rows, j0, n, k, group, &mut q, &mut s);
+        }
+        assert_eq!(
+            (q, s),
+            (want_q, want_s),
+            "n={n} k={k} group={group} run={run}"
+        );
+    }
+}
+
 #[cfg(feature = "flex")]
 mod flex {
     use super::values;

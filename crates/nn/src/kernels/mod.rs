@@ -57,6 +57,7 @@ pub use attention::{QkvShape, attention_qkv_bf16};
 pub use elementwise::{erf, gelu_erf, narrow_bf16, widen_bf16};
 pub use q8::{
     Q8_ACT_BLOCK, Q8_K_SPLIT, Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed,
+    quantize_q8_transposed_into,
 };
 pub(crate) use q8::{q8_capacity, q8_values};
 

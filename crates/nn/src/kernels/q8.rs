@@ -76,36 +76,77 @@ pub fn quantize_q8(w: &[f32], k: usize, n: usize, group: usize) -> (Vec<i8>, Vec
 /// # Panics
 /// When `w` is not `[n, k]` or `group` does not divide `n`.
 pub fn quantize_q8_transposed(w: &[f32], n: usize, k: usize, group: usize) -> (Vec<i8>, Vec<f32>) {
-    const SLAB: usize = 16;
     assert_eq!(w.len(), k * n, "the weight is not [n, k]");
     assert!(
         group > 0 && n.is_multiple_of(group),
         "group {group} does not divide {n}"
     );
+    let mut values = q8_values(k * n, k * (n / group));
+    let mut scales = vec![0f32; k * (n / group)];
+    quantize_q8_transposed_into(w, 0, n, k, group, &mut values, &mut scales);
+    (values, scales)
+}
+
+/// [`quantize_q8_transposed`] of the rows `j0..j0 + rows` of an `[n, k]` weight (`w` holds just those rows,
+/// `[rows, k]`), written into the output columns `j0..j0 + rows` of `values` (`[k, n]`) and their scales in
+/// `scales` (`[k, n / group]`). The blocks of `group` outputs do not depend on each other, so quantizing a
+/// weight a few rows at a time gives the bits of quantizing it whole, without the whole weight in f32.
+///
+/// # Panics
+/// When `group` does not divide `j0` and `rows`, `w` is not `[rows, k]`, or the outputs are not `[k, n]` and
+/// `[k, n / group]` with `j0 + rows <= n`.
+pub fn quantize_q8_transposed_into(
+    w: &[f32],
+    j0: usize,
+    n: usize,
+    k: usize,
+    group: usize,
+    values: &mut [i8],
+    scales: &mut [f32],
+) {
+    const SLAB: usize = 16;
+    assert!(
+        group > 0 && k > 0,
+        "group {group} and k {k} must be positive"
+    );
+    let rows = w.len() / k;
+    assert_eq!(w.len(), rows * k, "the rows are not [rows, k]");
+    assert!(
+        j0.is_multiple_of(group) && rows.is_multiple_of(group) && n.is_multiple_of(group),
+        "group {group} does not divide {j0}, {rows} and {n}"
+    );
+    assert!(j0 + rows <= n, "rows {j0}..{} past {n}", j0 + rows);
     let groups = n / group;
-    let mut values = q8_values(k * n, k * groups);
-    let mut scales = vec![0f32; k * groups];
-    if n == 0 || k == 0 {
-        return (values, scales);
+    assert_eq!(values.len(), k * n, "the values are not [k, n]");
+    assert_eq!(
+        scales.len(),
+        k * groups,
+        "the scales are not [k, n / group]"
+    );
+    if rows == 0 {
+        return;
     }
+    let (g0, gr) = (j0 / group, rows / group);
     values
         .par_chunks_mut(SLAB * n)
         .zip(scales.par_chunks_mut(SLAB * groups))
         .enumerate()
         .for_each(|(b, (q, s))| {
             let l0 = b * SLAB;
-            let rows = q.len() / n;
-            let mut slab = vec![0f32; rows * n];
+            let here = q.len() / n;
+            let mut slab = vec![0f32; here * rows];
             for (j, src) in w.chunks_exact(k).enumerate() {
-                for (dl, v) in src[l0..l0 + rows].iter().enumerate() {
-                    slab[dl * n + j] = *v;
+                for (dl, v) in src[l0..l0 + here].iter().enumerate() {
+                    slab[dl * rows + j] = *v;
                 }
             }
-            let (sq, ss) = quantize_q8(&slab, rows, n, group);
-            q.copy_from_slice(&sq);
-            s.copy_from_slice(&ss);
+            let (sq, ss) = quantize_q8(&slab, here, rows, group);
+            for dl in 0..here {
+                q[dl * n + j0..dl * n + j0 + rows].copy_from_slice(&sq[dl * rows..(dl + 1) * rows]);
+                s[dl * groups + g0..dl * groups + g0 + gr]
+                    .copy_from_slice(&ss[dl * gr..(dl + 1) * gr]);
+            }
         });
-    (values, scales)
 }
 
 /// `len` zeroed int8 values with room after them for `scales` f32 scales: Burn's quantized tensor appends the

@@ -251,14 +251,60 @@ impl Checkpoint {
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;
+        self.read_bytes(key, info, info.start..info.end, info.shape.clone(), dtype)
+    }
+
+    /// Reads the rows `rows` (along the first dimension) of `key`, converted as [`Self::read`] does: a large
+    /// tensor can be processed a few rows at a time, without all of it in memory at once.
+    ///
+    /// # Errors
+    /// As [`Self::read`].
+    ///
+    /// # Panics
+    /// When `rows` is not a range of the tensor's first dimension (the callers' bug, not the file's).
+    pub(crate) fn read_rows(
+        &self,
+        key: &str,
+        rows: std::ops::Range<usize>,
+        dtype: FloatDType,
+    ) -> Result<TensorData, Error> {
+        let info = self.tensors.get(key).ok_or_else(|| Error::TensorNotFound {
+            key: key.to_string(),
+            files: self
+                .files
+                .iter()
+                .map(|f| f.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        let first = info.shape.first().copied().unwrap_or(0);
+        assert!(
+            rows.start < rows.end && rows.end <= first,
+            "rows {rows:?} of `{key}`, shape {:?}",
+            info.shape
+        );
+        let row_bytes = (info.end - info.start) / first;
+        let mut shape = info.shape.clone();
+        shape[0] = rows.len();
+        let bytes = info.start + rows.start * row_bytes..info.start + rows.end * row_bytes;
+        self.read_bytes(key, info, bytes, shape, dtype)
+    }
+
+    /// The bytes `range` of the file holding `info` as a `TensorData` of `shape` in `dtype`.
+    fn read_bytes(
+        &self,
+        key: &str,
+        info: &TensorInfo,
+        range: std::ops::Range<usize>,
+        shape: Vec<usize>,
+        dtype: FloatDType,
+    ) -> Result<TensorData, Error> {
         let file = &self.files[info.file];
-        let bytes = &file.map[info.start..info.end];
-        let data = convert(bytes, info.dtype, dtype, info.shape.clone()).ok_or_else(|| {
-            Error::TensorDtype {
-                key: key.to_string(),
-                path: file.path.clone(),
-                dtype: format!("{:?}", info.dtype),
-            }
+        let bytes = &file.map[range.clone()];
+        let data = convert(bytes, info.dtype, dtype, shape).ok_or_else(|| Error::TensorDtype {
+            key: key.to_string(),
+            path: file.path.clone(),
+            dtype: format!("{:?}", info.dtype),
         })?;
         // The values are copied out: let the kernel drop the file's pages from this process, so that loading a
         // model counts each tensor's bytes once (its copy) rather than twice (copy + mapped pages) until the
@@ -271,8 +317,8 @@ impl Checkpoint {
             let _ = unsafe {
                 file.map.unchecked_advise_range(
                     memmap2::UncheckedAdvice::DontNeed,
-                    info.start,
-                    info.end - info.start,
+                    range.start,
+                    range.len(),
                 )
             };
         }
@@ -625,4 +671,43 @@ pub(crate) fn convert(
         _ => return None,
     };
     Some(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `read_rows` gives the rows of what `read` gives, converted the same way, for any run of rows.
+    #[test]
+    fn read_rows_are_rows_of_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<f32> = (0..7 * 5).map(|i| i as f32 * 0.37 - 3.0).collect();
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::BF16, vec![7, 5], &bytes).unwrap();
+        let file = dir.path().join(WEIGHTS_FILE);
+        std::fs::write(&file, safetensors::serialize([("w", view)], None).unwrap()).unwrap();
+        let checkpoint = Checkpoint::open(&file).unwrap();
+        let whole: Vec<f32> = checkpoint
+            .read("w", FloatDType::F32)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        for rows in [0..7, 0..1, 2..5, 6..7] {
+            let part = checkpoint
+                .read_rows("w", rows.clone(), FloatDType::F32)
+                .unwrap();
+            assert_eq!(part.shape.to_vec(), vec![rows.len(), 5]);
+            assert_eq!(
+                part.to_vec::<f32>().unwrap(),
+                whole[rows.start * 5..rows.end * 5]
+            );
+        }
+        assert!(matches!(
+            checkpoint.read_rows("v", 0..1, FloatDType::F32),
+            Err(Error::TensorNotFound { .. })
+        ));
+    }
 }

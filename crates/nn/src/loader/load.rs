@@ -477,20 +477,39 @@ impl Applier<'_> {
         stored: &str,
         group: usize,
     ) -> Param<Tensor<B, D>> {
-        let data = match self.checkpoint.read(stored, FloatDType::F32) {
-            Ok(data) => data,
-            Err(error) => {
-                self.failure = Some(error);
-                return param;
-            }
-        };
-        let [n, k] = [data.shape[0], data.shape[1]];
-        // Straight from the [n, k] buffer read from the map: no transposed f32 copy.
-        let (values, scales) = {
+        // In runs of rows, about 32 MiB of f32 at a time: the whole weight in f32 would add its size to the peak
+        // (824 MB for OPT-6.7b's head, quantized last, with the rest of the model already in memory).
+        const RUN_BYTES: usize = 32 << 20;
+        let shape = &self
+            .checkpoint
+            .info(stored)
+            .expect("resolve returns stored keys")
+            .shape;
+        let [n, k] = [shape[0], shape[1]];
+        let run = (RUN_BYTES / (4 * k.max(1)) / group).max(1) * group;
+        let groups = n / group;
+        let mut values = crate::kernels::q8_values(k * n, k * groups);
+        let mut scales = vec![0f32; k * groups];
+        for j0 in (0..n).step_by(run) {
+            let rows = j0..(j0 + run).min(n);
+            let data = match self.checkpoint.read_rows(stored, rows, FloatDType::F32) {
+                Ok(data) => data,
+                Err(error) => {
+                    self.failure = Some(error);
+                    return param;
+                }
+            };
             let w: &[f32] = data.as_slice().expect("read as f32");
-            crate::kernels::quantize_q8_transposed(w, n, k, group)
-        };
-        drop(data);
+            crate::kernels::quantize_q8_transposed_into(
+                w,
+                j0,
+                n,
+                k,
+                group,
+                &mut values,
+                &mut scales,
+            );
+        }
         let device = param.lazy_device();
         let tensor = crate::linear::q8_tensor::<B, D>(values, &scales, k, n, group, &device);
         crate::alloc::release_free_memory();
