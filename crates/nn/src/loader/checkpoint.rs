@@ -242,7 +242,13 @@ impl Checkpoint {
     /// # Errors
     /// [`Error::TensorNotFound`], or [`Error::TensorDtype`] for a non-float tensor.
     pub fn read(&self, key: &str, dtype: FloatDType) -> Result<TensorData, Error> {
-        let info = self.tensors.get(key).ok_or_else(|| Error::TensorNotFound {
+        let info = self.stored(key)?;
+        self.read_bytes(key, info, info.start..info.end, info.shape.clone(), dtype)
+    }
+
+    /// Where `key` is stored, or [`Error::TensorNotFound`] naming the files.
+    fn stored(&self, key: &str) -> Result<&TensorInfo, Error> {
+        self.tensors.get(key).ok_or_else(|| Error::TensorNotFound {
             key: key.to_string(),
             files: self
                 .files
@@ -250,8 +256,7 @@ impl Checkpoint {
                 .map(|f| f.path.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-        })?;
-        self.read_bytes(key, info, info.start..info.end, info.shape.clone(), dtype)
+        })
     }
 
     /// Reads the rows `rows` (along the first dimension) of `key`, converted as [`Self::read`] does: a large
@@ -268,15 +273,7 @@ impl Checkpoint {
         rows: std::ops::Range<usize>,
         dtype: FloatDType,
     ) -> Result<TensorData, Error> {
-        let info = self.tensors.get(key).ok_or_else(|| Error::TensorNotFound {
-            key: key.to_string(),
-            files: self
-                .files
-                .iter()
-                .map(|f| f.path.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+        let info = self.stored(key)?;
         let first = info.shape.first().copied().unwrap_or(0);
         assert!(
             rows.start < rows.end && rows.end <= first,
