@@ -476,3 +476,71 @@ impl<T> SendPtr<T> {
         self.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::par_blocks;
+
+    /// Every block runs exactly once, with helpers that arrive early, late or never, from outside a pool and
+    /// from inside one (nested calls included).
+    #[test]
+    fn par_blocks_runs_every_block_once() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        for blocks in [0, 1, 2, 3, 7, 64, 1000] {
+            for inside in [false, true] {
+                let counts: Vec<AtomicUsize> = (0..blocks).map(|_| AtomicUsize::new(0)).collect();
+                let run = || {
+                    par_blocks(blocks, |b| {
+                        counts[b].fetch_add(1, Ordering::Relaxed);
+                        // A nested call, as a product started inside another's task would make.
+                        if b % 97 == 0 {
+                            let inner = AtomicUsize::new(0);
+                            par_blocks(5, |_| {
+                                inner.fetch_add(1, Ordering::Relaxed);
+                            });
+                            assert_eq!(inner.load(Ordering::Relaxed), 5);
+                        }
+                    })
+                };
+                if inside {
+                    pool.install(run)
+                } else {
+                    run()
+                }
+                for (b, c) in counts.iter().enumerate() {
+                    assert_eq!(
+                        c.load(Ordering::Relaxed),
+                        1,
+                        "block {b} of {blocks}, in a pool: {inside}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A panicking block reaches the caller as a panic, wherever it ran, and the call still waits for the
+    /// helpers inside before its closure goes away.
+    #[test]
+    fn par_blocks_reports_a_panicking_block() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for bad in [0, 5, 63] {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| {
+                    par_blocks(64, |b| {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                        assert_ne!(b, bad, "block {bad} fails");
+                    })
+                })
+            }));
+            assert!(result.is_err(), "block {bad} panicked");
+        }
+    }
+}
