@@ -488,7 +488,7 @@ impl Applier<'_> {
         let [n, k] = [shape[0], shape[1]];
         let run = (RUN_BYTES / (4 * k.max(1)) / group).max(1) * group;
         let groups = n / group;
-        let mut values = crate::kernels::q8_values(k * n, k * groups);
+        let mut values = crate::linear::q8_buffer::<B>(k * n, k * groups);
         let mut scales = vec![0f32; k * groups];
         for j0 in (0..n).step_by(run) {
             let rows = j0..(j0 + run).min(n);
@@ -511,7 +511,7 @@ impl Applier<'_> {
             );
         }
         let device = param.lazy_device();
-        let tensor = crate::linear::q8_tensor::<B, D>(values, &scales, k, n, group, &device);
+        let tensor = crate::linear::q8_tensor::<B, D>(values, scales, k, n, group, &device);
         crate::alloc::release_free_memory();
         self.report.loaded.push(stored.to_string());
         self.report.quantized.push((key.to_string(), group));
