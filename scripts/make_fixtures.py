@@ -642,12 +642,18 @@ def quantize_lm_linears(model, group: int) -> dict[str, int]:
     """Makes every nn.Linear of the language model run blip2's int8 product (weights quantized once, activations per
     call); returns name -> group."""
     done = {}
+    embeddings = model.language_model.get_input_embeddings()
     for name, module in model.language_model.named_modules():
         if isinstance(module, torch.nn.Linear):
             g = q8_group_for(module.out_features, group)
             if g is None:
                 continue
             q, scales = quantize_q8(module.weight, g)
+            if module.weight is embeddings.weight:
+                # A tied head in int8 (OPT) replaces the embedding table in blip2 (`embeddings_from_head`): the
+                # lookups read its int8 values, q * scale in f32.
+                dequantized = (q * scales.repeat_interleave(g, dim=1)).t().contiguous()
+                embeddings.weight = torch.nn.Parameter(dequantized, requires_grad=False)
 
             def forward(x, q=q, scales=scales, g=g, bias=module.bias):
                 y = q8_product(x, q, scales, g).to(x.dtype)

@@ -652,17 +652,27 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
                 device,
             )?,
             language_model: if precision.int8.language_model {
-                // OPT's tied head in int8 too, as loading in int8 does (`OptForCausalLm::load`).
-                let language_model = match language_model {
+                // OPT's tied head in int8 too, and the lookups reading it in place of the float table, as
+                // loading in int8 does (`OptForCausalLm::load`).
+                let (language_model, tied) = match language_model {
                     LanguageModel::Opt(opt)
-                        if blip2_nn::q8_group_for(opt.config.vocab_size, precision.int8.group)
+                        if opt.lm_head.is_none()
+                            && blip2_nn::q8_group_for(
+                                opt.config.vocab_size,
+                                precision.int8.group,
+                            )
                             .is_some() =>
                     {
-                        LanguageModel::Opt(opt.untie_head())
+                        (LanguageModel::Opt(opt.untie_head()), true)
+                    }
+                    other => (other, false),
+                };
+                match blip2_nn::quantize_linears(language_model, precision.int8.group).0 {
+                    LanguageModel::Opt(opt) if tied => {
+                        LanguageModel::Opt(opt.embeddings_from_head())
                     }
                     other => other,
-                };
-                blip2_nn::quantize_linears(language_model, precision.int8.group).0
+                }
             } else {
                 language_model
             },

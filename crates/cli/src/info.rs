@@ -190,7 +190,7 @@ fn describe(located: &Located, dtype: crate::args::Dtype) -> Result<ModelInfo, C
         memory += bytes;
     }
     // OPT's tied head, absent from the file, gets an int8 copy of the embeddings when the language model is
-    // in int8 (`OptForCausalLm::load`); it is a copy, not a parameter of the checkpoint.
+    // in int8 (`OptForCausalLm::load`), which the lookups then read in place of the float table.
     if let TextConfig::Opt(c) = &config.text_config
         && matches!(kind, ModelKind::Generation)
         && precision.int8.language_model
@@ -200,11 +200,12 @@ fn describe(located: &Located, dtype: crate::args::Dtype) -> Result<ModelInfo, C
     {
         let n = (c.vocab_size * c.embed_dim()) as u64;
         let bytes = (n as f64 * int8_bytes).ceil() as u64;
+        let table = n * precision.language_model.size() as u64;
         if let Some(entry) = counts.get_mut("language_model") {
-            entry.2 += bytes;
+            entry.2 = (entry.2 + bytes).saturating_sub(table);
             entry.3 = true;
         }
-        memory += bytes;
+        memory = (memory + bytes).saturating_sub(table);
     }
     let parameters = counts.values().map(|(n, ..)| n).sum();
     let parts = counts

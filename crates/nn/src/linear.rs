@@ -72,6 +72,41 @@ pub fn q8_group_for(n: usize, group: usize) -> Option<usize> {
         .find(|g| n.is_multiple_of(*g))
 }
 
+/// Token embeddings read from an int8 `Linear` weight that holds the embedding table (OPT's tied head loaded in
+/// int8, which then replaces the float table): for each id `t`, output `t` of the `[dim, vocab]` weight,
+/// dequantized as every int8 product sees it, `q * scale` in f32.
+///
+/// On flex the values are read where they are; elsewhere the weight is dequantized whole first, as Burn does for
+/// every int8 product on those backends.
+///
+/// # Shapes
+/// - `weight`: `[dim, vocab]`, int8 ([`quantize_linear`]'s scheme)
+/// - `ids`: `[batch, len]`, each in `0..vocab`
+/// - returns `[batch, len, dim]`, f32
+///
+/// # Panics
+/// On flex, when an id is outside `0..vocab` (callers check ids first, as `burn::nn::Embedding` needs too).
+pub fn embed_from_q8<B: Backend>(
+    weight: &Tensor<B, 2>,
+    ids: Tensor<B, 2, burn::tensor::Int>,
+) -> Tensor<B, 3> {
+    let [batch, len] = ids.dims();
+    let dim = weight.dims()[0];
+    let flat = ids.reshape([batch * len]);
+    #[cfg(feature = "flex")]
+    let flat = match crate::linear_flex::try_q8_columns(weight, flat) {
+        Ok(rows) => return rows.reshape([batch, len, dim]),
+        Err(flat) => flat,
+    };
+    weight
+        .clone()
+        .dequantize()
+        .cast(burn::tensor::DType::F32)
+        .select(1, flat) // [dim, batch * len]
+        .transpose()
+        .reshape([batch, len, dim])
+}
+
 /// A zeroed buffer for `len` int8 values that [`q8_tensor`] takes without copying on `B`: on flex exactly `len`
 /// bytes; elsewhere with room after the values for `scales` f32 scales, which Burn's `TensorData` appends in place.
 pub(crate) fn q8_buffer<B: Backend>(len: usize, scales: usize) -> Vec<i8> {
@@ -305,5 +340,50 @@ mod tests {
         let a: Vec<f32> = tensor.dequantize().into_data().to_vec().expect("f32");
         let b: Vec<f32> = flex.dequantize().into_data().to_vec().expect("f32");
         assert_eq!(a, b);
+    }
+
+    /// Lookups from an int8 weight: flex reads the values in place, other backends dequantize the whole weight;
+    /// both give `q * scale` for output `t` of every input.
+    #[test]
+    fn lookups_from_an_int8_weight_are_its_dequantized_outputs() {
+        use burn::backend::NdArray;
+        use burn::tensor::Int;
+        let (k, n, group) = (24, 96, 32);
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 37) % 101) as f32 / 7.0 - 7.0)
+            .collect();
+        let (values, scales) = quantize_q8(&w, k, n, group);
+        let ids = vec![95i64, 0, 31, 32, 64, 7];
+        let mut want = Vec::new();
+        for &t in &ids {
+            let t = t as usize;
+            want.extend(
+                (0..k).map(|l| f32::from(values[l * n + t]) * scales[l * (n / group) + t / group]),
+            );
+        }
+        let flex = q8_tensor::<Flex, 2>(
+            values.clone(),
+            scales.clone(),
+            k,
+            n,
+            group,
+            &Default::default(),
+        );
+        let flex_ids = Tensor::<Flex, 2, Int>::from_data(
+            TensorData::new(ids.clone(), [2, 3]),
+            &Default::default(),
+        );
+        let got: Vec<f32> = embed_from_q8(&flex, flex_ids)
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        assert_eq!(got, want);
+        let other = q8_tensor::<NdArray, 2>(values, scales, k, n, group, &Default::default());
+        let other_ids =
+            Tensor::<NdArray, 2, Int>::from_data(TensorData::new(ids, [2, 3]), &Default::default());
+        let out = embed_from_q8(&other, other_ids);
+        assert_eq!(out.dims(), [2, 3, k]);
+        let got: Vec<f32> = out.into_data().to_vec().expect("f32");
+        assert_eq!(got, want);
     }
 }

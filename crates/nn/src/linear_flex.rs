@@ -86,6 +86,48 @@ pub(crate) fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
     boxed.downcast::<U>().ok().map(|b| *b)
 }
 
+/// Outputs `ids` of an int8 `[k, n]` weight, dequantized (`q * scale`, f32), as `[ids, k]` rows when `B` is
+/// flex and the weight is one the kernels read; gives the ids back otherwise.
+pub(crate) fn try_q8_columns<B: Backend>(
+    weight: &Tensor<B, 2>,
+    ids: Tensor<B, 1, burn::tensor::Int>,
+) -> Result<Tensor<B, 2>, Tensor<B, 1, burn::tensor::Int>> {
+    if TypeId::of::<B>() != TypeId::of::<Flex>() {
+        return Err(ids);
+    }
+    let TensorPrimitive::QFloat(q) = weight.clone().into_primitive() else {
+        return Err(ids);
+    };
+    let q = downcast::<B::QuantizedTensorPrimitive, FlexQTensor>(q).expect("B is Flex");
+    let k = weight.dims()[0];
+    let Some((n, group)) = q8_layout(&q, k) else {
+        return Err(ids);
+    };
+    let Some(values) = q.tensor().as_slice::<i8>() else {
+        return Err(ids);
+    };
+    let (scales, groups) = (q.scales(), n / group);
+    let wanted: Vec<i64> = ids
+        .to_data()
+        .convert::<i64>()
+        .to_vec()
+        .expect("converted to i64");
+    let mut out = vec![0f32; wanted.len() * k];
+    for (row, &id) in out.chunks_exact_mut(k.max(1)).zip(&wanted) {
+        let t = usize::try_from(id)
+            .ok()
+            .filter(|&t| t < n)
+            .unwrap_or_else(|| panic!("token id {id} is outside the vocabulary (0..{n})"));
+        for (l, value) in row.iter_mut().enumerate() {
+            *value = f32::from(values[l * n + t]) * scales[l * groups + t / group];
+        }
+    }
+    Ok(Tensor::from_data(
+        TensorData::new(out, [wanted.len(), k]),
+        &weight.device(),
+    ))
+}
+
 /// The product on flex tensors, or `None` when the kernels do not handle this weight or input.
 fn flex_linear(
     x: &FlexTensor,

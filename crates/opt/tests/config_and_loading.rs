@@ -2,7 +2,7 @@
 //! (standalone and BLIP-2 prefixes, `lm_head.weight` absent or present, any on-disk dtype) and input checks.
 
 use blip2_nn::backend::FloatDType;
-use blip2_nn::loader::{Checkpoint, KeyMap, expected_keys, save_module};
+use blip2_nn::loader::{Checkpoint, KeyMap, WeightFormat, expected_keys, save_module};
 use blip2_opt::{Error, LogitsFor, OptConfig, OptForCausalLm, OptInput, TokenIds};
 use blip2_testkit::{Fixture, Flex, Tol, assert_tensor_close};
 use burn::prelude::*;
@@ -114,7 +114,15 @@ fn loads_with_or_without_lm_head_in_any_dtype() {
 
     // Saved with an explicit lm_head.weight (as some exports do): it is the head, as in transformers 5.24 (equal to
     // embed_tokens here, so the logits are the tied ones).
-    let embed = lm.model.decoder.embed_tokens.weight.val().into_data();
+    let embed = lm
+        .model
+        .decoder
+        .embed_tokens
+        .as_ref()
+        .unwrap()
+        .weight
+        .val()
+        .into_data();
     save_module(
         &lm,
         &file,
@@ -145,7 +153,15 @@ fn loads_with_or_without_lm_head_in_any_dtype() {
     assert!(report.loaded.iter().any(|k| k == "lm_head.weight"));
     assert!(again.lm_head.is_some());
     assert_eq!(
-        again.model.decoder.embed_tokens.weight.val().into_data(),
+        again
+            .model
+            .decoder
+            .embed_tokens
+            .as_ref()
+            .unwrap()
+            .weight
+            .val()
+            .into_data(),
         embed
     );
     let logits = again.forward(OptInput::Ids(ids()), Some(mask()), None, LogitsFor::All);
@@ -186,7 +202,15 @@ fn loads_with_or_without_lm_head_in_any_dtype() {
         .read("model.decoder.embed_tokens.weight", FloatDType::F32)
         .unwrap();
     assert_eq!(
-        widened.model.decoder.embed_tokens.weight.val().into_data(),
+        widened
+            .model
+            .decoder
+            .embed_tokens
+            .as_ref()
+            .unwrap()
+            .weight
+            .val()
+            .into_data(),
         stored
     );
 
@@ -301,4 +325,73 @@ fn untie_head_keeps_the_logits() {
     // Untying twice changes nothing.
     let again = untied.untie_head();
     assert!(again.lm_head.is_some());
+}
+
+/// A tied OPT loaded in int8 keeps no float embedding table: its lookups read the head's int8 copy (`q * scale`),
+/// on flex from the int8 values in place, equal to Burn's own dequantization; and quantizing in memory
+/// (`untie_head`, `quantize_linears`, `embeddings_from_head`) gives the same model.
+#[test]
+fn int8_head_serves_the_lookups() {
+    let device = Default::default();
+    let fixture = Fixture::open("tiny-opt-q8"); // a BLIP-2 directory: 336 tokens, head tied
+    let group = fixture.manifest()["int8"]["group"].as_u64().unwrap() as usize;
+    let config = OptConfig::from_file(fixture.dir()).unwrap();
+    let checkpoint = Checkpoint::open(fixture.dir()).unwrap();
+    let format = WeightFormat {
+        dtype: FloatDType::F32,
+        int8_group: Some(group),
+    };
+    let (lm, report) = OptForCausalLm::<Flex>::load(&config, &checkpoint, format, &device).unwrap();
+    assert!(lm.model.decoder.embed_tokens.is_none(), "no float table");
+    let head = lm.lm_head.as_ref().expect("the int8 copy").weight.val();
+    assert!(matches!(head.dtype(), DType::QFloat(_)));
+    assert!(
+        report
+            .quantized
+            .iter()
+            .any(|(k, _)| k == "language_model.lm_head.weight")
+    );
+
+    let ids = Tensor::<Flex, 2, Int>::from_data(
+        TensorData::new(vec![0i64, 335, 17, 2, 47, 200], [2, 3]),
+        &device,
+    );
+    let looked_up = lm.embed_tokens(ids.clone());
+    let dim = config.embed_dim();
+    let want = head
+        .clone()
+        .dequantize()
+        .select(1, ids.clone().reshape([6]))
+        .transpose()
+        .reshape([2, 3, dim]);
+    assert_tensor_close("lookups", &looked_up, &want.to_data(), Tol::EXACT);
+    // They are the int8 values, not the file's: within one int8 step of the table.
+    let table = checkpoint
+        .read(
+            "language_model.model.decoder.embed_tokens.weight",
+            FloatDType::F32,
+        )
+        .unwrap();
+    let table = Tensor::<Flex, 2>::from_data(table, &device).select(0, ids.reshape([6]));
+    let step = table.clone().abs().max().into_scalar() / 127.0;
+    let err = (looked_up.reshape([6, dim]) - table)
+        .abs()
+        .max()
+        .into_scalar();
+    assert!(
+        err > 0.0 && err <= step / 2.0 + 1e-6,
+        "{err} against {step}"
+    );
+
+    let (float, _) =
+        OptForCausalLm::<Flex>::load(&config, &checkpoint, FloatDType::F32, &device).unwrap();
+    let in_memory = blip2_nn::quantize_linears(float.untie_head(), group)
+        .0
+        .embeddings_from_head();
+    assert!(in_memory.model.decoder.embed_tokens.is_none());
+    let ids =
+        Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![2i64, 9, 300], [1, 3]), &device);
+    let a = lm.forward(OptInput::Ids(ids.clone()), None, None, LogitsFor::All);
+    let b = in_memory.forward(OptInput::Ids(ids), None, None, LogitsFor::All);
+    assert_tensor_close("in memory", &b, &a.to_data(), Tol::EXACT);
 }
