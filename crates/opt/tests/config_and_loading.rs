@@ -8,6 +8,16 @@ use blip2_testkit::{Fixture, Flex, Tol, assert_tensor_close};
 use burn::prelude::*;
 use burn::tensor::DType;
 
+/// The float embedding table of a model that has one.
+fn table(lm: &OptForCausalLm<Flex>) -> TensorData {
+    let embed_tokens = lm.model.decoder.embed_tokens.as_ref();
+    embed_tokens
+        .expect("a float table")
+        .weight
+        .val()
+        .into_data()
+}
+
 fn parse(json: &str) -> Result<OptConfig, Error> {
     OptConfig::from_json_str(json, "config.json")
 }
@@ -114,15 +124,7 @@ fn loads_with_or_without_lm_head_in_any_dtype() {
 
     // Saved with an explicit lm_head.weight (as some exports do): it is the head, as in transformers 5.24 (equal to
     // embed_tokens here, so the logits are the tied ones).
-    let embed = lm
-        .model
-        .decoder
-        .embed_tokens
-        .as_ref()
-        .unwrap()
-        .weight
-        .val()
-        .into_data();
+    let embed = table(&lm);
     save_module(
         &lm,
         &file,
@@ -152,18 +154,7 @@ fn loads_with_or_without_lm_head_in_any_dtype() {
     );
     assert!(report.loaded.iter().any(|k| k == "lm_head.weight"));
     assert!(again.lm_head.is_some());
-    assert_eq!(
-        again
-            .model
-            .decoder
-            .embed_tokens
-            .as_ref()
-            .unwrap()
-            .weight
-            .val()
-            .into_data(),
-        embed
-    );
+    assert_eq!(table(&again), embed);
     let logits = again.forward(OptInput::Ids(ids()), Some(mask()), None, LogitsFor::All);
     assert_tensor_close("with lm_head", &logits, want, Tol::LOGITS);
 
@@ -201,18 +192,7 @@ fn loads_with_or_without_lm_head_in_any_dtype() {
         .unwrap()
         .read("model.decoder.embed_tokens.weight", FloatDType::F32)
         .unwrap();
-    assert_eq!(
-        widened
-            .model
-            .decoder
-            .embed_tokens
-            .as_ref()
-            .unwrap()
-            .weight
-            .val()
-            .into_data(),
-        stored
-    );
+    assert_eq!(table(&widened), stored);
 
     // A BLIP-2 directory without its language model: every key is named as missing.
     let vision_only = tempfile::tempdir().unwrap();
