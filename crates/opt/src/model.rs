@@ -185,7 +185,7 @@ impl<B: Backend> OptForCausalLm<B> {
         let decoder = &self.model.decoder;
         match (&decoder.embed_tokens, &self.lm_head) {
             (Some(table), _) => table.forward(input_ids),
-            (None, Some(head)) => blip2_nn::embed_from_q8(&head.weight.val(), input_ids)
+            (None, Some(head)) => blip2_nn::embed_from_q8(&head.weight, input_ids)
                 .cast(decoder.embed_positions.weight.val().dtype()),
             (None, None) => unreachable!("a model without its embedding table reads its head"),
         }
