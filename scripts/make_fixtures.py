@@ -587,7 +587,6 @@ def q8_group_for(n: int, group: int) -> int | None:
 
 
 Q8_ACT_BLOCK = 128  # inputs per activation scale (blip2_nn::kernels::Q8_ACT_BLOCK)
-Q8_K_SPLIT = 256  # inputs per partial sum (blip2_nn::kernels::Q8_K_SPLIT)
 
 
 def quantize_q8(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -608,13 +607,12 @@ def q8_product(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, group: in
     """blip2's int8 product (blip2_nn::kernels::linear_q8): the weight's scales move onto the activations, which
     are quantized per block of Q8_ACT_BLOCK inputs and group (t = amax / 127, p = round-half-even(a * (127 / amax))
     clamped to [-127, 127]); the integer sums are exact; each block adds fma(S, t, y) in f32 (here in f64, rounded
-    once), each run of Q8_K_SPLIT inputs is a partial sum, and the partials are added in order."""
+    once), block after block."""
     k, n = q.shape
     shape = x.shape
     x2 = x.reshape(-1, k).float()
     m = x2.shape[0]
     tiny = torch.finfo(torch.float32).tiny
-    total = torch.zeros(m, n, dtype=torch.float32)
     y = torch.zeros(m, n, dtype=torch.float32)
     for l0 in range(0, k, Q8_ACT_BLOCK):
         l1 = min(l0 + Q8_ACT_BLOCK, k)
@@ -632,10 +630,7 @@ def q8_product(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, group: in
         p = torch.where(bad[:, None, :], torch.zeros_like(p), p)
         sums = torch.einsum("mln,ln->mn", p.repeat_interleave(group, dim=2).double(), q[l0:l1].double())
         y = (sums * t.repeat_interleave(group, dim=1).double() + y.double()).float()
-        if l1 % Q8_K_SPLIT == 0 or l1 == k:
-            total = total + y
-            y = torch.zeros_like(y)
-    return total.reshape(*shape[:-1], n)
+    return y.reshape(*shape[:-1], n)
 
 
 def quantize_lm_linears(model, group: int) -> dict[str, int]:

@@ -107,16 +107,6 @@ pub fn embed_from_q8<B: Backend>(
         .reshape([batch, len, dim])
 }
 
-/// A zeroed buffer for `len` int8 values that [`q8_tensor`] takes without copying on `B`: on flex exactly `len`
-/// bytes; elsewhere with room after the values for `scales` f32 scales, which Burn's `TensorData` appends in place.
-pub(crate) fn q8_buffer<B: Backend>(len: usize, scales: usize) -> Vec<i8> {
-    if is_flex::<B>() {
-        vec![0; len]
-    } else {
-        crate::kernels::q8_values(len, scales)
-    }
-}
-
 fn is_flex<B: Backend>() -> bool {
     #[cfg(feature = "flex")]
     {
@@ -128,8 +118,9 @@ fn is_flex<B: Backend>() -> bool {
     }
 }
 
-/// Burn's block-quantized int8 tensor `[k, n]` (`D` = 2) for these values and scales (see
-/// [`crate::kernels::Q8Weight`]), in the store backend `B` uses by default.
+/// Burn's block-quantized int8 tensor `[k, n]` (`D` = 2) for these values, held `[n, k]`, and scales (see
+/// [`crate::kernels::Q8Weight`]), in the store backend `B` uses by default. On flex the tensor is a transposed
+/// view of the values, kept where they are; other backends get a `[k, n]` copy.
 ///
 /// # Panics
 /// When `D` is not 2 (the callers' bug).
@@ -147,8 +138,10 @@ pub(crate) fn q8_tensor<B: Backend, const D: usize>(
         .with_level(QuantLevel::block([1, group as u8]))
         .with_param(QuantParam::F32);
     // flex holds int8 values unpacked, next to a vector of their scales: its tensor is made of the two buffers
-    // themselves. Through `TensorData`, Burn appends the scales to the values' buffer and flex copies them back
-    // out, leaving the values' buffer as large as both: 0.4 GB unused for OPT-6.7b in int8.
+    // themselves, the values as the transposed view of `[n, k]` that the kernels read (Burn's dequantization
+    // and `into_data` follow the view). Through `TensorData`, Burn would append the scales to the values'
+    // buffer and flex copy them back out, leaving the values' buffer as large as both: 0.4 GB unused for
+    // OPT-6.7b in int8.
     #[cfg(feature = "flex")]
     if is_flex::<B>() {
         use burn::backend::flex::{FlexQTensor, FlexTensor};
@@ -156,23 +149,24 @@ pub(crate) fn q8_tensor<B: Backend, const D: usize>(
         use burn::tensor::quantization::QuantStore;
         let mut values = values;
         values.shrink_to_fit();
-        let tensor = FlexTensor::from_data(TensorData::new(values, [k, n]));
+        let tensor = FlexTensor::from_data(TensorData::new(values, [n, k])).transpose(0, 1);
         let q = FlexQTensor::new(tensor, scheme.with_store(QuantStore::Native), scales);
         let q = crate::linear_flex::downcast::<FlexQTensor, B::QuantizedTensorPrimitive>(q)
             .expect("B is flex");
         return Tensor::from_primitive(TensorPrimitive::QFloat(q));
     }
-    // Room for the scales after the values, so that Burn appends them in place (see `q8_values`).
-    let values = if values.capacity() < crate::kernels::q8_capacity(values.len(), scales.len()) {
-        let mut roomy = crate::kernels::q8_values(values.len(), scales.len());
-        roomy.copy_from_slice(&values);
-        roomy
-    } else {
-        values
-    };
+    // `[k, n]`, with room for the scales after the values, so that Burn appends them in place (see
+    // `q8_values`).
+    let mut kn = crate::kernels::q8_values(values.len(), scales.len());
+    for (j, row) in values.chunks_exact(k.max(1)).enumerate() {
+        for (l, &v) in row.iter().enumerate() {
+            kn[l * n + j] = v;
+        }
+    }
+    drop(values);
     let store = <B::QuantizedTensorPrimitive as QTensorPrimitive>::default_scheme().store;
     Tensor::from_data(
-        TensorData::quantized(values, [k, n], scheme.with_store(store), &scales),
+        TensorData::quantized(kn, [k, n], scheme.with_store(store), &scales),
         device,
     )
 }
@@ -280,13 +274,13 @@ mod tests {
 
     use super::*;
 
-    /// The int8 values of a flex int8 tensor, and where they live.
+    /// The int8 values of a flex int8 tensor (the `[n, k]` buffer of its transposed view), and where they live.
     fn values_of(tensor: Tensor<Flex, 2>) -> (Vec<i8>, *const i8) {
         let TensorPrimitive::QFloat(q) = tensor.into_primitive() else {
             panic!("an int8 tensor")
         };
         let q: FlexQTensor = q;
-        let values = q.tensor().as_slice::<i8>().expect("i8 values");
+        let values = q.tensor().storage::<i8>();
         (values.to_vec(), values.as_ptr())
     }
 
@@ -300,9 +294,8 @@ mod tests {
             quantize_q8(&w, k, n, group),
             crate::kernels::quantize_q8_transposed(&w, n, k, group),
         ] {
-            let mut buffer = q8_buffer::<Flex>(values.len(), scales.len());
-            assert_eq!(buffer.capacity(), values.len(), "flex needs no room");
-            buffer.copy_from_slice(&values);
+            assert_eq!(values.capacity(), values.len(), "no room after the values");
+            let buffer = values.clone();
             let ptr = buffer.as_ptr();
             let tensor =
                 q8_tensor::<Flex, 2>(buffer, scales.clone(), k, n, group, &Default::default());
@@ -311,9 +304,11 @@ mod tests {
             };
             let q: FlexQTensor = q;
             assert_eq!(q.scales(), &scales[..]);
-            let held = q.tensor().as_slice::<i8>().expect("i8 values");
-            assert_eq!(held.as_ptr(), ptr);
-            assert_eq!(values_of(tensor).0, values);
+            let held = values_of(tensor.clone());
+            assert_eq!(held.1, ptr);
+            assert_eq!(held.0, values);
+            // The kernels read it as it is.
+            assert!(crate::linear_flex::q8_values_of(&tensor).is_some());
             // A buffer with room (another backend's) is shrunk in place of being kept as large.
             let roomy = crate::kernels::q8_values(values.len(), scales.len());
             let tensor =
@@ -337,9 +332,31 @@ mod tests {
             &Default::default(),
         );
         let flex = q8_tensor::<Flex, 2>(values, scales, k, n, group, &Default::default());
-        let a: Vec<f32> = tensor.dequantize().into_data().to_vec().expect("f32");
-        let b: Vec<f32> = flex.dequantize().into_data().to_vec().expect("f32");
+        let a: Vec<f32> = tensor
+            .clone()
+            .dequantize()
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        let b: Vec<f32> = flex.clone().dequantize().into_data().to_vec().expect("f32");
         assert_eq!(a, b);
+        // Both are the weight the kernels multiply by: `values[j, l] * scales[l, j / group]` at `[l, j]`.
+        let (values, scales) = quantize_q8(&w, k, n, group);
+        let want = crate::kernels::dequantize_q8(
+            &crate::kernels::Q8Weight {
+                values: &values,
+                scales: &scales,
+                group,
+            },
+            k,
+            n,
+        );
+        assert_eq!(a, want);
+        // Burn's `into_data` of flex's view gives the `[k, n]` values Burn's layout describes.
+        let data = flex.into_data();
+        let other = tensor.into_data();
+        assert_eq!(data.shape, other.shape);
+        assert_eq!(data.as_bytes(), other.as_bytes());
     }
 
     /// Lookups from an int8 weight: flex reads the values in place, other backends dequantize the whole weight;
@@ -358,7 +375,7 @@ mod tests {
         for &t in &ids {
             let t = t as usize;
             want.extend(
-                (0..k).map(|l| f32::from(values[l * n + t]) * scales[l * (n / group) + t / group]),
+                (0..k).map(|l| f32::from(values[t * k + l]) * scales[l * (n / group) + t / group]),
             );
         }
         let flex = q8_tensor::<Flex, 2>(

@@ -125,8 +125,7 @@ pub(crate) fn try_q8_columns<B: Backend>(
         let TensorPrimitive::QFloat(q) = weight else {
             return None;
         };
-        let (n, group) = q8_layout(q, k)?;
-        let values = q.tensor().as_slice::<i8>()?;
+        let (n, group, values) = q8_layout(q, k)?;
         let (scales, groups) = (q.scales(), n / group);
         let mut out = vec![0f32; wanted.len() * k];
         for (row, &id) in out.chunks_exact_mut(k.max(1)).zip(&wanted) {
@@ -134,8 +133,9 @@ pub(crate) fn try_q8_columns<B: Backend>(
                 .ok()
                 .filter(|&t| t < n)
                 .unwrap_or_else(|| panic!("token id {id} is outside the vocabulary (0..{n})"));
-            for (l, value) in row.iter_mut().enumerate() {
-                *value = f32::from(values[l * n + t]) * scales[l * groups + t / group];
+            // Output `t`'s inputs are contiguous (values `[n, k]`).
+            for (l, (value, &q)) in row.iter_mut().zip(&values[t * k..(t + 1) * k]).enumerate() {
+                *value = f32::from(q) * scales[l * groups + t / group];
             }
         }
         Some(out)
@@ -168,10 +168,9 @@ fn flex_linear(
             return dense_product(x, w, n, start, bias);
         }
         TensorPrimitive::QFloat(q) => {
-            let (n, group) = q8_layout(q, k)?;
+            let (n, group, values) = q8_layout(q, k)?;
             let bias = bias_f32(bias, n)?;
             let x32 = to_f32(x)?;
-            let values = q.tensor().as_slice::<i8>()?;
             let w = Q8Weight {
                 values,
                 scales: q.scales(),
@@ -290,19 +289,22 @@ fn dense_nk(w: &FlexTensor, k: usize) -> Option<(usize, usize)> {
     Some((n, layout.start_offset()))
 }
 
-/// `n` and the group of an int8 weight the kernels read: Burn's `Q8S`/`Q8F` values stored as i8, contiguous
-/// `[k, n]`, with blocks `[1, group]` (group a multiple of 16 dividing `n`).
-fn q8_layout(q: &FlexQTensor, k: usize) -> Option<(usize, usize)> {
+/// `n`, the group and the `[n, k]` values of an int8 weight the kernels read: Burn's `Q8S`/`Q8F` values stored
+/// as i8 with blocks `[1, group]` (group a multiple of 16 dividing `n`), the `[k, n]` tensor a transposed view of
+/// `[n, k]` values (as [`crate::linear`] makes them). Other int8 tensors (Burn's own `quantize`, contiguous
+/// `[k, n]`) take Burn's path.
+fn q8_layout(q: &FlexQTensor, k: usize) -> Option<(usize, usize, &[i8])> {
     use burn::tensor::quantization::QTensorPrimitive;
     let scheme = q.scheme();
     if !matches!(scheme.value, QuantValue::Q8S | QuantValue::Q8F) {
         return None;
     }
     let t = q.tensor();
-    let [qk, n] = t.layout().shape().to_vec()[..] else {
+    let layout = t.layout();
+    let [qk, n] = layout.shape().to_vec()[..] else {
         return None;
     };
-    if qk != k || t.dtype() != DType::I8 || !t.is_contiguous() {
+    if qk != k || t.dtype() != DType::I8 || layout.strides() != [1, k as isize] {
         return None;
     }
     let group = match scheme.level {
@@ -312,7 +314,23 @@ fn q8_layout(q: &FlexQTensor, k: usize) -> Option<(usize, usize)> {
         },
         QuantLevel::Tensor => return None,
     };
-    (group % 16 == 0 && n % group == 0 && q.scales().len() == k * (n / group)).then_some((n, group))
+    if group % 16 != 0 || n % group != 0 || q.scales().len() != k * (n / group) {
+        return None;
+    }
+    let start = layout.start_offset();
+    let values = t.storage::<i8>().get(start..start + k * n)?;
+    Some((n, group, values))
+}
+
+/// Whether `weight` is an int8 tensor the kernels read in place (tests).
+#[cfg(test)]
+pub(crate) fn q8_values_of<B: Backend>(weight: &Tensor<B, 2>) -> Option<()> {
+    let k = weight.dims()[0];
+    with_flex_primitive(weight, |w| match w {
+        TensorPrimitive::QFloat(q) => q8_layout(q, k).map(|_| ()),
+        TensorPrimitive::Float(_) => None,
+    })
+    .flatten()
 }
 
 /// The bias as f32 (`Some(None)` without one; `None` when it is not `[n]`).

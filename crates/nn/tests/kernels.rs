@@ -2,7 +2,7 @@
 //! batch 1 and more, and the flex `Linear` fast path against Burn's own product (non-contiguous inputs too).
 
 use blip2_nn::kernels::{
-    self, DOT_MAX_ROWS, DenseWeight, GEMV_MAX_ROWS, KernelPath, Q8_ACT_BLOCK, Q8_K_SPLIT, Q8Weight,
+    self, DOT_MAX_ROWS, DenseWeight, GEMV_MAX_ROWS, KernelPath, Q8_ACT_BLOCK, Q8Weight,
     dequantize_q8, quantize_q8,
 };
 use half::{bf16, f16};
@@ -261,8 +261,8 @@ fn fused_attention_paths_agree_with_the_eager_formula() {
 }
 
 /// The int8 product as `kernels::linear_q8` documents it, written out plainly: activations times scales,
-/// quantized per block of `Q8_ACT_BLOCK` inputs and group, exact integer sums, one fma per block, partial sums
-/// of `Q8_K_SPLIT` inputs added in order. Also returns,
+/// quantized per block of `Q8_ACT_BLOCK` inputs and group, exact integer sums, one fma per block in order.
+/// Also returns,
 /// per output, the bound on its distance from the product with the dequantized weight that activation rounding
 /// allows: `sum_b t_b / 2 * sum_{l in b} |q[l, j]|`.
 fn q8_scheme(x: &[f32], m: usize, k: usize, w: &Q8Weight<'_>, n: usize) -> (Vec<f32>, Vec<f64>) {
@@ -272,7 +272,7 @@ fn q8_scheme(x: &[f32], m: usize, k: usize, w: &Q8Weight<'_>, n: usize) -> (Vec<
     for i in 0..m {
         for j in 0..n {
             let g = j / w.group;
-            let (mut total, mut y) = (0f32, 0f32);
+            let mut y = 0f32;
             for l0 in (0..k).step_by(Q8_ACT_BLOCK) {
                 let l1 = (l0 + Q8_ACT_BLOCK).min(k);
                 let a: Vec<f32> = (l0..l1)
@@ -291,19 +291,14 @@ fn q8_scheme(x: &[f32], m: usize, k: usize, w: &Q8Weight<'_>, n: usize) -> (Vec<
                 let mut qabs = 0f64;
                 for (l, a) in (l0..l1).zip(&a) {
                     let p = (a * r).round_ties_even().clamp(-127.0, 127.0) as i8;
-                    let q = w.values[l * n + j];
+                    let q = w.values[j * k + l];
                     sum += i64::from(q) * i64::from(p);
                     qabs += f64::from(q.unsigned_abs());
                 }
                 y = (sum as f32).mul_add(t, y);
                 bound[i * n + j] += f64::from(t) / 2.0 * qabs;
-                // Each run of Q8_K_SPLIT inputs is a partial sum; the partials are added in order.
-                if l1.is_multiple_of(Q8_K_SPLIT) || l1 == k {
-                    total += y;
-                    y = 0.0;
-                }
             }
-            out[i * n + j] = total;
+            out[i * n + j] = y;
         }
     }
     (out, bound)
@@ -416,8 +411,8 @@ fn int8_products_stay_within_the_activation_rounding_bound() {
 
 #[test]
 fn int8_products_do_not_depend_on_the_thread_count() {
-    // Large enough to be threaded: 12 runs of Q8_K_SPLIT inputs, split over 1, 2 or 3 threads.
-    let (m, k, n, group) = (3, 12 * Q8_K_SPLIT - 5, 320, 64);
+    // Large enough to be threaded: 20 strips of 16 output channels, split over 1, 2 or 3 threads.
+    let (m, k, n, group) = (3, 12 * 2 * Q8_ACT_BLOCK - 5, 320, 64);
     let x = values(m * k, 31);
     let w = values(k * n, 32);
     let (q, s) = quantize_q8(&w, k, n, group);
@@ -553,7 +548,7 @@ fn quantization_equals_the_plain_formula_on_ties_extremes_and_non_finite_values(
         assert_eq!(scale.to_bits(), want_scale.to_bits(), "row {l}");
         for (j, &v) in row.iter().enumerate() {
             let want = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
-            assert_eq!(q[l * n + j], want, "row {l}, value {v}");
+            assert_eq!(q[j * k + l], want, "row {l}, value {v}");
         }
     }
 }

@@ -16,10 +16,12 @@
 //!   outputs; [`attention_qkv_bf16`] runs a ViT's whole self-attention on the same tiles, a head per task.
 //! - **int8 weights** ([`Q8Weight`]) are Burn's own quantized tensors: `[in, out]` int8, symmetric, one f32 scale
 //!   per block of `group` consecutive output channels of one input row (Burn's block `[1, group]`), so every
-//!   Burn backend can also run them through its generic dequantize-then-multiply path. [`linear_q8`] multiplies
-//!   in integers: it moves the weight's scales onto the activations and quantizes those per call, in blocks of
-//!   [`Q8_ACT_BLOCK`] inputs (docs/numerics.md), then sums int8 products exactly (AVX-512 VNNI where present),
-//!   threaded over runs of [`Q8_K_SPLIT`] inputs that each read whole rows of the weight.
+//!   Burn backend can also run them through its generic dequantize-then-multiply path. On flex their values are
+//!   held in PyTorch's `[out, in]` order (a transposed view, like the float weights), so that each output
+//!   channel's inputs are contiguous. [`linear_q8`] multiplies in integers: it moves the weight's scales onto
+//!   the activations and quantizes those per call, in blocks of [`Q8_ACT_BLOCK`] inputs (docs/numerics.md),
+//!   then sums int8 products exactly (AVX-512 VNNI where present), threaded over strips of 16 output channels
+//!   that each read their rows of the weight once, from start to end.
 //!
 //! Dense products accumulate in f32; int8 products sum in integers per block of inputs, then in f32. Each routine exists for three [`KernelPath`]s, picked at run time from
 //! the CPU's features: AVX-512 (F, BW, VL), AVX2 with FMA and F16C, and a portable scalar path that also
@@ -55,11 +57,11 @@ mod x86_q8;
 
 pub use attention::{QkvShape, attention_qkv_bf16};
 pub use elementwise::{erf, gelu_erf, narrow_bf16, widen_bf16};
+pub(crate) use q8::q8_values;
 pub use q8::{
-    Q8_ACT_BLOCK, Q8_K_SPLIT, Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed,
+    Q8_ACT_BLOCK, Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed,
     quantize_q8_transposed_into,
 };
-pub(crate) use q8::{q8_capacity, q8_values};
 
 /// Activation rows up to which products use the decoding (GEMV) kernels on every path.
 pub const GEMV_MAX_ROWS: usize = 4;
@@ -280,7 +282,8 @@ pub fn linear_bf16(
     linear_dense(path, &x32, m, k, DenseWeight::Bf16(w), n, bias, out);
 }
 
-/// `out ≈ x Wq + bias` for `x: [m, k]` (row-major f32), an int8 weight `[k, n]` and `out: [m, n]`, multiplying
+/// `out ≈ x Wq + bias` for `x: [m, k]` (row-major f32), an int8 weight `[k, n]` (its values held `[n, k]`, see
+/// [`Q8Weight`]) and `out: [m, n]`, multiplying
 /// in integers: the activations are quantized per call, like the weights, to symmetric int8.
 ///
 /// The scheme, for row `i`, input `l` and output `j` of group `g = j / group`, with `s[l, g]` the weight's scale
@@ -291,10 +294,9 @@ pub fn linear_bf16(
 ///    `t = amax / 127` and `p[l, g] = clamp(round_half_even(a[l, g] * (127 / amax)), -127, 127)`; `t = 1` and
 ///    the factor 1 when `amax / 127` is zero or subnormal; `t = NaN` (and `p = 0`) when an `a` is NaN or
 ///    infinite, so such inputs give NaN outputs;
-/// 3. with `S_b = sum_{l in b} q[l, j] * p[l, g]` exact in integers, each run `c` of [`Q8_K_SPLIT`] inputs
-///    gives `Y_c = fma(S_b', t_b', fma(S_b, t_b, 0))` over its blocks in order, and
-///    `out[i, j] = ((0 + Y_0) + Y_1) + ...`: the runs are the threads' tasks, so the bits do not depend on the
-///    thread count; then the bias is added.
+/// 3. with `S_b = sum_{l in b} q[l, j] * p[l, g]` exact in integers, `out[i, j] = fma(S_b', t_b', ...
+///    fma(S_0, t_0, 0))` over the blocks in order (the threads split the output channels, so the bits do not
+///    depend on the thread count); then the bias is added.
 ///
 /// Every path gives the same bits: AVX-512 VNNI where the CPU has it (`vpdpbusd`), else the portable integer
 /// loops (compiled for AVX2 where available).

@@ -1,18 +1,20 @@
-//! int8 products: weights in Burn's block-quantized layout `[k, n]` with one scale per `[1, group]` block,
-//! activations quantized per call, sums in integers.
+//! int8 products: weights in Burn's block-quantized layout with one scale per `[1, group]` block of the
+//! `[k, n]` weight, their values held output by output (`[n, k]`), activations quantized per call, sums in
+//! integers.
 
 use rayon::prelude::*;
 
 use super::{KernelPath, SendPtr};
 
-/// An int8 weight of a `Linear` with `k` inputs and `n` outputs, as Burn stores a block-quantized `[k, n]`
-/// tensor: `values` row-major `[k, n]`, and `scales` row-major `[k, n / group]`, one per block of `group`
-/// consecutive outputs of one input row. The weight is `values[l, j] * scales[l, j / group]`.
+/// An int8 weight of a `Linear` with `k` inputs and `n` outputs: Burn's block-quantized `[k, n]` tensor, with
+/// one scale per `[1, group]` block (`group` consecutive outputs of one input row), whose values are held in
+/// PyTorch's `[out, in]` order (a transposed view of the `[k, n]` tensor, as blip2 holds its float weights).
+/// The weight is `values[j, l] * scales[l, j / group]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Q8Weight<'a> {
-    /// Quantized values in `[-127, 127]`, `[k, n]` row-major.
+    /// Quantized values in `[-127, 127]`, `[n, k]` row-major: output `j`'s inputs together.
     pub values: &'a [i8],
-    /// Scales, `[k, n / group]` row-major.
+    /// Scales, `[k, n / group]` row-major (Burn's order of the blocks of the `[k, n]` tensor).
     pub scales: &'a [f32],
     /// Outputs per scale: a multiple of 16 that divides `n`.
     pub group: usize,
@@ -26,7 +28,7 @@ impl Q8Weight<'_> {
             "int8 group {} must be a multiple of 16 that divides {n}",
             self.group
         );
-        assert_eq!(self.values.len(), k * n, "int8 values are not [k, n]");
+        assert_eq!(self.values.len(), k * n, "int8 values are not [n, k]");
         assert_eq!(
             self.scales.len(),
             k * (n / self.group),
@@ -35,9 +37,10 @@ impl Q8Weight<'_> {
     }
 }
 
-/// Quantizes a `[k, n]` row-major weight symmetrically to int8, one scale per `group` consecutive values of
-/// a row: `scale = max|w| / 127` (1 when that is zero or not a normal float), `q = round_half_even(w / scale)`.
-/// Returns the values and the `[k, n / group]` scales. Rows are quantized in parallel.
+/// Quantizes a `[k, n]` row-major weight (Burn's `Linear` layout) symmetrically to int8, one scale per `group`
+/// consecutive outputs of an input row: `scale = max|w| / 127` (1 when that is zero or not a normal float),
+/// `q = round_half_even(w / scale)`. Returns the values in [`Q8Weight`]'s `[n, k]` order and the
+/// `[k, n / group]` scales. Threaded.
 ///
 /// # Panics
 /// When `w` is not `[k, n]` or `group` does not divide `n`.
@@ -47,31 +50,54 @@ pub fn quantize_q8(w: &[f32], k: usize, n: usize, group: usize) -> (Vec<i8>, Vec
         group > 0 && n.is_multiple_of(group),
         "group {group} does not divide {n}"
     );
-    let mut values = q8_values(k * n, k * (n / group));
-    let mut scales = vec![0f32; k * (n / group)];
-    if n == 0 {
+    let groups = n / group;
+    let mut values = vec![0i8; k * n];
+    let mut scales = vec![0f32; k * groups];
+    if n == 0 || k == 0 {
         return (values, scales);
     }
-    values
-        .par_chunks_mut(n)
-        .zip(scales.par_chunks_mut(n / group))
+    scales
+        .par_chunks_mut(groups)
         .zip(w.par_chunks(n))
-        .for_each(|((q, s), w)| {
-            for ((q, s), w) in q.chunks_mut(group).zip(s).zip(w.chunks(group)) {
-                let amax = w.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-                let scale = amax / 127.0;
-                *s = if scale.is_normal() { scale } else { 1.0 };
-                for (q, &v) in q.iter_mut().zip(w) {
-                    *q = round_small(v / *s).clamp(-127.0, 127.0) as i8;
+        .for_each(|(s, w)| {
+            for (s, w) in s.iter_mut().zip(w.chunks(group)) {
+                *s = block_scale(w.iter().fold(0.0f32, |a, v| a.max(v.abs())));
+            }
+        });
+    // Output rows in slabs of 16, read from the `[k, n]` weight 16 columns at a time.
+    const SLAB: usize = 16;
+    values
+        .par_chunks_mut(SLAB * k)
+        .enumerate()
+        .for_each(|(b, q)| {
+            let j0 = b * SLAB;
+            let rows = q.len() / k;
+            for l in 0..k {
+                let src = &w[l * n + j0..l * n + j0 + rows];
+                for (dj, &v) in src.iter().enumerate() {
+                    q[dj * k + l] = quantize_value(v, scales[l * groups + (j0 + dj) / group]);
                 }
             }
         });
     (values, scales)
 }
 
+/// The scale of a block whose largest magnitude is `amax`: `amax / 127`, or 1 when that is zero or not normal.
+#[inline]
+fn block_scale(amax: f32) -> f32 {
+    let scale = amax / 127.0;
+    if scale.is_normal() { scale } else { 1.0 }
+}
+
+/// `clamp(round_half_even(v / scale), -127, 127)`.
+#[inline]
+fn quantize_value(v: f32, scale: f32) -> i8 {
+    round_small(v / scale).clamp(-127.0, 127.0) as i8
+}
+
 /// [`quantize_q8`] of the `[k, n]` transpose of a row-major `[n, k]` weight (PyTorch's `Linear` layout, as a
-/// checkpoint stores it), without materialising the transpose: slabs of 16 input rows are gathered and quantized
-/// in parallel. Equal to `quantize_q8(&transpose(w), k, n, group)`.
+/// checkpoint stores it): the values keep the checkpoint's order. Equal to `quantize_q8(&transpose(w), k, n,
+/// group)`.
 ///
 /// # Panics
 /// When `w` is not `[n, k]` or `group` does not divide `n`.
@@ -81,19 +107,21 @@ pub fn quantize_q8_transposed(w: &[f32], n: usize, k: usize, group: usize) -> (V
         group > 0 && n.is_multiple_of(group),
         "group {group} does not divide {n}"
     );
-    let mut values = q8_values(k * n, k * (n / group));
+    let mut values = vec![0i8; k * n];
     let mut scales = vec![0f32; k * (n / group)];
-    quantize_q8_transposed_into(w, 0, n, k, group, &mut values, &mut scales);
+    if k > 0 {
+        quantize_q8_transposed_into(w, 0, n, k, group, &mut values, &mut scales);
+    }
     (values, scales)
 }
 
 /// [`quantize_q8_transposed`] of the rows `j0..j0 + rows` of an `[n, k]` weight (`w` holds just those rows,
-/// `[rows, k]`), written into the output columns `j0..j0 + rows` of `values` (`[k, n]`) and their scales in
-/// `scales` (`[k, n / group]`). The blocks of `group` outputs do not depend on each other, so quantizing a
-/// weight a few rows at a time gives the bits of quantizing it whole, without the whole weight in f32.
+/// `[rows, k]`), written into rows `j0..j0 + rows` of `values` (`[n, k]`) and their scales in `scales`
+/// (`[k, n / group]`). The blocks of `group` outputs do not depend on each other, so quantizing a weight a few
+/// rows at a time gives the bits of quantizing it whole, without the whole weight in f32.
 ///
 /// # Panics
-/// When `group` does not divide `j0` and `rows`, `w` is not `[rows, k]`, or the outputs are not `[k, n]` and
+/// When `group` does not divide `j0` and `rows`, `w` is not `[rows, k]`, or the outputs are not `[n, k]` and
 /// `[k, n / group]` with `j0 + rows <= n`.
 pub fn quantize_q8_transposed_into(
     w: &[f32],
@@ -104,7 +132,6 @@ pub fn quantize_q8_transposed_into(
     values: &mut [i8],
     scales: &mut [f32],
 ) {
-    const SLAB: usize = 16;
     assert!(
         group > 0 && k > 0,
         "group {group} and k {k} must be positive"
@@ -117,7 +144,7 @@ pub fn quantize_q8_transposed_into(
     );
     assert!(j0 + rows <= n, "rows {j0}..{} past {n}", j0 + rows);
     let groups = n / group;
-    assert_eq!(values.len(), k * n, "the values are not [k, n]");
+    assert_eq!(values.len(), k * n, "the values are not [n, k]");
     assert_eq!(
         scales.len(),
         k * groups,
@@ -126,32 +153,37 @@ pub fn quantize_q8_transposed_into(
     if rows == 0 {
         return;
     }
-    let (g0, gr) = (j0 / group, rows / group);
-    values
-        .par_chunks_mut(SLAB * n)
-        .zip(scales.par_chunks_mut(SLAB * groups))
-        .enumerate()
-        .for_each(|(b, (q, s))| {
-            let l0 = b * SLAB;
-            let here = q.len() / n;
-            let mut slab = vec![0f32; here * rows];
-            for (j, src) in w.chunks_exact(k).enumerate() {
-                for (dl, v) in src[l0..l0 + here].iter().enumerate() {
-                    slab[dl * rows + j] = *v;
+    // One task per group of outputs: its scales (one per input), then its values.
+    let block_scales: Vec<Vec<f32>> = values[j0 * k..(j0 + rows) * k]
+        .par_chunks_mut(group * k)
+        .zip(w.par_chunks(group * k))
+        .map(|(q, w)| {
+            let mut amax = vec![0f32; k];
+            for row in w.chunks_exact(k) {
+                for (a, v) in amax.iter_mut().zip(row) {
+                    *a = a.max(v.abs());
                 }
             }
-            let (sq, ss) = quantize_q8(&slab, here, rows, group);
-            for dl in 0..here {
-                q[dl * n + j0..dl * n + j0 + rows].copy_from_slice(&sq[dl * rows..(dl + 1) * rows]);
-                s[dl * groups + g0..dl * groups + g0 + gr]
-                    .copy_from_slice(&ss[dl * gr..(dl + 1) * gr]);
+            let s: Vec<f32> = amax.into_iter().map(block_scale).collect();
+            for (q, w) in q.chunks_exact_mut(k).zip(w.chunks_exact(k)) {
+                for ((q, &v), &s) in q.iter_mut().zip(w).zip(&s) {
+                    *q = quantize_value(v, s);
+                }
             }
-        });
+            s
+        })
+        .collect();
+    let g0 = j0 / group;
+    for (dg, s) in block_scales.iter().enumerate() {
+        for (l, &s) in s.iter().enumerate() {
+            scales[l * groups + g0 + dg] = s;
+        }
+    }
 }
 
 /// `len` zeroed int8 values with room after them for `scales` f32 scales: Burn's quantized tensor appends the
-/// scales to the values' buffer, and with the room flex keeps the values where they are; without it, they end
-/// up copied into another buffer (checked by a test in `linear.rs`).
+/// scales to the values' buffer, and with the room it keeps the values where they are (backends other than
+/// flex, whose tensors `crate::linear::q8_tensor` makes through `TensorData`).
 pub(crate) fn q8_values(len: usize, scales: usize) -> Vec<i8> {
     let mut values = Vec::with_capacity(q8_capacity(len, scales));
     values.resize(len, 0);
@@ -160,49 +192,23 @@ pub(crate) fn q8_values(len: usize, scales: usize) -> Vec<i8> {
 
 /// The bytes a buffer of `len` int8 values needs for Burn to append `scales` f32 scales in place (up to 3 bytes
 /// of padding to align them).
-pub(crate) fn q8_capacity(len: usize, scales: usize) -> usize {
+fn q8_capacity(len: usize, scales: usize) -> usize {
     len + 3 + 4 * scales
 }
 
 /// The f32 weight `[k, n]` an int8 weight stands for.
 pub fn dequantize_q8(w: &Q8Weight<'_>, k: usize, n: usize) -> Vec<f32> {
     w.check(k, n);
-    let mut out = vec![0f32; k * n];
-    dequantize_cols(KernelPath::detect(), w, n, 0, n, &mut out);
-    out
-}
-
-/// Writes columns `c0..c0 + cols` of the dequantized `[k, n]` weight into `dst` (`[k, cols]` row-major). `c0`
-/// and `cols` are multiples of 16 (as `group` and `n` are), so each run of 16 values has one scale.
-fn dequantize_cols(
-    path: KernelPath,
-    w: &Q8Weight<'_>,
-    n: usize,
-    c0: usize,
-    cols: usize,
-    dst: &mut [f32],
-) {
-    debug_assert!(c0.is_multiple_of(16) && cols.is_multiple_of(16));
     let groups = n / w.group;
-    for (l, row) in dst.chunks_exact_mut(cols).enumerate() {
-        let q = &w.values[l * n + c0..l * n + c0 + cols];
-        let s = &w.scales[l * groups..(l + 1) * groups];
-        #[cfg(target_arch = "x86_64")]
-        if path == KernelPath::Avx512 {
-            // SAFETY: the path was checked against the CPU's features; `q` and `row` hold `cols` values, and
-            // `s[(c0 + j) / group]` exists for every `j < cols`.
-            unsafe { super::x86::dequant_row_avx512(q, s, c0, w.group, row) };
-            continue;
-        }
-        for (j, (d, q)) in row.chunks_exact_mut(16).zip(q.chunks_exact(16)).enumerate() {
-            let s = s[(c0 + 16 * j) / w.group];
-            for (d, &q) in d.iter_mut().zip(q) {
-                *d = q as f32 * s;
+    let mut out = vec![0f32; k * n];
+    out.par_chunks_mut(n.max(1))
+        .enumerate()
+        .for_each(|(l, row)| {
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = f32::from(w.values[j * k + l]) * w.scales[l * groups + j / w.group];
             }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = path;
+        });
+    out
 }
 
 // ---- the product: int8 weights times int8 activations, quantized per call ----
@@ -211,32 +217,28 @@ fn dequantize_cols(
 /// inputs (one scale per block and weight group). Each block's integer sums are exact in `i32` and in `f32`
 /// (`|sum| <= 128 * 127 * 127 < 2^24`).
 pub const Q8_ACT_BLOCK: usize = 128;
-/// Inputs per task of the product: each task sums its blocks into its own partial output, and the partials are
-/// added in order, so the result does not depend on the number of threads.
-pub const Q8_K_SPLIT: usize = 2 * Q8_ACT_BLOCK;
-/// Output columns the VNNI kernel handles together (four tiles of 64); partial outputs are padded to it.
-const CHUNK_COLS: usize = 256;
 /// Activation rows quantized and multiplied together: bounds the quantized activations' memory.
 const ROW_BATCH: usize = 32;
+/// Output channels per strip: the kernels' unit of work (16 outputs share a group, as 16 divides `group`).
+const STRIP: usize = 16;
 
 /// One batch of activation rows quantized for one int8 weight (see [`linear_q8`](super::linear_q8)).
 ///
 /// For row `i`, input `l` and weight group `g`: `a = x[i, l] * scale[l, g]` (f32), and per block `b` of
-/// [`Q8_ACT_BLOCK`] inputs: `t[i, b, g]` and `p[i, l, g] = clamp(round_half_even(a * r), -127, 127)` with
+/// [`Q8_ACT_BLOCK`] inputs: `t[i, g, b]` and `p[i, g, l] = clamp(round_half_even(a * r), -127, 127)` with
 /// [`act_scale`]'s `(t, r)` from the block's largest `|a|`.
 #[derive(Default)]
 pub(super) struct QuantizedActs {
-    /// Quads of inputs: `k.div_ceil(4)`.
-    pub kq: usize,
     /// Blocks of inputs: `k.div_ceil(Q8_ACT_BLOCK)`.
     pub nb: usize,
-    /// Row stride of `p`, `t` and `sum`: the groups plus 3, so that four consecutive groups can be read from any.
-    pub gp: usize,
-    /// `[rows, kq, gp]`: the four `p` of inputs `4q..4q + 4` of group `g` in one little-endian `u32` (0 past `k`).
-    pub p: Vec<u32>,
-    /// `[rows, nb, gp]`: the activation scales.
+    /// Row length of `p`: `k` rounded up to 64 (zeros past `k`), so that 64 bytes can be read from any
+    /// multiple of 64 below `k`.
+    pub kp: usize,
+    /// `[rows, groups, kp]`: the quantized activations of each group, input by input.
+    pub p: Vec<i8>,
+    /// `[rows, groups, nb]`: the activation scales.
     pub t: Vec<f32>,
-    /// `[rows, nb, gp]`: the sum of the block's `p`.
+    /// `[rows, groups, nb]`: the sum of the block's `p`.
     pub sum: Vec<i32>,
 }
 
@@ -246,25 +248,17 @@ impl QuantizedActs {
     /// fresh allocation of this size is fresh pages from the OS, zeroed on first touch: 15% of an int8 decoding
     /// step in a profile).
     fn resize(&mut self, rows: usize, k: usize, groups: usize) {
-        let (kq, nb, gp) = (k.div_ceil(4), k.div_ceil(Q8_ACT_BLOCK), groups + 3);
-        *self = Self {
-            kq,
-            nb,
-            gp,
-            p: std::mem::take(&mut self.p),
-            t: std::mem::take(&mut self.t),
-            sum: std::mem::take(&mut self.sum),
-        };
-        self.p.resize(rows * kq * gp, 0);
-        self.t.resize(rows * nb * gp, 0.0);
-        self.sum.resize(rows * nb * gp, 0);
+        self.nb = k.div_ceil(Q8_ACT_BLOCK);
+        self.kp = k.next_multiple_of(64);
+        self.p.resize(rows * groups * self.kp, 0);
+        self.t.resize(rows * groups * self.nb, 0.0);
+        self.sum.resize(rows * groups * self.nb, 0);
     }
 }
 
 thread_local! {
-    /// The calling thread's quantized activations and partial outputs, reused across products.
-    static SCRATCH: std::cell::RefCell<(QuantizedActs, Vec<f32>)> =
-        std::cell::RefCell::new((QuantizedActs::default(), Vec::new()));
+    /// The calling thread's quantized activations, reused across products.
+    static SCRATCH: std::cell::RefCell<QuantizedActs> = std::cell::RefCell::new(QuantizedActs::default());
 }
 
 /// The activation scale `t` of a block and the factor `r` that quantizes it, from the block's largest `|a|`
@@ -301,6 +295,16 @@ fn round_small(v: f32) -> f32 {
     (v + SHIFT) - SHIFT
 }
 
+/// Where block `b` of activation row `i` goes: `p` from input `l0` of group 0 (groups `kp` apart), `t` and `sum`
+/// at block `b` of group 0 (groups `nb` apart).
+pub(super) struct ActsOut {
+    pub p: *mut i8,
+    pub t: *mut f32,
+    pub sum: *mut i32,
+    pub kp: usize,
+    pub nb: usize,
+}
+
 /// Quantizes activation rows `x: [rows, k]` for `w` into `acts` (see [`QuantizedActs`]), threaded over blocks.
 #[allow(clippy::too_many_arguments)]
 fn quantize_acts(
@@ -313,30 +317,35 @@ fn quantize_acts(
     groups: usize,
     acts: &mut QuantizedActs,
 ) {
-    let (kq, nb, gp) = (acts.kq, acts.nb, acts.gp);
+    let (nb, kp) = (acts.nb, acts.kp);
     let (pp, tp, sp) = (
-        SendPtr::<f32>(acts.p.as_mut_ptr().cast()),
+        SendPtr(acts.p.as_mut_ptr()),
         SendPtr(acts.t.as_mut_ptr()),
-        SendPtr::<f32>(acts.sum.as_mut_ptr().cast()),
+        SendPtr(acts.sum.as_mut_ptr()),
     );
     let block = |b: usize| {
         let l0 = b * Q8_ACT_BLOCK;
         let l1 = (l0 + Q8_ACT_BLOCK).min(k);
         for i in 0..rows {
             let xi = &x[i * k..(i + 1) * k];
-            // SAFETY: block `b` of row `i` alone writes quads `l0 / 4..l1.div_ceil(4)` of `p` and entry `b` of
-            // `t` and `sum` (row `i`), all inside the buffers `QuantizedActs::new` sized for `rows`, `k`, groups.
+            // SAFETY: block `b` of row `i` alone writes inputs `l0..l1` of every group's `p` (and, for the last
+            // block, the zeros up to `kp`) and entry `b` of every group's `t` and `sum` in row `i`, all inside
+            // the buffers `QuantizedActs::resize` sized for `rows`, `k` and `groups`.
             unsafe {
-                let p = pp.get().cast::<u32>().add((i * kq + l0 / 4) * gp);
-                let t = tp.get().add((i * nb + b) * gp);
-                let s = sp.get().cast::<i32>().add((i * nb + b) * gp);
+                let out = ActsOut {
+                    p: pp.get().add(i * groups * kp + l0),
+                    t: tp.get().add(i * groups * nb + b),
+                    sum: sp.get().add(i * groups * nb + b),
+                    kp,
+                    nb,
+                };
                 #[cfg(target_arch = "x86_64")]
                 if path == KernelPath::Avx512 && vnni {
-                    super::x86_q8::quantize_block_avx512(xi, w.scales, groups, l0, l1, gp, p, t, s);
+                    super::x86_q8::quantize_block_avx512(xi, w.scales, groups, l0, l1, &out);
                     continue;
                 }
                 let _ = (path, vnni);
-                quantize_block(xi, w.scales, groups, l0, l1, gp, p, t, s);
+                quantize_block(xi, w.scales, groups, l0, l1, &out);
             }
         }
     };
@@ -347,22 +356,25 @@ fn quantize_acts(
     }
 }
 
-/// The portable quantization of inputs `l0..l1` (one block) of one row.
+/// The portable quantization of inputs `l0..l1` (one block) of one row, and the zeros after `l1` up to `kp`
+/// when `l1` is the last input (`x.len()`).
 ///
 /// # Safety
-/// `p` is valid for `(l1 - l0).div_ceil(4) * gp` writes, `t` and `s` for `groups`; `scales` is `[k, groups]`.
-#[allow(clippy::too_many_arguments)]
+/// `out` is valid for `groups` rows of `p` (inputs `l0..l1`, and up to `kp` for the last block) and `groups`
+/// entries of `t` and `sum`; `scales` is `[k, groups]`.
 unsafe fn quantize_block(
     x: &[f32],
     scales: &[f32],
     groups: usize,
     l0: usize,
     l1: usize,
-    gp: usize,
-    p: *mut u32,
-    t: *mut f32,
-    s: *mut i32,
+    out: &ActsOut,
 ) {
+    let pad = if l1 == x.len() {
+        x.len().next_multiple_of(64) - l1
+    } else {
+        0
+    };
     for g in 0..groups {
         let a = |l: usize| x[l] * scales[l * groups + g];
         let (mut amax, mut bad) = (0.0f32, false);
@@ -373,22 +385,17 @@ unsafe fn quantize_block(
         }
         let (tg, r) = act_scale(amax, bad);
         let mut sum = 0i32;
-        for (dq, q0) in (l0..l1).step_by(4).enumerate() {
-            let mut bytes = [0u8; 4];
-            for (dl, byte) in bytes.iter_mut().enumerate() {
-                if q0 + dl < l1 {
-                    let v = quantize_act(a(q0 + dl), r);
-                    sum += i32::from(v);
-                    *byte = v as u8;
-                }
-            }
-            // SAFETY: as the function's contract.
-            unsafe { *p.add(dq * gp + g) = u32::from_le_bytes(bytes) };
-        }
         // SAFETY: as the function's contract.
         unsafe {
-            *t.add(g) = tg;
-            *s.add(g) = sum;
+            let p = out.p.add(g * out.kp);
+            for l in l0..l1 {
+                let v = quantize_act(a(l), r);
+                sum += i32::from(v);
+                *p.add(l - l0) = v;
+            }
+            std::ptr::write_bytes(p.add(l1 - l0), 0, pad);
+            *out.t.add(g * out.nb) = tg;
+            *out.sum.add(g * out.nb) = sum;
         }
     }
 }
@@ -405,8 +412,8 @@ fn has_vnni() -> bool {
 }
 
 /// `out = x Wq` for `x: [m, k]` (see [`linear_q8`](super::linear_q8) for the scheme): rows in batches of
-/// [`ROW_BATCH`], each quantized once; then each run of [`Q8_K_SPLIT`] inputs is a task (threaded) that sums its
-/// blocks into its own partial output, reading whole rows of the weight, and the partials are added in order.
+/// [`ROW_BATCH`], each quantized once; then the output channels in strips of 16, a task per run of strips
+/// (threaded), each reading its channels' rows of the weight once for every activation row of the batch.
 pub(super) fn product(
     path: KernelPath,
     x: &[f32],
@@ -418,200 +425,132 @@ pub(super) fn product(
 ) {
     let vnni = path == KernelPath::Avx512 && has_vnni();
     let groups = n / w.group;
-    let n_pad = n.next_multiple_of(CHUNK_COLS);
-    let splits = k.div_ceil(Q8_K_SPLIT);
+    let strips = n / STRIP;
+    // At most 64 tasks: enough for the threads to share out evenly (a helper thread wakes tens of microseconds
+    // late, and a product of 2560 x 2560 takes a fifth of a millisecond).
+    let per_task = strips.div_ceil(64).max(1);
+    let tasks = strips.div_ceil(per_task);
     SCRATCH.with(|scratch| {
         // A product started while this thread waits inside another (work stolen by rayon) gets its own buffers.
         let mut own = None;
         let mut held = scratch.try_borrow_mut().ok();
-        let (acts, partials) = match held.as_deref_mut() {
-            Some(s) => (&mut s.0, &mut s.1),
-            None => {
-                let s = own.insert((QuantizedActs::default(), Vec::new()));
-                (&mut s.0, &mut s.1)
-            }
+        let acts = match held.as_deref_mut() {
+            Some(s) => s,
+            None => own.insert(QuantizedActs::default()),
         };
         for (r0, xb) in (0..m).step_by(ROW_BATCH).zip(x.chunks(ROW_BATCH * k)) {
             let rows = (m - r0).min(ROW_BATCH);
             acts.resize(rows, k, groups);
             quantize_acts(path, vnni, xb, rows, k, w, groups, acts);
-            // Tasks: runs of inputs times parts of the columns, enough for the threads to share out evenly (a
-            // helper thread wakes tens of microseconds late, and a product of 2560 x 2560 takes 0.3 ms).
-            let parts = 32usize
-                .div_ceil(splits.max(1))
-                .min(n_pad / CHUNK_COLS)
-                .max(1);
-            let width = (n_pad / CHUNK_COLS).div_ceil(parts) * CHUNK_COLS;
-            let parts = n_pad.div_ceil(width);
-            let len = splits * parts * rows * width;
-            if partials.len() < len {
-                partials.resize(len, 0.0);
-            }
-            let partials = &mut partials[..len];
-            let base = SendPtr(partials.as_mut_ptr());
+            let ob = SendPtr(out[r0 * n..(r0 + rows) * n].as_mut_ptr());
             let acts = &*acts;
             let run = |task: usize| {
-                let (c, part) = (task / parts, task % parts);
-                // SAFETY: task `task` alone writes its `[rows, width]` partial. It zeroes it itself (in parallel,
-                // in its own cache).
-                let y = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        base.get().add(task * rows * width),
-                        rows * width,
-                    )
-                };
-                y.fill(0.0);
-                let blocks = c * Q8_K_SPLIT / Q8_ACT_BLOCK
-                    ..((c + 1) * Q8_K_SPLIT).min(k).div_ceil(Q8_ACT_BLOCK);
-                let cols = part * width..((part + 1) * width).min(n);
-                split(path, vnni, w, k, n, blocks, cols, acts, rows, y);
+                let s0 = task * per_task;
+                let s1 = (s0 + per_task).min(strips);
+                // SAFETY: task `task` alone writes columns `16 * s0..16 * s1` of the batch's `rows` output rows.
+                unsafe { strips_of(path, vnni, w, k, n, s0..s1, acts, rows, ob.get()) };
             };
             if rows * k * n < 1 << 16 {
-                (0..splits * parts).for_each(run);
+                (0..tasks).for_each(run);
             } else {
-                super::par_blocks(splits * parts, run);
+                super::par_blocks(tasks, run);
             }
-            let ob = &mut out[r0 * n..(r0 + rows) * n];
-            reduce(partials, splits, parts, rows, width, vnni, ob);
         }
     });
 }
 
-/// `out[i, j] = ((0 + P_0[i, j]) + P_1[i, j]) + ...` over the `splits` partials, each in `parts` parts
-/// `[rows, width]` of consecutive columns; the VNNI partials hold each 64-column tile in the order its registers
-/// do (see `x86_q8`).
-fn reduce(
-    partials: &[f32],
-    splits: usize,
-    parts: usize,
-    rows: usize,
-    width: usize,
-    vnni: bool,
-    out: &mut [f32],
-) {
-    let n = out.len() / rows.max(1);
-    let mut acc = vec![0f32; width];
-    for i in 0..rows {
-        for part in 0..parts {
-            let j0 = part * width;
-            let cols = width.min(n - j0);
-            acc.fill(0.0);
-            for c in 0..splits {
-                let at = ((c * parts + part) * rows + i) * width;
-                for (a, v) in acc.iter_mut().zip(&partials[at..at + width]) {
-                    *a += v;
-                }
-            }
-            let o = &mut out[i * n + j0..i * n + j0 + cols];
-            if vnni {
-                for (j, o) in o.iter_mut().enumerate() {
-                    let (tile, c) = (j / 64, j % 64);
-                    *o = acc[tile * 64 + 16 * ((c % 16) / 4) + 4 * (c / 16) + c % 4];
-                }
-            } else {
-                o.copy_from_slice(&acc[..cols]);
-            }
-        }
-    }
-}
-
-/// The blocks `blocks` of the product, for the output columns `cols` (from a multiple of 256) of every row of
-/// `acts`, summed into `y` (`[rows, width]` from column `cols.start`, zeroed).
+/// The output channels of strips `strips` (16 each) for every row of `acts`, written into `y` (`[rows, n]`).
+///
+/// # Safety
+/// `y` is valid for `[rows, n]` writes and no one else touches these columns; `acts` was quantized for `w`.
 #[allow(clippy::too_many_arguments)]
-fn split(
+unsafe fn strips_of(
     path: KernelPath,
     vnni: bool,
     w: &Q8Weight<'_>,
     k: usize,
     n: usize,
-    blocks: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
+    strips: std::ops::Range<usize>,
     acts: &QuantizedActs,
     rows: usize,
-    y: &mut [f32],
+    y: *mut f32,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         if vnni {
-            // SAFETY: VNNI was detected; `y` is `[rows, width]` with `width >= cols.len()` a multiple of 256, and
-            // `acts` was quantized for `w`.
-            return unsafe { super::x86_q8::split_vnni(w, k, n, blocks, cols, acts, rows, y) };
+            // SAFETY: VNNI was detected; the rest is the function's contract.
+            return unsafe { super::x86_q8::strips_vnni(w, k, n, strips, acts, rows, y) };
         }
         if path >= KernelPath::Avx2 {
             // SAFETY: the path was checked against the CPU's features (AVX-512 implies AVX2 and FMA here).
-            return unsafe { split_avx2(w, k, n, blocks, cols, acts, rows, y) };
+            return unsafe { strips_avx2(w, k, n, strips, acts, rows, y) };
         }
     }
     let _ = (path, vnni);
-    split_portable(w, k, n, blocks, cols, acts, rows, y);
+    // SAFETY: the function's contract.
+    unsafe { strips_portable(w, k, n, strips, acts, rows, y) };
 }
 
-/// [`split_portable`] compiled for AVX2 and FMA (the compiler vectorises its integer loops).
+/// [`strips_portable`] compiled for AVX2 and FMA (the compiler vectorises its integer loops).
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA.
+/// The CPU has AVX2 and FMA; as [`strips_portable`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn split_avx2(
+unsafe fn strips_avx2(
     w: &Q8Weight<'_>,
     k: usize,
     n: usize,
-    blocks: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
+    strips: std::ops::Range<usize>,
     acts: &QuantizedActs,
     rows: usize,
-    y: &mut [f32],
+    y: *mut f32,
 ) {
-    split_portable(w, k, n, blocks, cols, acts, rows, y);
+    // SAFETY: the function's contract.
+    unsafe { strips_portable(w, k, n, strips, acts, rows, y) };
 }
 
-/// The reference: for each row and output column `j` (group `g = j / group`), `y = fma(S_b as f32, t[b, g], y)`
-/// over the blocks `b` in order, where `S_b = sum_{l in b} q[l, j] * p[l, g]` in `i32`.
+/// The reference: for each row `i` and output channel `j` (group `g = j / group`),
+/// `y = fma(S_b as f32, t[i, g, b], y)` over the blocks `b` in order from 0, where
+/// `S_b = sum_{l in b} q[j, l] * p[i, g, l]` in `i32`.
+///
+/// # Safety
+/// As [`strips_of`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn split_portable(
+unsafe fn strips_portable(
     w: &Q8Weight<'_>,
     k: usize,
     n: usize,
-    blocks: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
+    strips: std::ops::Range<usize>,
     acts: &QuantizedActs,
     rows: usize,
-    y: &mut [f32],
+    y: *mut f32,
 ) {
-    let (kq, nb, gp) = (acts.kq, acts.nb, acts.gp);
-    let width = y.len() / rows.max(1);
-    let j0 = cols.start;
-    let mut acc = vec![0i32; cols.len()];
-    for i in 0..rows {
-        let yi = &mut y[i * width..i * width + cols.len()];
-        for b in blocks.clone() {
-            acc.fill(0);
-            let l0 = b * Q8_ACT_BLOCK;
-            let l1 = (l0 + Q8_ACT_BLOCK).min(k);
-            for l in l0..l1 {
-                let q = &w.values[l * n + j0..l * n + cols.end];
-                let prow = &acts.p[(i * kq + l / 4) * gp..];
-                // Runs of 16 columns share a group (the group is a multiple of 16, as is `j0`).
-                for (c, (acc, q)) in acc.chunks_exact_mut(16).zip(q.chunks_exact(16)).enumerate() {
-                    let pv = i32::from(prow[(j0 + 16 * c) / w.group].to_le_bytes()[l % 4] as i8);
-                    for (a, &q) in acc.iter_mut().zip(q) {
-                        *a += i32::from(q) * pv;
-                    }
-                }
-            }
-            let tb = &acts.t[(i * nb + b) * gp..];
-            for (c, (y, acc)) in yi
-                .chunks_exact_mut(16)
-                .zip(acc.chunks_exact(16))
+    let (nb, kp) = (acts.nb, acts.kp);
+    let groups = n / w.group;
+    for j in strips.start * STRIP..strips.end * STRIP {
+        let g = j / w.group;
+        let q = &w.values[j * k..(j + 1) * k];
+        for i in 0..rows {
+            let p = &acts.p[(i * groups + g) * kp..][..k];
+            let t = &acts.t[(i * groups + g) * nb..][..nb];
+            let mut acc = 0f32;
+            for (b, (q, p)) in q
+                .chunks(Q8_ACT_BLOCK)
+                .zip(p.chunks(Q8_ACT_BLOCK))
                 .enumerate()
             {
-                let t = tb[(j0 + 16 * c) / w.group];
-                for (y, &a) in y.iter_mut().zip(acc) {
-                    *y = (a as f32).mul_add(t, *y);
-                }
+                let sum: i32 = q
+                    .iter()
+                    .zip(p)
+                    .map(|(&q, &p)| i32::from(q) * i32::from(p))
+                    .sum();
+                acc = (sum as f32).mul_add(t[b], acc);
             }
+            // SAFETY: `(i, j)` is inside `[rows, n]`, one of this call's columns.
+            unsafe { *y.add(i * n + j) = acc };
         }
     }
 }

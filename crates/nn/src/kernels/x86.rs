@@ -280,34 +280,6 @@ gemv_avx2!(gemv_f32_avx2, f32, ld8_f32, |v: f32| v);
 gemv_avx2!(gemv_bf16_avx2, bf16, ld8_bf16, bf16::to_f32);
 gemv_avx2!(gemv_f16_avx2, f16, ld8_f16, f16::to_f32);
 
-// ---- int8 ----
-
-/// `dst[j] = q[j] * s[(c0 + j) / group]`: one int8 row of a block of columns, dequantized.
-///
-/// # Safety
-/// The CPU has AVX-512 F/BW/VL; `q` and `dst` have the same length, a multiple of 16; `c0` and `group` are
-/// multiples of 16 and `s` has an entry for every `(c0 + j) / group`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(super) unsafe fn dequant_row_avx512(
-    q: &[i8],
-    s: &[f32],
-    c0: usize,
-    group: usize,
-    dst: &mut [f32],
-) {
-    debug_assert!(q.len() == dst.len() && q.len().is_multiple_of(16));
-    let (qp, dp) = (q.as_ptr(), dst.as_mut_ptr());
-    let mut j = 0;
-    unsafe {
-        while j < q.len() {
-            let v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(qp.add(j).cast())));
-            let sv = _mm512_set1_ps(*s.get_unchecked((c0 + j) / group));
-            _mm512_storeu_ps(dp.add(j), _mm512_mul_ps(v, sv));
-            j += 16;
-        }
-    }
-}
-
 macro_rules! widen_avx512 {
     ($name:ident, $t:ty, $load:ident) => {
         /// `dst = src` as f32 (exact).

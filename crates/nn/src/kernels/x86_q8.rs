@@ -2,41 +2,73 @@
 //! order, as the portable reference in `q8.rs`, so the results are bit-identical.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes and sums four neighbouring products into one `i32`. The weight
-//! (Burn's `[k, n]` int8 layout) is read four input rows at a time and interleaved in registers so that each
-//! `i32` lane holds the four inputs of one output column; its values are offset by 128 (`q ^ 0x80` is `q + 128`
-//! as a `u8`) and the activations are the signed operand, so `sum (q + 128) p - 128 sum p` is the exact sum of
-//! `q p`. After the interleave, lane `4L + d` of vector `c` (`c, d < 4`, `L` the 128-bit lane) is column
-//! `16L + 4c + d` of a tile of 64 columns.
+//! is read output channel by output channel (its `[n, k]` values, 64 inputs per load) as the unsigned operand,
+//! offset by 128 (`q ^ 0x80` is `q + 128` as a `u8`), and the activations of the channel's group are the
+//! signed one, so `sum (q + 128) p - 128 sum p` is the exact sum of `q p`. Each channel's sixteen `i32` lanes
+//! are summed across at the end of every block of inputs, sixteen channels (or pairs of channel and row) at a
+//! time.
 
 use std::arch::x86_64::*;
 
 use super::Q8Weight;
-use super::q8::{Q8_ACT_BLOCK, QuantizedActs};
+use super::q8::{ActsOut, Q8_ACT_BLOCK, QuantizedActs};
 
-/// Columns per tile: one 64-byte load per input row.
-const TILE: usize = 64;
-/// Output columns per pass over a block, as `q8::CHUNK_COLS`.
-const CHUNK: usize = 4 * TILE;
+/// The 16 x 16 transpose of bytes: `out[e]` byte `i` is `rows[i]` byte `e`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn transpose16(rows: &[__m128i; 16]) -> [__m128i; 16] {
+    // Pairs of rows: 16-bit units of columns 0..8 (`a[2i]`) and 8..16 (`a[2i + 1]`).
+    let mut a = [_mm_setzero_si128(); 16];
+    for i in 0..8 {
+        a[2 * i] = _mm_unpacklo_epi8(rows[2 * i], rows[2 * i + 1]);
+        a[2 * i + 1] = _mm_unpackhi_epi8(rows[2 * i], rows[2 * i + 1]);
+    }
+    // Quads of rows `4h..4h + 4`: 32-bit units of columns `4q..4q + 4` in `b[4h + q]`.
+    let mut b = [_mm_setzero_si128(); 16];
+    for h in 0..4 {
+        b[4 * h] = _mm_unpacklo_epi16(a[4 * h], a[4 * h + 2]);
+        b[4 * h + 1] = _mm_unpackhi_epi16(a[4 * h], a[4 * h + 2]);
+        b[4 * h + 2] = _mm_unpacklo_epi16(a[4 * h + 1], a[4 * h + 3]);
+        b[4 * h + 3] = _mm_unpackhi_epi16(a[4 * h + 1], a[4 * h + 3]);
+    }
+    // Rows `8h..8h + 8`: 64-bit units of columns `2e..2e + 2` in `c[8h + e]`.
+    let mut c = [_mm_setzero_si128(); 16];
+    for h in 0..2 {
+        for q in 0..4 {
+            let (x, y) = (b[8 * h + q], b[8 * h + 4 + q]);
+            c[8 * h + 2 * q] = _mm_unpacklo_epi32(x, y);
+            c[8 * h + 2 * q + 1] = _mm_unpackhi_epi32(x, y);
+        }
+    }
+    let mut out = [_mm_setzero_si128(); 16];
+    for e in 0..8 {
+        out[2 * e] = _mm_unpacklo_epi64(c[e], c[8 + e]);
+        out[2 * e + 1] = _mm_unpackhi_epi64(c[e], c[8 + e]);
+    }
+    out
+}
 
-/// The AVX-512 form of `q8::quantize_block`: inputs `l0..l1` of one row, sixteen groups at a time.
+/// The AVX-512 form of `q8::quantize_block`: inputs `l0..l1` of one row, sixteen groups at a time, each run of
+/// sixteen inputs transposed from group order into input order.
 ///
 /// # Safety
-/// The CPU has AVX-512 F/BW/VL; `p` is valid for `(l1 - l0).div_ceil(4) * gp` writes, `t` and `s` for `groups`;
-/// `scales` is `[k, groups]` and `x` has `k >= l1` values.
+/// The CPU has AVX-512 F/BW/VL; `out` is as `q8::quantize_block` needs; `scales` is `[k, groups]` and `x` has
+/// `k >= l1` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn quantize_block_avx512(
     x: &[f32],
     scales: &[f32],
     groups: usize,
     l0: usize,
     l1: usize,
-    gp: usize,
-    p: *mut u32,
-    t: *mut f32,
-    s: *mut i32,
+    out: &ActsOut,
 ) {
     debug_assert!(x.len() >= l1 && scales.len() >= l1 * groups);
+    let pad = if l1 == x.len() {
+        x.len().next_multiple_of(64) - l1
+    } else {
+        0
+    };
     let (xp, sp) = (x.as_ptr(), scales.as_ptr());
     unsafe {
         let mut g0 = 0;
@@ -74,292 +106,249 @@ pub(super) unsafe fn quantize_block_avx512(
             let rv = _mm512_maskz_mov_ps(!bad, _mm512_mask_mov_ps(one, normal, r0));
             let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
             let mut sum = _mm512_setzero_si512();
-            let mut dq = 0;
-            let mut q0 = l0;
-            while q0 < l1 {
-                let mut b = [_mm_setzero_si128(); 4];
-                for (dl, b) in b.iter_mut().enumerate() {
-                    if q0 + dl < l1 {
-                        let v = _mm512_roundscale_ps::<
-                            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
-                        >(_mm512_mul_ps(a!(q0 + dl), rv));
-                        let v = _mm512_maskz_mov_ps(!bad, _mm512_min_ps(_mm512_max_ps(v, lo), hi));
-                        let iv = _mm512_cvtps_epi32(v);
-                        sum = _mm512_add_epi32(sum, iv);
-                        *b = _mm512_cvtepi32_epi8(iv);
-                    }
+            let mut lt = l0;
+            while lt < l1 {
+                let here = (l1 - lt).min(16);
+                let mut r = [_mm_setzero_si128(); 16];
+                for (dl, r) in r.iter_mut().enumerate().take(here) {
+                    let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                        _mm512_mul_ps(a!(lt + dl), rv),
+                    );
+                    let v = _mm512_maskz_mov_ps(!bad, _mm512_min_ps(_mm512_max_ps(v, lo), hi));
+                    let iv = _mm512_cvtps_epi32(v);
+                    sum = _mm512_add_epi32(sum, iv);
+                    *r = _mm512_cvtepi32_epi8(iv);
                 }
-                let (u01lo, u01hi) = (_mm_unpacklo_epi8(b[0], b[1]), _mm_unpackhi_epi8(b[0], b[1]));
-                let (u23lo, u23hi) = (_mm_unpacklo_epi8(b[2], b[3]), _mm_unpackhi_epi8(b[2], b[3]));
-                let o = [
-                    _mm_unpacklo_epi16(u01lo, u23lo),
-                    _mm_unpackhi_epi16(u01lo, u23lo),
-                    _mm_unpacklo_epi16(u01hi, u23hi),
-                    _mm_unpackhi_epi16(u01hi, u23hi),
-                ];
-                let dst = p.add(dq * gp + g0);
-                for (e, o) in o.into_iter().enumerate() {
-                    let m4 = ((mask >> (4 * e)) & 0xf) as __mmask8;
-                    _mm_mask_storeu_epi32(dst.add(4 * e).cast(), m4, o);
+                let cols = transpose16(&r);
+                let keep = ((1u32 << here) - 1) as __mmask16;
+                for (e, c) in cols.iter().enumerate().take(lanes) {
+                    _mm_mask_storeu_epi8(out.p.add(e * out.kp + (lt - l0)).cast(), keep, *c);
                 }
-                dq += 1;
-                q0 += 4;
+                lt += 16;
             }
-            _mm512_mask_storeu_ps(t.add(g0), mask, tv);
-            _mm512_mask_storeu_epi32(s.add(g0).cast(), mask, sum);
+            let (mut ts, mut ss) = ([0f32; 16], [0i32; 16]);
+            _mm512_storeu_ps(ts.as_mut_ptr(), tv);
+            _mm512_storeu_si512(ss.as_mut_ptr().cast(), sum);
+            for e in 0..lanes {
+                let g = g0 + e;
+                *out.t.add(g * out.nb) = ts[e];
+                *out.sum.add(g * out.nb) = ss[e];
+                std::ptr::write_bytes(out.p.add(g * out.kp + (l1 - l0)), 0, pad);
+            }
             g0 += 16;
         }
     }
 }
 
-/// One 64-column tile's groups: per 128-bit lane `L`, the group of columns `16L..16L + 16`.
-#[derive(Clone, Copy)]
-struct TileGroups {
-    /// The first lane's group.
-    g0: usize,
-    /// Whether every lane has group `g0`.
-    uniform: bool,
-    /// `g_L - g0` in dwords `4L..4L + 4`.
-    idx: __m512i,
-    /// Valid bytes of a 64-byte weight row.
-    mask: __mmask64,
+/// Sixteen vectors of sixteen `i32` to one: lane `r` is the sum of `v[r]`'s lanes (exact).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn hsum16(v: &[__m512i; 16]) -> __m512i {
+    // Per 128-bit lane: pairs interleaved, then quads: `b[i]` holds the lane's sums of `v[4i..4i + 4]`.
+    let mut a = [_mm512_setzero_si512(); 8];
+    for i in 0..8 {
+        let (x, y) = (v[2 * i], v[2 * i + 1]);
+        a[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(x, y), _mm512_unpackhi_epi32(x, y));
+    }
+    let mut b = [_mm512_setzero_si512(); 4];
+    for i in 0..4 {
+        let (x, y) = (a[2 * i], a[2 * i + 1]);
+        b[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
+    }
+    // Across the 128-bit lanes: `b[i]`'s four lanes summed land in lane `i`.
+    let mut c = [_mm512_setzero_si512(); 2];
+    for i in 0..2 {
+        let (x, y) = (b[2 * i], b[2 * i + 1]);
+        c[i] = _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0b10_00_10_00>(x, y),
+            _mm512_shuffle_i32x4::<0b11_01_11_01>(x, y),
+        );
+    }
+    _mm512_add_epi32(
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(c[0], c[1]),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(c[0], c[1]),
+    )
 }
 
-/// The groups of the four tiles of the 256 columns from `j0` (of which `cols` exist).
-fn tile_groups(w: &Q8Weight<'_>, j0: usize, cols: usize) -> [TileGroups; 4] {
-    let tiles = cols.div_ceil(TILE);
-    // SAFETY: AVX-512 F was detected by the caller of `split_vnni`, the only user.
-    let zero = unsafe { _mm512_setzero_si512() };
-    let mut tg = [TileGroups {
-        g0: 0,
-        uniform: true,
-        idx: zero,
-        mask: 0,
-    }; 4];
-    for (s, tg) in tg.iter_mut().enumerate().take(tiles) {
-        let c0 = s * TILE;
-        let valid = (cols - c0).min(TILE);
-        let g = |lane: usize| (j0 + c0 + 16 * lane.min(valid / 16 - 1)) / w.group;
-        let g0 = g(0);
-        let mut idx = [0i32; 16];
-        for (e, v) in idx.iter_mut().enumerate() {
-            *v = (g(e / 4) - g0) as i32;
-        }
-        *tg = TileGroups {
-            g0,
-            uniform: g(3) == g0,
-            // SAFETY: reading 16 i32 from a 16-element array (AVX-512 F, as above).
-            idx: unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) },
-            mask: if valid == TILE {
-                !0
-            } else {
-                (1u64 << valid) - 1
-            },
-        };
+/// The valid bytes of 64 inputs from `l` of `k`.
+#[inline(always)]
+fn input_mask(k: usize, l: usize) -> __mmask64 {
+    if k - l >= 64 {
+        !0
+    } else {
+        (1u64 << (k - l)) - 1
     }
-    // Tiles past the columns read nothing (mask 0) and use the first tile's groups; their sums are never read.
-    for s in tiles..4 {
-        tg[s] = TileGroups { mask: 0, ..tg[0] };
-    }
-    tg
 }
 
-/// The blocks `blocks` of the product for the columns `cols` of every row of `acts`, summed into `y` (`[rows,
-/// width]` from column `cols.start`, zeroed; each 64-column tile in register order): block by block, 256
-/// columns at a time, up to four rows at a time, prefetching the lines of the next pass.
+/// The output channels of `strips` (16 each) for every row of `acts`, written into `y` (`[rows, n]`): one
+/// activation row at a time with sixteen channels per pass, or up to four rows at a time with four channels.
 ///
 /// # Safety
-/// The CPU has AVX-512 F/BW/VL and VNNI; `cols.start` is a multiple of 256 and `y` is `[rows, width]` with
-/// `width` a multiple of 256 at least `cols.len()`; `acts` was quantized for `w`.
+/// The CPU has AVX-512 F/BW/VL and VNNI; as `q8::strips_of`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn split_vnni(
+pub(super) unsafe fn strips_vnni(
     w: &Q8Weight<'_>,
     k: usize,
     n: usize,
-    blocks: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
+    strips: std::ops::Range<usize>,
     acts: &QuantizedActs,
     rows: usize,
-    y: &mut [f32],
+    y: *mut f32,
 ) {
-    let width = y.len() / rows;
-    debug_assert!(
-        cols.start.is_multiple_of(CHUNK) && width.is_multiple_of(CHUNK) && width >= cols.len()
-    );
-    let groups: Vec<[TileGroups; 4]> = (cols.start..cols.end)
-        .step_by(CHUNK)
-        .map(|j0| tile_groups(w, j0, (cols.end - j0).min(CHUNK)))
-        .collect();
-    for b in blocks {
-        let l0 = b * Q8_ACT_BLOCK;
-        let l1 = (l0 + Q8_ACT_BLOCK).min(k);
-        let quads = l0 / 4..l1.div_ceil(4);
-        for (cc, tg) in groups.iter().enumerate() {
-            let j0 = cols.start + cc * CHUNK;
-            let tiles = (cols.end - j0).min(CHUNK).div_ceil(TILE);
-            // The lines the next pass reads (into L2: one pass ahead is 32 KiB, most of L1): the same rows' next
-            // 256 columns, or the next block's first ones.
-            let next = if j0 + CHUNK < cols.end {
-                (0, j0 + CHUNK)
-            } else {
-                (Q8_ACT_BLOCK, cols.start)
-            };
-            let at = Place {
-                n,
-                j0,
-                y0: cc * CHUNK,
-                width,
-            };
-            let mut i0 = 0;
-            while i0 < rows {
-                let r = (rows - i0).min(4);
-                let q = || quads.clone();
-                let pf = (i0 == 0).then_some(next);
-                // SAFETY: the function's contract; rows `i0..i0 + r` exist. Sixteen accumulators per pass: one
-                // row and four tiles, two rows and two tiles, or four (three) rows and one tile.
-                unsafe {
-                    match r {
-                        1 => block::<1, 4>(w, k, at, tg, 0, acts, i0, b, q(), pf, y),
-                        2 => {
-                            for t0 in [0, 2] {
-                                let t = [tg[t0], tg[t0 + 1]];
-                                block::<2, 2>(w, k, at, &t, t0, acts, i0, b, q(), pf, y);
-                            }
-                        }
-                        3 => {
-                            for (t0, t) in tg.iter().enumerate().take(tiles) {
-                                block::<3, 1>(w, k, at, &[*t], t0, acts, i0, b, q(), pf, y);
-                            }
-                        }
-                        _ => {
-                            for (t0, t) in tg.iter().enumerate().take(tiles) {
-                                block::<4, 1>(w, k, at, &[*t], t0, acts, i0, b, q(), pf, y);
-                            }
-                        }
+    let groups = n / w.group;
+    for s in strips {
+        let j0 = 16 * s;
+        let g = j0 / w.group;
+        let mut i = 0;
+        while i < rows {
+            let here = (rows - i).min(4);
+            // SAFETY: the function's contract; rows `i..i + here` and channels `j0..j0 + 16` exist.
+            unsafe {
+                if here == 1 {
+                    strip_row(w, k, n, j0, g, groups, acts, i, y);
+                } else {
+                    let mut idx = [i; 4];
+                    for (a, idx) in idx.iter_mut().enumerate().take(here) {
+                        *idx = i + a;
+                    }
+                    for r0 in (0..16).step_by(4) {
+                        quad_rows(w, k, n, j0 + r0, g, groups, acts, &idx, here, y);
                     }
                 }
-                i0 += r;
             }
+            i += here;
         }
     }
 }
 
-/// Where a pass of [`block`] reads and writes: the weight's row length `n`, the pass's first column `j0`, and
-/// its first column `y0` in `y`, whose rows are `width` long.
-#[derive(Clone, Copy)]
-struct Place {
-    n: usize,
-    j0: usize,
-    y0: usize,
-    width: usize,
-}
-
-/// Block `b` (its input quads `quads`) for rows `i0..i0 + R` and the `T` tiles `tg` (tiles `t0..t0 + T` of the
-/// chunk): the integer sums, then `y = fma(sum - 128 * psum, t, y)`.
+/// Channels `j0..j0 + 16` (group `g`) for activation row `i`.
 ///
 /// # Safety
-/// As [`chunk_vnni`], with rows `i0..i0 + R` in `acts`.
+/// As [`strips_vnni`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block<const R: usize, const T: usize>(
+unsafe fn strip_row(
     w: &Q8Weight<'_>,
     k: usize,
-    at: Place,
-    tg: &[TileGroups; T],
-    t0: usize,
+    n: usize,
+    j0: usize,
+    g: usize,
+    groups: usize,
     acts: &QuantizedActs,
-    i0: usize,
-    b: usize,
-    quads: std::ops::Range<usize>,
-    prefetch: Option<(usize, usize)>,
-    y: &mut [f32],
+    i: usize,
+    y: *mut f32,
 ) {
-    let (kq, nb, gp) = (acts.kq, acts.nb, acts.gp);
-    let Place { n, j0, y0, width } = at;
-    let vp = w.values.as_ptr();
-    let pp = acts.p.as_ptr();
+    let (nb, kp) = (acts.nb, acts.kp);
     let flip = _mm512_set1_epi8(-128);
-    let mut acc = [[[_mm512_setzero_si512(); 4]; T]; R];
     unsafe {
-        for quad in quads {
-            let l = 4 * quad;
-            let rows_here = (k - l).min(4);
-            if let Some((dl, col)) = prefetch {
-                for d in 0..4 {
-                    let ahead = vp.wrapping_add((l + d + dl) * n + col + t0 * TILE);
-                    for s in 0..T {
-                        _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(s * TILE).cast());
+        let base = w.values.as_ptr().add(j0 * k);
+        let p = acts.p.as_ptr().add((i * groups + g) * kp);
+        let t = acts.t.as_ptr().add((i * groups + g) * nb);
+        let sums = acts.sum.as_ptr().add((i * groups + g) * nb);
+        let mut yv = _mm512_setzero_ps();
+        for b in 0..nb {
+            let mut acc = [_mm512_setzero_si512(); 16];
+            let l = b * Q8_ACT_BLOCK;
+            if k - l >= Q8_ACT_BLOCK {
+                // A whole block: each channel's 128 inputs, two lines, read together.
+                let (p0, p1) = (
+                    _mm512_loadu_si512(p.add(l).cast()),
+                    _mm512_loadu_si512(p.add(l + 64).cast()),
+                );
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let src = base.add(r * k + l);
+                    let w0 = _mm512_xor_si512(_mm512_loadu_si512(src.cast()), flip);
+                    let w1 = _mm512_xor_si512(_mm512_loadu_si512(src.add(64).cast()), flip);
+                    *acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(*acc, w0, p0), w1, p1);
+                }
+            } else {
+                let mut l = l;
+                while l < k {
+                    let mask = input_mask(k, l);
+                    let pv = _mm512_loadu_si512(p.add(l).cast());
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_maskz_loadu_epi8(mask, base.add(r * k + l).cast());
+                        *acc = _mm512_dpbusd_epi32(*acc, _mm512_xor_si512(wv, flip), pv);
                     }
+                    l += 64;
                 }
             }
-            for (s, tg) in tg.iter().enumerate() {
-                let mut wv = [_mm512_setzero_si512(); 4];
-                for (d, wv) in wv.iter_mut().enumerate() {
-                    if d < rows_here {
-                        *wv = _mm512_maskz_loadu_epi8(
-                            tg.mask,
-                            vp.wrapping_add((l + d) * n + j0 + (t0 + s) * TILE).cast(),
-                        );
-                    }
-                    *wv = _mm512_xor_si512(*wv, flip);
-                }
-                let (u01lo, u01hi) = (
-                    _mm512_unpacklo_epi8(wv[0], wv[1]),
-                    _mm512_unpackhi_epi8(wv[0], wv[1]),
-                );
-                let (u23lo, u23hi) = (
-                    _mm512_unpacklo_epi8(wv[2], wv[3]),
-                    _mm512_unpackhi_epi8(wv[2], wv[3]),
-                );
-                let v = [
-                    _mm512_unpacklo_epi16(u01lo, u23lo),
-                    _mm512_unpackhi_epi16(u01lo, u23lo),
-                    _mm512_unpacklo_epi16(u01hi, u23hi),
-                    _mm512_unpackhi_epi16(u01hi, u23hi),
-                ];
-                for (ri, acc) in acc.iter_mut().enumerate() {
-                    let src = pp.add(((i0 + ri) * kq + quad) * gp + tg.g0);
-                    let pv = if tg.uniform {
-                        _mm512_set1_epi32(*src as i32)
-                    } else {
-                        _mm512_permutexvar_epi32(
-                            tg.idx,
-                            _mm512_castsi128_si512(_mm_loadu_si128(src.cast())),
-                        )
-                    };
-                    for (a, v) in acc[s].iter_mut().zip(v) {
-                        *a = _mm512_dpbusd_epi32(*a, v, pv);
-                    }
-                }
-            }
+            let s = _mm512_sub_epi32(hsum16(&acc), _mm512_set1_epi32(*sums.add(b) << 7));
+            yv = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(*t.add(b)), yv);
         }
-        for (ri, acc) in acc.iter().enumerate() {
-            let at = (i0 + ri) * nb + b;
-            let yr = y.as_mut_ptr().add((i0 + ri) * width + y0);
-            for (s, tg) in tg.iter().enumerate() {
-                let (tsrc, ssrc) = (
-                    acts.t.as_ptr().add(at * gp + tg.g0),
-                    acts.sum.as_ptr().add(at * gp + tg.g0),
-                );
-                let (tv, sv) = if tg.uniform {
-                    (_mm512_set1_ps(*tsrc), _mm512_set1_epi32(*ssrc))
-                } else {
-                    (
-                        _mm512_permutexvar_ps(tg.idx, _mm512_castps128_ps512(_mm_loadu_ps(tsrc))),
-                        _mm512_permutexvar_epi32(
-                            tg.idx,
-                            _mm512_castsi128_si512(_mm_loadu_si128(ssrc.cast())),
-                        ),
-                    )
-                };
-                let corr = _mm512_slli_epi32::<7>(sv);
-                for (c, a) in acc[s].iter().enumerate() {
-                    let dst = yr.add((t0 + s) * TILE + 16 * c);
-                    let sumf = _mm512_cvtepi32_ps(_mm512_sub_epi32(*a, corr));
-                    _mm512_storeu_ps(dst, _mm512_fmadd_ps(sumf, tv, _mm512_loadu_ps(dst)));
+        _mm512_storeu_ps(y.add(i * n + j0), yv);
+    }
+}
+
+/// Channels `j0..j0 + 4` (group `g`) for activation rows `idx[..here]` (`idx` padded with repeats).
+///
+/// # Safety
+/// As [`strips_vnni`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn quad_rows(
+    w: &Q8Weight<'_>,
+    k: usize,
+    n: usize,
+    j0: usize,
+    g: usize,
+    groups: usize,
+    acts: &QuantizedActs,
+    idx: &[usize; 4],
+    here: usize,
+    y: *mut f32,
+) {
+    let (nb, kp) = (acts.nb, acts.kp);
+    let flip = _mm512_set1_epi8(-128);
+    // Lane `4a + r` is row `idx[a]`, channel `j0 + r`.
+    let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    unsafe {
+        let base = w.values.as_ptr().add(j0 * k);
+        let at = idx.map(|i| (i * groups + g) * nb);
+        let p = idx.map(|i| acts.p.as_ptr().add((i * groups + g) * kp));
+        let mut yv = _mm512_setzero_ps();
+        for b in 0..nb {
+            let mut acc = [_mm512_setzero_si512(); 16];
+            let mut l = b * Q8_ACT_BLOCK;
+            while l < ((b + 1) * Q8_ACT_BLOCK).min(k) {
+                let mask = input_mask(k, l);
+                let mut pv = [_mm512_setzero_si512(); 4];
+                for (pv, p) in pv.iter_mut().zip(p) {
+                    *pv = _mm512_loadu_si512(p.add(l).cast());
                 }
+                for r in 0..4 {
+                    let wv = _mm512_maskz_loadu_epi8(mask, base.add(r * k + l).cast());
+                    let wv = _mm512_xor_si512(wv, flip);
+                    for (a, pv) in pv.iter().enumerate() {
+                        acc[4 * a + r] = _mm512_dpbusd_epi32(acc[4 * a + r], wv, *pv);
+                    }
+                }
+                l += 64;
             }
+            let sums = _mm_set_epi32(
+                *acts.sum.as_ptr().add(at[3] + b),
+                *acts.sum.as_ptr().add(at[2] + b),
+                *acts.sum.as_ptr().add(at[1] + b),
+                *acts.sum.as_ptr().add(at[0] + b),
+            );
+            let ts = _mm_set_ps(
+                *acts.t.as_ptr().add(at[3] + b),
+                *acts.t.as_ptr().add(at[2] + b),
+                *acts.t.as_ptr().add(at[1] + b),
+                *acts.t.as_ptr().add(at[0] + b),
+            );
+            let corr = _mm512_slli_epi32::<7>(_mm512_permutexvar_epi32(
+                spread,
+                _mm512_castsi128_si512(sums),
+            ));
+            let tv = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(ts));
+            let s = _mm512_sub_epi32(hsum16(&acc), corr);
+            yv = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), tv, yv);
+        }
+        let mut out = [0f32; 16];
+        _mm512_storeu_ps(out.as_mut_ptr(), yv);
+        for (a, &i) in idx.iter().enumerate().take(here) {
+            std::ptr::copy_nonoverlapping(out.as_ptr().add(4 * a), y.add(i * n + j0), 4);
         }
     }
 }

@@ -469,7 +469,8 @@ impl<B: Backend> ModuleMapper<B> for Applier<'_> {
 
 impl Applier<'_> {
     /// Reads the PyTorch-layout weight `[n, k]` of a `Linear` as f32 (from `stored`: its own key `key` or a tied
-    /// source) and holds it as Burn's int8 `[k, n]`.
+    /// source) and holds it as Burn's int8 `[k, n]` (on flex a view of `[n, k]` values, in the checkpoint's
+    /// order).
     fn load_q8<B: Backend, const D: usize>(
         &mut self,
         param: Param<Tensor<B, D>>,
@@ -488,7 +489,7 @@ impl Applier<'_> {
         let [n, k] = [shape[0], shape[1]];
         let run = (RUN_BYTES / (4 * k.max(1)) / group).max(1) * group;
         let groups = n / group;
-        let mut values = crate::linear::q8_buffer::<B>(k * n, k * groups);
+        let mut values = vec![0i8; k * n];
         let mut scales = vec![0f32; k * groups];
         for j0 in (0..n).step_by(run) {
             let rows = j0..(j0 + run).min(n);
