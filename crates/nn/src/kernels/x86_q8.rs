@@ -48,8 +48,12 @@ fn transpose16(rows: &[__m128i; 16]) -> [__m128i; 16] {
     out
 }
 
-/// The AVX-512 form of `q8::quantize_block`: inputs `l0..l1` of one row, sixteen groups at a time, each run of
-/// sixteen inputs transposed from group order into input order.
+/// Groups of 16 quantized together by [`quantize_block_avx512`]: bounds its stack arrays (16 KiB).
+const CHUNKS: usize = 64;
+
+/// The AVX-512 form of `q8::quantize_block`: inputs `l0..l1` of one row, sixteen groups to a vector. The block's
+/// scales (`[l1 - l0, groups]`, contiguous) are read row after row: a first pass finds each group's largest
+/// `|a|`, a second quantizes runs of sixteen inputs and transposes them from group order into input order.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL; `out` is as `q8::quantize_block` needs; `scales` is `[k, groups]` and `x` has
@@ -70,72 +74,107 @@ pub(super) unsafe fn quantize_block_avx512(
         0
     };
     let (xp, sp) = (x.as_ptr(), scales.as_ptr());
+    let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    let mut amax = [_mm512_setzero_ps(); CHUNKS];
+    let mut rv = [_mm512_setzero_ps(); CHUNKS];
+    let mut sum = [_mm512_setzero_si512(); CHUNKS];
+    let mut bad: [__mmask16; CHUNKS] = [0; CHUNKS];
     unsafe {
-        let mut g0 = 0;
-        while g0 < groups {
-            let lanes = (groups - g0).min(16);
-            let mask: __mmask16 = ((1u32 << lanes) - 1) as u16;
+        let mut c0 = 0;
+        while c0 * 16 < groups {
+            let chunks = (groups.div_ceil(16) - c0).min(CHUNKS);
+            let mask = |c: usize| -> __mmask16 {
+                let lanes = (groups - 16 * (c0 + c)).min(16);
+                ((1u32 << lanes) - 1) as u16
+            };
             // A macro, not a closure: closures do not inherit `target_feature`.
             macro_rules! a {
-                ($l:expr) => {
+                ($xv:expr, $l:expr, $c:expr) => {
                     _mm512_mul_ps(
-                        _mm512_set1_ps(*xp.add($l)),
-                        _mm512_maskz_loadu_ps(mask, sp.add($l * groups + g0)),
+                        $xv,
+                        _mm512_maskz_loadu_ps(mask($c), sp.add($l * groups + 16 * (c0 + $c))),
                     )
                 };
             }
-            let mut amax = _mm512_setzero_ps();
-            let mut nan: __mmask16 = 0;
+            for c in 0..chunks {
+                amax[c] = _mm512_setzero_ps();
+                bad[c] = 0;
+                sum[c] = _mm512_setzero_si512();
+            }
+            // The scales come from memory (a decoding step reads 50 MB of them for OPT-2.7b, more than the
+            // last-level cache): prefetch about 4 KiB ahead, the next rows of this block or the next block's.
+            let ahead = (4096 / (4 * groups)).max(1) * groups;
             for l in l0..l1 {
-                let v = a!(l);
-                nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-                // `max(|v|, amax)` returns `amax` when `v` is NaN, as `f32::max` ignores NaN.
-                amax = _mm512_max_ps(_mm512_abs_ps(v), amax);
+                let xv = _mm512_set1_ps(*xp.add(l));
+                for c in 0..chunks {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        sp.wrapping_add(l * groups + 16 * (c0 + c) + ahead).cast(),
+                    );
+                    let v = a!(xv, l, c);
+                    bad[c] |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                    // `max(|v|, amax)` returns `amax` when `v` is NaN, as `f32::max` ignores NaN.
+                    amax[c] = _mm512_max_ps(_mm512_abs_ps(v), amax[c]);
+                }
             }
             // `q8::act_scale`, lane by lane.
-            let bad = nan | _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(amax, _mm512_set1_ps(f32::INFINITY));
-            let t0 = _mm512_div_ps(amax, _mm512_set1_ps(127.0));
-            let r0 = _mm512_div_ps(_mm512_set1_ps(127.0), amax);
-            let normal = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(t0, _mm512_set1_ps(f32::MIN_POSITIVE));
-            let one = _mm512_set1_ps(1.0);
-            let tv = _mm512_mask_mov_ps(
-                _mm512_mask_mov_ps(one, normal, t0),
-                bad,
-                _mm512_set1_ps(f32::NAN),
-            );
-            let rv = _mm512_maskz_mov_ps(!bad, _mm512_mask_mov_ps(one, normal, r0));
-            let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
-            let mut sum = _mm512_setzero_si512();
+            for c in 0..chunks {
+                let m = amax[c];
+                bad[c] |= _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(m, _mm512_set1_ps(f32::INFINITY));
+                let t0 = _mm512_div_ps(m, _mm512_set1_ps(127.0));
+                let r0 = _mm512_div_ps(_mm512_set1_ps(127.0), m);
+                let normal =
+                    _mm512_cmp_ps_mask::<_CMP_GE_OQ>(t0, _mm512_set1_ps(f32::MIN_POSITIVE));
+                let one = _mm512_set1_ps(1.0);
+                // `amax` now holds the scale `t`.
+                amax[c] = _mm512_mask_mov_ps(
+                    _mm512_mask_mov_ps(one, normal, t0),
+                    bad[c],
+                    _mm512_set1_ps(f32::NAN),
+                );
+                rv[c] = _mm512_maskz_mov_ps(!bad[c], _mm512_mask_mov_ps(one, normal, r0));
+            }
             let mut lt = l0;
             while lt < l1 {
                 let here = (l1 - lt).min(16);
-                let mut r = [_mm_setzero_si128(); 16];
-                for (dl, r) in r.iter_mut().enumerate().take(here) {
-                    let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                        _mm512_mul_ps(a!(lt + dl), rv),
-                    );
-                    let v = _mm512_maskz_mov_ps(!bad, _mm512_min_ps(_mm512_max_ps(v, lo), hi));
-                    let iv = _mm512_cvtps_epi32(v);
-                    sum = _mm512_add_epi32(sum, iv);
-                    *r = _mm512_cvtepi32_epi8(iv);
-                }
-                let cols = transpose16(&r);
                 let keep = ((1u32 << here) - 1) as __mmask16;
-                for (e, c) in cols.iter().enumerate().take(lanes) {
-                    _mm_mask_storeu_epi8(out.p.add(e * out.kp + (lt - l0)).cast(), keep, *c);
+                for c in 0..chunks {
+                    let mut r = [_mm_setzero_si128(); 16];
+                    for (dl, r) in r.iter_mut().enumerate().take(here) {
+                        let xv = _mm512_set1_ps(*xp.add(lt + dl));
+                        let v = _mm512_roundscale_ps::<
+                            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                        >(_mm512_mul_ps(a!(xv, lt + dl, c), rv[c]));
+                        let v =
+                            _mm512_maskz_mov_ps(!bad[c], _mm512_min_ps(_mm512_max_ps(v, lo), hi));
+                        let iv = _mm512_cvtps_epi32(v);
+                        sum[c] = _mm512_add_epi32(sum[c], iv);
+                        *r = _mm512_cvtepi32_epi8(iv);
+                    }
+                    let cols = transpose16(&r);
+                    let g0 = 16 * (c0 + c);
+                    for (e, col) in cols.iter().enumerate().take((groups - g0).min(16)) {
+                        _mm_mask_storeu_epi8(
+                            out.p.add((g0 + e) * out.kp + (lt - l0)).cast(),
+                            keep,
+                            *col,
+                        );
+                    }
                 }
                 lt += 16;
             }
-            let (mut ts, mut ss) = ([0f32; 16], [0i32; 16]);
-            _mm512_storeu_ps(ts.as_mut_ptr(), tv);
-            _mm512_storeu_si512(ss.as_mut_ptr().cast(), sum);
-            for e in 0..lanes {
-                let g = g0 + e;
-                *out.t.add(g * out.nb) = ts[e];
-                *out.sum.add(g * out.nb) = ss[e];
-                std::ptr::write_bytes(out.p.add(g * out.kp + (l1 - l0)), 0, pad);
+            for c in 0..chunks {
+                let (mut ts, mut ss) = ([0f32; 16], [0i32; 16]);
+                _mm512_storeu_ps(ts.as_mut_ptr(), amax[c]);
+                _mm512_storeu_si512(ss.as_mut_ptr().cast(), sum[c]);
+                let g0 = 16 * (c0 + c);
+                for e in 0..(groups - g0).min(16) {
+                    let g = g0 + e;
+                    *out.t.add(g * out.nb) = ts[e];
+                    *out.sum.add(g * out.nb) = ss[e];
+                    std::ptr::write_bytes(out.p.add(g * out.kp + (l1 - l0)), 0, pad);
+                }
             }
-            g0 += 16;
+            c0 += chunks;
         }
     }
 }
@@ -169,6 +208,9 @@ fn hsum16(v: &[__m512i; 16]) -> __m512i {
         _mm512_shuffle_i32x4::<0b11_01_11_01>(c[0], c[1]),
     )
 }
+
+/// How far ahead of its reads [`strip_row`] prefetches each channel's inputs, in bytes.
+const PREFETCH: usize = 1024;
 
 /// The valid bytes of 64 inputs from `l` of `k`.
 #[inline(always)]
@@ -257,6 +299,8 @@ unsafe fn strip_row(
                 );
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let src = base.add(r * k + l);
+                    _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(PREFETCH).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(PREFETCH + 64).cast());
                     let w0 = _mm512_xor_si512(_mm512_loadu_si512(src.cast()), flip);
                     let w1 = _mm512_xor_si512(_mm512_loadu_si512(src.add(64).cast()), flip);
                     *acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(*acc, w0, p0), w1, p1);
