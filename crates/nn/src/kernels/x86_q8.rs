@@ -241,24 +241,13 @@ pub(super) unsafe fn strips_vnni(
     for s in strips {
         let j0 = 16 * s;
         let g = j0 / w.group;
-        let mut i = 0;
-        while i < rows {
-            let here = (rows - i).min(4);
-            // SAFETY: the function's contract; rows `i..i + here` and channels `j0..j0 + 16` exist.
-            unsafe {
-                if here == 1 {
-                    strip_row(w, k, n, j0, g, groups, acts, i, y);
-                } else {
-                    let mut idx = [i; 4];
-                    for (a, idx) in idx.iter_mut().enumerate().take(here) {
-                        *idx = i + a;
-                    }
-                    for r0 in (0..16).step_by(4) {
-                        quad_rows(w, k, n, j0 + r0, g, groups, acts, &idx, here, y);
-                    }
-                }
+        // SAFETY: the function's contract; channels `j0..j0 + 16` exist.
+        unsafe {
+            if rows == 1 {
+                strip_row(w, k, n, j0, g, groups, acts, 0, y);
+            } else {
+                strip_rows(w, k, n, j0, g, groups, acts, rows, y);
             }
-            i += here;
         }
     }
 }
@@ -324,13 +313,52 @@ unsafe fn strip_row(
     }
 }
 
-/// Channels `j0..j0 + 4` (group `g`) for activation rows `idx[..here]` (`idx` padded with repeats).
+/// The 16 x 16 transpose of `i32`: `out[q]` lane `c` is `rows[c]` lane `q`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn transpose16_epi32(rows: &[__m512i; 16]) -> [__m512i; 16] {
+    // Per 128-bit lane `L`, for each four rows `4c..4c + 4`: `v[4c + j]` holds their lane `4L + j`.
+    let mut v = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let r = &rows[4 * c..4 * c + 4];
+        let (lo01, hi01) = (
+            _mm512_unpacklo_epi32(r[0], r[1]),
+            _mm512_unpackhi_epi32(r[0], r[1]),
+        );
+        let (lo23, hi23) = (
+            _mm512_unpacklo_epi32(r[2], r[3]),
+            _mm512_unpackhi_epi32(r[2], r[3]),
+        );
+        v[4 * c] = _mm512_unpacklo_epi64(lo01, lo23);
+        v[4 * c + 1] = _mm512_unpackhi_epi64(lo01, lo23);
+        v[4 * c + 2] = _mm512_unpacklo_epi64(hi01, hi23);
+        v[4 * c + 3] = _mm512_unpackhi_epi64(hi01, hi23);
+    }
+    // The 4 x 4 transpose of 128-bit lanes: lane `L` of `out[4L' + j]` is lane `L'` of `v[4L + j]`.
+    let mut out = [_mm512_setzero_si512(); 16];
+    for j in 0..4 {
+        let (x0, x1, x2, x3) = (v[j], v[4 + j], v[8 + j], v[12 + j]);
+        let s0 = _mm512_shuffle_i32x4::<0b01_00_01_00>(x0, x1);
+        let s1 = _mm512_shuffle_i32x4::<0b11_10_11_10>(x0, x1);
+        let s2 = _mm512_shuffle_i32x4::<0b01_00_01_00>(x2, x3);
+        let s3 = _mm512_shuffle_i32x4::<0b11_10_11_10>(x2, x3);
+        out[j] = _mm512_shuffle_i32x4::<0b10_00_10_00>(s0, s2);
+        out[4 + j] = _mm512_shuffle_i32x4::<0b11_01_11_01>(s0, s2);
+        out[8 + j] = _mm512_shuffle_i32x4::<0b10_00_10_00>(s1, s3);
+        out[12 + j] = _mm512_shuffle_i32x4::<0b11_01_11_01>(s1, s3);
+    }
+    out
+}
+
+/// Channels `j0..j0 + 16` (group `g`) for activation rows `0..rows` (two or more, at most 32): each block's
+/// `16 x 128` weight bytes are transposed once into 32 vectors of four inputs of the 16 channels (the channels in
+/// the lanes), which every row then multiplies by its broadcast activations, with no sums across lanes.
 ///
 /// # Safety
-/// As [`strips_vnni`].
+/// As [`strips_vnni`], with `rows <= 32`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn quad_rows(
+unsafe fn strip_rows(
     w: &Q8Weight<'_>,
     k: usize,
     n: usize,
@@ -338,61 +366,59 @@ unsafe fn quad_rows(
     g: usize,
     groups: usize,
     acts: &QuantizedActs,
-    idx: &[usize; 4],
-    here: usize,
+    rows: usize,
     y: *mut f32,
 ) {
+    debug_assert!((2..=32).contains(&rows));
     let (nb, kp) = (acts.nb, acts.kp);
     let flip = _mm512_set1_epi8(-128);
-    // Lane `4a + r` is row `idx[a]`, channel `j0 + r`.
-    let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    let mut yacc = [_mm512_setzero_ps(); 32];
+    let mut tile = [flip; 32];
     unsafe {
         let base = w.values.as_ptr().add(j0 * k);
-        let at = idx.map(|i| (i * groups + g) * nb);
-        let p = idx.map(|i| acts.p.as_ptr().add((i * groups + g) * kp));
-        let mut yv = _mm512_setzero_ps();
         for b in 0..nb {
-            let mut acc = [_mm512_setzero_si512(); 16];
-            let mut l = b * Q8_ACT_BLOCK;
-            while l < ((b + 1) * Q8_ACT_BLOCK).min(k) {
+            let l0 = b * Q8_ACT_BLOCK;
+            let halves = (k - l0).min(Q8_ACT_BLOCK).div_ceil(64);
+            for h in 0..halves {
+                let l = l0 + 64 * h;
                 let mask = input_mask(k, l);
-                let mut pv = [_mm512_setzero_si512(); 4];
-                for (pv, p) in pv.iter_mut().zip(p) {
-                    *pv = _mm512_loadu_si512(p.add(l).cast());
+                let mut r = [_mm512_setzero_si512(); 16];
+                for (c, r) in r.iter_mut().enumerate() {
+                    *r = _mm512_maskz_loadu_epi8(mask, base.add(c * k + l).cast());
                 }
-                for r in 0..4 {
-                    let wv = _mm512_maskz_loadu_epi8(mask, base.add(r * k + l).cast());
-                    let wv = _mm512_xor_si512(wv, flip);
-                    for (a, pv) in pv.iter().enumerate() {
-                        acc[4 * a + r] = _mm512_dpbusd_epi32(acc[4 * a + r], wv, *pv);
-                    }
+                for (q, v) in transpose16_epi32(&r).into_iter().enumerate() {
+                    tile[16 * h + q] = _mm512_xor_si512(v, flip);
                 }
-                l += 64;
             }
-            let sums = _mm_set_epi32(
-                *acts.sum.as_ptr().add(at[3] + b),
-                *acts.sum.as_ptr().add(at[2] + b),
-                *acts.sum.as_ptr().add(at[1] + b),
-                *acts.sum.as_ptr().add(at[0] + b),
-            );
-            let ts = _mm_set_ps(
-                *acts.t.as_ptr().add(at[3] + b),
-                *acts.t.as_ptr().add(at[2] + b),
-                *acts.t.as_ptr().add(at[1] + b),
-                *acts.t.as_ptr().add(at[0] + b),
-            );
-            let corr = _mm512_slli_epi32::<7>(_mm512_permutexvar_epi32(
-                spread,
-                _mm512_castsi128_si512(sums),
-            ));
-            let tv = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(ts));
-            let s = _mm512_sub_epi32(hsum16(&acc), corr);
-            yv = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), tv, yv);
+            let quads = 16 * halves;
+            for (i, yacc) in yacc.iter_mut().enumerate().take(rows) {
+                let at = (i * groups + g) * nb + b;
+                let p = acts
+                    .p
+                    .as_ptr()
+                    .add((i * groups + g) * kp + l0)
+                    .cast::<i32>();
+                let mut a = [_mm512_setzero_si512(); 4];
+                let mut q = 0;
+                while q < quads {
+                    for (d, a) in a.iter_mut().enumerate() {
+                        let pv = _mm512_set1_epi32(p.add(q + d).read_unaligned());
+                        *a = _mm512_dpbusd_epi32(*a, tile[q + d], pv);
+                    }
+                    q += 4;
+                }
+                let sum =
+                    _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3]));
+                let s = _mm512_sub_epi32(sum, _mm512_set1_epi32(*acts.sum.as_ptr().add(at) << 7));
+                *yacc = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(s),
+                    _mm512_set1_ps(*acts.t.as_ptr().add(at)),
+                    *yacc,
+                );
+            }
         }
-        let mut out = [0f32; 16];
-        _mm512_storeu_ps(out.as_mut_ptr(), yv);
-        for (a, &i) in idx.iter().enumerate().take(here) {
-            std::ptr::copy_nonoverlapping(out.as_ptr().add(4 * a), y.add(i * n + j0), 4);
+        for (i, yacc) in yacc.iter().enumerate().take(rows) {
+            _mm512_storeu_ps(y.add(i * n + j0), *yacc);
         }
     }
 }
