@@ -4,9 +4,9 @@
 //! `vpdpbusd` multiplies unsigned by signed bytes and sums four neighbouring products into one `i32`. The weight
 //! is read output channel by output channel (its `[n, k]` values, 64 inputs per load) as the unsigned operand,
 //! offset by 128 (`q ^ 0x80` is `q + 128` as a `u8`), and the activations of the channel's group are the
-//! signed one, so `sum (q + 128) p - 128 sum p` is the exact sum of `q p`. Each channel's sixteen `i32` lanes
-//! are summed across at the end of every block of inputs, sixteen channels (or pairs of channel and row) at a
-//! time.
+//! signed one, so `sum (q + 128) p - 128 sum p` is the exact sum of `q p`. For one activation row each
+//! channel's sixteen `i32` lanes are summed across at the end of every block of inputs, sixteen channels at a
+//! time; for several rows each block of sixteen channels is first transposed so that the lanes are channels.
 
 use std::arch::x86_64::*;
 
