@@ -222,8 +222,8 @@ fn input_mask(k: usize, l: usize) -> __mmask64 {
     }
 }
 
-/// The output channels of `strips` (16 each) for every row of `acts`, written into `y` (`[rows, n]`): one
-/// activation row at a time with sixteen channels per pass, or up to four rows at a time with four channels.
+/// The output channels of `strips` (16 each) for every row of `acts`, written into `y` (`[rows, n]`):
+/// [`strip_row`] for one activation row, [`strip_rows`] for several.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL and VNNI; as `q8::strips_of`.
