@@ -244,7 +244,7 @@ pub(super) unsafe fn strips_vnni(
         // SAFETY: the function's contract; channels `j0..j0 + 16` exist.
         unsafe {
             if rows == 1 {
-                strip_row(w, k, n, j0, g, groups, acts, 0, y);
+                strip_row(w, k, j0, g, acts, y);
             } else {
                 strip_rows(w, k, n, j0, g, groups, acts, rows, y);
             }
@@ -252,30 +252,26 @@ pub(super) unsafe fn strips_vnni(
     }
 }
 
-/// Channels `j0..j0 + 16` (group `g`) for activation row `i`.
+/// Channels `j0..j0 + 16` (group `g`) for the one activation row.
 ///
 /// # Safety
 /// As [`strips_vnni`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn strip_row(
     w: &Q8Weight<'_>,
     k: usize,
-    n: usize,
     j0: usize,
     g: usize,
-    groups: usize,
     acts: &QuantizedActs,
-    i: usize,
     y: *mut f32,
 ) {
     let (nb, kp) = (acts.nb, acts.kp);
     let flip = _mm512_set1_epi8(-128);
     unsafe {
         let base = w.values.as_ptr().add(j0 * k);
-        let p = acts.p.as_ptr().add((i * groups + g) * kp);
-        let t = acts.t.as_ptr().add((i * groups + g) * nb);
-        let sums = acts.sum.as_ptr().add((i * groups + g) * nb);
+        let p = acts.p.as_ptr().add(g * kp);
+        let t = acts.t.as_ptr().add(g * nb);
+        let sums = acts.sum.as_ptr().add(g * nb);
         let mut yv = _mm512_setzero_ps();
         for b in 0..nb {
             let mut acc = [_mm512_setzero_si512(); 16];
@@ -309,7 +305,7 @@ unsafe fn strip_row(
             let s = _mm512_sub_epi32(hsum16(&acc), _mm512_set1_epi32(*sums.add(b) << 7));
             yv = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(*t.add(b)), yv);
         }
-        _mm512_storeu_ps(y.add(i * n + j0), yv);
+        _mm512_storeu_ps(y.add(j0), yv);
     }
 }
 
