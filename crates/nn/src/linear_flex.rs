@@ -324,13 +324,13 @@ fn q8_layout(q: &FlexQTensor, k: usize) -> Option<(usize, usize, &[i8])> {
 
 /// Whether `weight` is an int8 tensor the kernels read in place (tests).
 #[cfg(test)]
-pub(crate) fn q8_values_of<B: Backend>(weight: &Tensor<B, 2>) -> Option<()> {
+pub(crate) fn kernels_read_q8<B: Backend>(weight: &Tensor<B, 2>) -> bool {
     let k = weight.dims()[0];
     with_flex_primitive(weight, |w| match w {
-        TensorPrimitive::QFloat(q) => q8_layout(q, k).map(|_| ()),
-        TensorPrimitive::Float(_) => None,
+        TensorPrimitive::QFloat(q) => q8_layout(q, k).is_some(),
+        TensorPrimitive::Float(_) => false,
     })
-    .flatten()
+    .unwrap_or(false)
 }
 
 /// The bias as f32 (`Some(None)` without one; `None` when it is not `[n]`).
