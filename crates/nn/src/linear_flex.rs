@@ -202,12 +202,12 @@ fn dense_product(
         return None;
     }
     let bias = bias_f32(bias, n)?;
-    let mut out = vec![0f32; m * n];
     let range = start..start + n * k;
     if out_dtype == DType::BF16 {
         // bf16 activations go in as they are (the kernels widen them only when they must).
         let x = row_major(x);
-        kernels::linear_bf16(
+        let mut out = vec![bf16::ZERO; m * n];
+        kernels::linear_bf16_rounded(
             KernelPath::detect(),
             x.as_slice::<bf16>()?,
             m,
@@ -217,9 +217,10 @@ fn dense_product(
             bias.as_deref(),
             &mut out,
         );
-        return output(out, [m, n], out_dtype);
+        return Some(FlexTensor::from_data(TensorData::new(out, [m, n])));
     }
     let x32 = to_f32(x)?;
+    let mut out = vec![0f32; m * n];
     let weight = match w.dtype() {
         DType::F32 => DenseWeight::F32(w.storage::<f32>().get(range)?),
         DType::BF16 => DenseWeight::Bf16(w.storage::<bf16>().get(range)?),
@@ -239,23 +240,12 @@ fn dense_product(
     output(out, [m, n], out_dtype)
 }
 
-/// Outputs per parallel task when rounding a product to bf16.
-const NARROW_CHUNK: usize = 1 << 14;
-
 fn output(out: Vec<f32>, shape: [usize; 2], dtype: DType) -> Option<FlexTensor> {
     let data = match dtype {
         DType::F32 => TensorData::new(out, shape),
         DType::BF16 => {
-            use rayon::prelude::*;
-            let path = KernelPath::detect();
             let mut b = vec![bf16::ZERO; out.len()];
-            if out.len() < 2 * NARROW_CHUNK {
-                kernels::narrow_bf16(path, &out, &mut b);
-            } else {
-                b.par_chunks_mut(NARROW_CHUNK)
-                    .zip(out.par_chunks(NARROW_CHUNK))
-                    .for_each(|(b, o)| kernels::narrow_bf16(path, o, b));
-            }
+            kernels::narrow_bf16_threaded(KernelPath::detect(), &out, &mut b);
             TensorData::new(b, shape)
         }
         DType::F16 => TensorData::new(out.iter().map(|&v| f16::from_f32(v)).collect(), shape),

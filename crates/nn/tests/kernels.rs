@@ -2,8 +2,8 @@
 //! batch 1 and more, and the flex `Linear` fast path against Burn's own product (non-contiguous inputs too).
 
 use blip2_nn::kernels::{
-    self, DOT_MAX_ROWS, DenseWeight, GEMV_MAX_ROWS, KernelPath, Q8_ACT_BLOCK, Q8Weight,
-    dequantize_q8, quantize_q8,
+    self, DOT_MAX_ROWS, DenseWeight, GEMV_MAX_ROWS, KernelPath, PACKED_MIN_ROWS, Q8_ACT_BLOCK,
+    Q8Weight, dequantize_q8, quantize_q8,
 };
 use half::{bf16, f16};
 
@@ -130,14 +130,23 @@ fn dense_paths_agree_with_the_reference() {
 
 #[test]
 fn bf16_activation_products_agree_with_the_reference() {
-    // Besides SHAPES: the AVX512-BF16 tiles (six rows, four outputs, runs of 2048 inputs) with partial tiles,
-    // k not a multiple of 32, several runs with a tail, and more output blocks than threads.
+    // Besides SHAPES: the AVX512-BF16 dot-product tiles (six rows, four outputs, runs of at most 1536 inputs)
+    // with partial tiles, k not a multiple of 32, several runs with a tail, and more output blocks than threads;
+    // then the packed product from PACKED_MIN_ROWS rows (six rows by 64 outputs, panels of 16): partial row
+    // tiles, outputs not a multiple of 16 or 64, odd k (a last pair of one input), several runs, one column.
     let extra = [
         (6, 32, 4),
         (7, 2088, 13),
         (13, 4100, 9),
         (33, 64, 389),
         (70, 100, 5),
+        (PACKED_MIN_ROWS - 1, 96, 70),
+        (PACKED_MIN_ROWS, 31, 17),
+        (37, 1, 65),
+        (40, 3001, 130),
+        (64, 1537, 64),
+        (257, 88, 257),
+        (100, 257, 1),
     ];
     for (case, &(m, k, n)) in SHAPES.iter().chain(&extra).enumerate() {
         let x: Vec<bf16> = values(m * k, case as u64 + 300)
@@ -155,13 +164,58 @@ fn bf16_activation_products_agree_with_the_reference() {
             let mut out = vec![f32::NAN; m * n];
             kernels::linear_bf16(path, &x, m, k, &w, n, Some(&bias), &mut out);
             let dot = if path.bf16_dot() { " (vdpbf16ps)" } else { "" };
-            check_close(
-                &out,
-                &want,
-                &mag,
-                k,
-                &format!("bf16 {path}{dot} m={m} k={k} n={n}"),
-            );
+            let what = format!("bf16 {path}{dot} m={m} k={k} n={n}");
+            check_close(&out, &want, &mag, k, &what);
+            // Rounded as they are stored: the same bits as the f32 outputs rounded afterwards.
+            let mut rounded = vec![bf16::NAN; m * n];
+            kernels::linear_bf16_rounded(path, &x, m, k, &w, n, Some(&bias), &mut rounded);
+            let mut want_rounded = vec![bf16::ZERO; m * n];
+            kernels::narrow_bf16(path, &out, &mut want_rounded);
+            let bits = |v: &[bf16]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&rounded), bits(&want_rounded), "{what}, rounded");
+        }
+    }
+}
+
+#[test]
+fn bf16_outputs_round_like_narrow_bf16_on_ties_and_special_values() {
+    // Zero weights: every output is its bias (or NaN on the NaN row), so the rounding of the stored outputs
+    // meets exact ties, the largest finite values, infinities, NaN, subnormals and signed zeros.
+    let specials = [
+        1.0 + 2f32.powi(-8),
+        1.0 + 3.0 * 2f32.powi(-8),
+        -(1.0 + 2f32.powi(-8)),
+        f32::MAX,
+        -f32::MAX,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+        1e-40,
+        -1e-40,
+        0.0,
+        -0.0,
+        3.389_531_4e38,
+    ];
+    let n = specials.len() * 5;
+    let bias: Vec<f32> = specials.iter().copied().cycle().take(n).collect();
+    for m in [GEMV_MAX_ROWS + 1, PACKED_MIN_ROWS, PACKED_MIN_ROWS + 7] {
+        for k in [1, 33] {
+            let mut x = vec![bf16::ONE; m * k];
+            x[k] = bf16::NAN;
+            let w = vec![bf16::ZERO; n * k];
+            for path in KernelPath::available() {
+                let mut out = vec![0f32; m * n];
+                kernels::linear_bf16(path, &x, m, k, &w, n, Some(&bias), &mut out);
+                let mut want = vec![bf16::ZERO; m * n];
+                kernels::narrow_bf16(path, &out, &mut want);
+                let mut got = vec![bf16::ZERO; m * n];
+                kernels::linear_bf16_rounded(path, &x, m, k, &w, n, Some(&bias), &mut got);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{path} m={m} k={k} output {i}");
+                }
+                assert!(got[n..2 * n].iter().all(|v| v.is_nan()), "the NaN row");
+            }
         }
     }
 }

@@ -281,12 +281,13 @@ fn products(
             w_rs,
             out: out.as_mut_ptr(),
             out_rs,
+            out16: std::ptr::null_mut(),
             bias: std::ptr::null(),
             m,
             k,
         };
         // SAFETY: `bf16_dot` checked the CPU's features; the asserts above bound every row read and written.
-        return unsafe { super::x86_bf16::product_cols(op, 0, n) };
+        return unsafe { super::x86_bf16::product_packed(op, 0, n) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = path;

@@ -167,6 +167,14 @@ pub(super) fn gemm_blocks(
     });
 }
 
+/// Where a bf16 × bf16 product writes its `[m, n]` outputs.
+pub(super) enum Bf16Out<'a> {
+    /// The f32 sums.
+    F32(&'a mut [f32]),
+    /// The sums rounded to bf16 (`elementwise::bf16_bits`).
+    Bf16(&'a mut [bf16]),
+}
+
 /// `out = a W^T + bias` for bf16 activations `a: [m, k]` and a bf16 weight `[n, k]` on AVX512-BF16, threaded over
 /// blocks of output channels.
 ///
@@ -181,15 +189,34 @@ pub(super) unsafe fn gemm_dpbf16(
     w: &[bf16],
     n: usize,
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    out: Bf16Out<'_>,
 ) {
-    use super::x86_bf16::{NR, Operands, product_cols};
-    assert!(a.len() == m * k && w.len() == n * k && out.len() == m * n);
+    use super::x86_bf16::{NR, Operands, PANELS, product_cols, product_packed};
+    let out_len = match &out {
+        Bf16Out::F32(o) => o.len(),
+        Bf16Out::Bf16(o) => o.len(),
+    };
+    assert!(a.len() == m * k && w.len() == n * k && out_len == m * n);
     assert!(bias.is_none_or(|b| b.len() == n));
     if m == 0 || n == 0 {
         return;
     }
+    let packed = k > 0 && m >= super::PACKED_MIN_ROWS;
+    let (out, out16) = match out {
+        Bf16Out::F32(o) => (o.as_mut_ptr(), std::ptr::null_mut()),
+        Bf16Out::Bf16(o) if packed => (std::ptr::null_mut(), o.as_mut_ptr()),
+        Bf16Out::Bf16(o) => {
+            // The dot-product tiles (and `k = 0`) write f32: round afterwards.
+            let mut sums = vec![0f32; m * n];
+            // SAFETY: the caller's promise.
+            unsafe { gemm_dpbf16(a, m, k, w, n, bias, Bf16Out::F32(&mut sums)) };
+            super::narrow_bf16_threaded(KernelPath::Avx512, &sums, o);
+            return;
+        }
+    };
     if k == 0 {
+        // SAFETY: `out` holds `[m, n]` f32 values (bf16 outputs went above).
+        let out = unsafe { std::slice::from_raw_parts_mut(out, m * n) };
         for row in out.chunks_exact_mut(n) {
             match bias {
                 Some(b) => row.copy_from_slice(b),
@@ -198,21 +225,33 @@ pub(super) unsafe fn gemm_dpbf16(
         }
         return;
     }
-    // At least two blocks a thread and the same number for every thread, each at most DP_BLOCK outputs.
-    let threads = rayon::current_num_threads();
-    let blocks = threads * n.div_ceil(threads * DP_BLOCK).max(2);
-    let block = n.div_ceil(blocks).next_multiple_of(NR);
     let op = Operands {
         a: a.as_ptr(),
         a_rs: k,
         w: w.as_ptr(),
         w_rs: k,
-        out: out.as_mut_ptr(),
+        out,
         out_rs: n,
+        out16,
         bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
         m,
         k,
     };
+    if packed {
+        // One task per 64 outputs (one pack of the weight per run of inputs), for an even split between
+        // threads.
+        let block = PANELS * 16;
+        super::par_blocks(n.div_ceil(block), |b| {
+            // SAFETY: the CPU has the features (the caller's promise); the operands are `[m, k]`, `[n, k]`
+            // and `[m, n]`, and each task writes only its own outputs.
+            unsafe { product_packed(op, b * block, ((b + 1) * block).min(n)) }
+        });
+        return;
+    }
+    // At least two blocks a thread and the same number for every thread, each at most DP_BLOCK outputs.
+    let threads = rayon::current_num_threads();
+    let blocks = threads * n.div_ceil(threads * DP_BLOCK).max(2);
+    let block = n.div_ceil(blocks).next_multiple_of(NR);
     super::par_blocks(n.div_ceil(block), |b| {
         // SAFETY: the CPU has the features (the caller's promise); the operands are `[m, k]`, `[n, k]` and
         // `[m, n]`, and each task writes only its own outputs.

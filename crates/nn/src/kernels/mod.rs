@@ -10,10 +10,12 @@
 //!   through a dot-product kernel threaded over output channels; more rows (the vision tower) go through blocks
 //!   of 64 output channels converted to f32 in a per-thread buffer and multiplied by `gemm`'s f32 kernels,
 //!   threaded over blocks.
-//! - **bf16 activations times bf16 weights** ([`linear_bf16`]): on a CPU with AVX512-BF16, more than
-//!   [`GEMV_MAX_ROWS`] rows multiply on `vdpbf16ps` (pairs of bf16 products summed into f32) in register tiles
-//!   of six rows by four outputs, reading both operands in their stored layout, threaded over blocks of
-//!   outputs; [`attention_qkv_bf16`] runs a ViT's whole self-attention on the same tiles, a head per task.
+//! - **bf16 activations times bf16 weights** ([`linear_bf16`], [`linear_bf16_rounded`]): on a CPU with
+//!   AVX512-BF16, more than [`GEMV_MAX_ROWS`] rows multiply on `vdpbf16ps` (pairs of bf16 products summed into
+//!   f32), threaded over blocks of outputs: up to [`PACKED_MIN_ROWS`] rows in register tiles of six rows by four
+//!   outputs that read both operands in their stored layout; from there on, each 64 outputs' weight rows are
+//!   packed per call into panels of input pairs, and tiles of six rows by 64 outputs keep the outputs in the
+//!   lanes. [`attention_qkv_bf16`] runs a ViT's whole self-attention on the packed tiles, a head per task.
 //! - **int8 weights** ([`Q8Weight`]) are Burn's own quantized tensors: `[in, out]` int8, symmetric, one f32 scale
 //!   per block of `group` consecutive output channels of one input row (Burn's block `[1, group]`), so every
 //!   Burn backend can also run them through its generic dequantize-then-multiply path. On flex their values are
@@ -68,6 +70,12 @@ pub const GEMV_MAX_ROWS: usize = 4;
 /// Activation rows up to which dense products use the dot-product kernel on the AVX-512 path (in tiles of four
 /// rows by four outputs); more rows go through blocked `gemm`.
 pub const DOT_MAX_ROWS: usize = 64;
+
+/// Activation rows from which bf16 × bf16 products on AVX512-BF16 ([`linear_bf16`]) pack the weight, 64 outputs
+/// at a time, into panels that every row then reads; fewer rows read the weight in place. At 5-16 rows of
+/// OPT-2.7b's shapes (weights streamed from memory) packing cost 10-30%, at 32 rows the two were even, and at
+/// ViT-g's 257 rows packing was 1.3x faster (AMD Zen 5, docs/performance.md).
+pub const PACKED_MIN_ROWS: usize = 32;
 
 /// Which instruction set a kernel runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -275,11 +283,63 @@ pub fn linear_bf16(
     #[cfg(target_arch = "x86_64")]
     if m > GEMV_MAX_ROWS && path.bf16_dot() {
         // SAFETY: `bf16_dot` checked the CPU's features.
-        return unsafe { dense::gemm_dpbf16(x, m, k, w, n, bias, out) };
+        return unsafe { dense::gemm_dpbf16(x, m, k, w, n, bias, dense::Bf16Out::F32(out)) };
     }
     let mut x32 = vec![0f32; x.len()];
     widen_bf16(path.checked(), x, &mut x32);
     linear_dense(path, &x32, m, k, DenseWeight::Bf16(w), n, bias, out);
+}
+
+/// [`linear_bf16`] with its outputs rounded to bf16, bit for bit what [`linear_bf16`] then [`narrow_bf16`]
+/// give, without the f32 outputs in memory where the kernel can round them as it stores them (AVX512-BF16,
+/// from [`PACKED_MIN_ROWS`] rows).
+///
+/// ```
+/// use blip2_nn::kernels::{self, KernelPath};
+/// use half::bf16;
+///
+/// let b = |v: &[f32]| v.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>();
+/// let (x, w) = (b(&[1.0, 1.0, 2.0]), b(&[1.0, 2.0, 3.0, -1.0, 0.5, 0.0]));
+/// let mut y = [bf16::ZERO; 2];
+/// kernels::linear_bf16_rounded(KernelPath::detect(), &x, 1, 3, &w, 2, Some(&[0.0, 0.25]), &mut y);
+/// assert_eq!(y, [bf16::from_f32(9.0), bf16::from_f32(-0.25)]);
+/// ```
+///
+/// # Panics
+/// When a slice's length does not match `m`, `k` and `n`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bf16_rounded(
+    path: KernelPath,
+    x: &[bf16],
+    m: usize,
+    k: usize,
+    w: &[bf16],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [bf16],
+) {
+    check_dense(x.len(), w.len(), out.len(), bias, [m, k, n]);
+    #[cfg(target_arch = "x86_64")]
+    if m > GEMV_MAX_ROWS && path.bf16_dot() {
+        // SAFETY: `bf16_dot` checked the CPU's features.
+        return unsafe { dense::gemm_dpbf16(x, m, k, w, n, bias, dense::Bf16Out::Bf16(out)) };
+    }
+    let mut sums = vec![0f32; m * n];
+    linear_bf16(path, x, m, k, w, n, bias, &mut sums);
+    narrow_bf16_threaded(path, &sums, out);
+}
+
+/// [`narrow_bf16`] on rayon's threads, in chunks of `1 << 14` values, for large outputs.
+pub(crate) fn narrow_bf16_threaded(path: KernelPath, src: &[f32], dst: &mut [bf16]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    if src.len() < 2 * CHUNK {
+        narrow_bf16(path, src, dst);
+    } else {
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| narrow_bf16(path, s, d));
+    }
 }
 
 /// `out ≈ x Wq + bias` for `x: [m, k]` (row-major f32), an int8 weight `[k, n]` (its values held `[n, k]`, see

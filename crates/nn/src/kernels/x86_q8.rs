@@ -12,6 +12,7 @@ use std::arch::x86_64::*;
 
 use super::Q8Weight;
 use super::q8::{ActsOut, Q8_ACT_BLOCK, QuantizedActs};
+use super::x86::transpose16_epi32;
 
 /// The 16 x 16 transpose of bytes: `out[e]` byte `i` is `rows[i]` byte `e`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -307,43 +308,6 @@ unsafe fn strip_row(
         }
         _mm512_storeu_ps(y.add(j0), yv);
     }
-}
-
-/// The 16 x 16 transpose of `i32`: `out[q]` lane `c` is `rows[c]` lane `q`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-#[inline]
-fn transpose16_epi32(rows: &[__m512i; 16]) -> [__m512i; 16] {
-    // Per 128-bit lane `L`, for each four rows `4c..4c + 4`: `v[4c + j]` holds their lane `4L + j`.
-    let mut v = [_mm512_setzero_si512(); 16];
-    for c in 0..4 {
-        let r = &rows[4 * c..4 * c + 4];
-        let (lo01, hi01) = (
-            _mm512_unpacklo_epi32(r[0], r[1]),
-            _mm512_unpackhi_epi32(r[0], r[1]),
-        );
-        let (lo23, hi23) = (
-            _mm512_unpacklo_epi32(r[2], r[3]),
-            _mm512_unpackhi_epi32(r[2], r[3]),
-        );
-        v[4 * c] = _mm512_unpacklo_epi64(lo01, lo23);
-        v[4 * c + 1] = _mm512_unpackhi_epi64(lo01, lo23);
-        v[4 * c + 2] = _mm512_unpacklo_epi64(hi01, hi23);
-        v[4 * c + 3] = _mm512_unpackhi_epi64(hi01, hi23);
-    }
-    // The 4 x 4 transpose of 128-bit lanes: lane `L` of `out[4L' + j]` is lane `L'` of `v[4L + j]`.
-    let mut out = [_mm512_setzero_si512(); 16];
-    for j in 0..4 {
-        let (x0, x1, x2, x3) = (v[j], v[4 + j], v[8 + j], v[12 + j]);
-        let s0 = _mm512_shuffle_i32x4::<0b01_00_01_00>(x0, x1);
-        let s1 = _mm512_shuffle_i32x4::<0b11_10_11_10>(x0, x1);
-        let s2 = _mm512_shuffle_i32x4::<0b01_00_01_00>(x2, x3);
-        let s3 = _mm512_shuffle_i32x4::<0b11_10_11_10>(x2, x3);
-        out[j] = _mm512_shuffle_i32x4::<0b10_00_10_00>(s0, s2);
-        out[4 + j] = _mm512_shuffle_i32x4::<0b11_01_11_01>(s0, s2);
-        out[8 + j] = _mm512_shuffle_i32x4::<0b10_00_10_00>(s1, s3);
-        out[12 + j] = _mm512_shuffle_i32x4::<0b11_01_11_01>(s1, s3);
-    }
-    out
 }
 
 /// Channels `j0..j0 + 16` (group `g`) for activation rows `0..rows` (two or more, at most 32): each block's
