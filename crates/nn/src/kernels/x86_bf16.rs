@@ -267,12 +267,17 @@ unsafe fn packed_cols(op: Operands, j0: usize, j1: usize, buf: &mut Vec<u32>, su
     } else {
         (std::ptr::null_mut(), 0, 0)
     };
-    // Pairs per panel in the buffer: the pack writes 16 pairs (32 inputs) at a time.
+    // Pairs per panel in the buffer: the pack writes 16 pairs (32 inputs) at a time. The panels start on a
+    // 64-byte boundary, so that no vector of theirs straddles two cache lines (a `Vec` of this size is
+    // 16-byte aligned).
     let stride = run / 2;
-    if buf.len() < PANELS * stride * PANEL {
-        buf.resize(PANELS * stride * PANEL, 0);
+    if buf.len() < PANELS * stride * PANEL + PANEL {
+        buf.resize(PANELS * stride * PANEL + PANEL, 0);
     }
-    let panels_ptr = buf.as_mut_ptr();
+    let panels_ptr = {
+        let p = buf.as_mut_ptr();
+        p.wrapping_add(p.align_offset(64))
+    };
     let mut l0 = 0;
     while l0 < k {
         let l1 = (l0 + run).min(k);
