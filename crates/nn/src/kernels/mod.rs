@@ -72,10 +72,11 @@ pub const GEMV_MAX_ROWS: usize = 4;
 pub const DOT_MAX_ROWS: usize = 64;
 
 /// Activation rows from which bf16 × bf16 products on AVX512-BF16 ([`linear_bf16`]) pack the weight, 64 outputs
-/// at a time, into panels that every row then reads; fewer rows read the weight in place. At 5-16 rows of
-/// OPT-2.7b's shapes (weights streamed from memory) packing cost 10-30%, at 32 rows the two were even, and at
-/// ViT-g's 257 rows packing was 1.3x faster (AMD Zen 5, docs/performance.md).
-pub const PACKED_MIN_ROWS: usize = 32;
+/// at a time, into panels that every row then reads; fewer rows read the weight in place. With OPT-2.7b's
+/// shapes (weights streamed from memory) the in-place tiles were 6-15% faster at 32 rows, the two were even at
+/// 48, and packing was 10-25% faster from 64 rows on (1.2-1.3x at ViT-g's 257; AMD Zen 5,
+/// docs/performance.md).
+pub const PACKED_MIN_ROWS: usize = 48;
 
 /// Which instruction set a kernel runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
