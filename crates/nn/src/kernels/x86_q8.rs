@@ -210,7 +210,7 @@ fn hsum16(v: &[__m512i; 16]) -> __m512i {
     )
 }
 
-/// How far ahead of its reads [`strip_row`] prefetches each channel's inputs, in bytes.
+/// How far ahead of its reads [`strip_row`] and [`strip_rows`] prefetch each channel's inputs, in bytes.
 const PREFETCH: usize = 1024;
 
 /// The valid bytes of 64 inputs from `l` of `k`.
@@ -344,7 +344,9 @@ unsafe fn strip_rows(
                 let mask = input_mask(k, l);
                 let mut r = [_mm512_setzero_si512(); 16];
                 for (c, r) in r.iter_mut().enumerate() {
-                    *r = _mm512_maskz_loadu_epi8(mask, base.add(c * k + l).cast());
+                    let src = base.add(c * k + l);
+                    _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(PREFETCH).cast());
+                    *r = _mm512_maskz_loadu_epi8(mask, src.cast());
                 }
                 for (q, v) in transpose16_epi32(&r).into_iter().enumerate() {
                     tile[16 * h + q] = _mm512_xor_si512(v, flip);
