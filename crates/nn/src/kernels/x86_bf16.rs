@@ -236,9 +236,8 @@ thread_local! {
 /// then every tile of [`PR`] activation rows multiplies each panel vector by the row's broadcast input pair,
 /// with the outputs in the lanes, so nothing is summed across lanes. The pack is not free (with the weight in
 /// cache, about what 15-20 rows' products cost), so it pays from a few dozen rows on
-/// ([`super::PACKED_MIN_ROWS`]); on ViT-g's
-/// shapes (257 rows) this ran at 80-88% of `vdpbf16ps`'s peak on AMD Zen 5 where the dot-product tiles of
-/// [`product_cols`] ran at 60-70% (docs/performance.md).
+/// ([`super::PACKED_MIN_ROWS`]); on ViT-g's shapes (257 rows) this ran at 76-88% of `vdpbf16ps`'s peak on AMD
+/// Zen 5, where the dot-product tiles of [`product_cols`] ran at 60-72% (docs/performance.md).
 ///
 /// Each output lane sums its run's pairs in input order (`vdpbf16ps` adds a pair's two products to the lane),
 /// then the run's sum is added to the earlier runs' as in [`product_cols`], then the bias. With `op.out16`,
