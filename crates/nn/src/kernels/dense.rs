@@ -175,6 +175,15 @@ pub(super) enum Bf16Out<'a> {
     Bf16(&'a mut [bf16]),
 }
 
+impl Bf16Out<'_> {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Self::F32(o) => o.len(),
+            Self::Bf16(o) => o.len(),
+        }
+    }
+}
+
 /// `out = a W^T + bias` for bf16 activations `a: [m, k]` and a bf16 weight `[n, k]` on AVX512-BF16, threaded over
 /// blocks of output channels.
 ///
@@ -192,11 +201,7 @@ pub(super) unsafe fn gemm_dpbf16(
     out: Bf16Out<'_>,
 ) {
     use super::x86_bf16::{NR, Operands, PANELS, product_cols, product_packed};
-    let out_len = match &out {
-        Bf16Out::F32(o) => o.len(),
-        Bf16Out::Bf16(o) => o.len(),
-    };
-    assert!(a.len() == m * k && w.len() == n * k && out_len == m * n);
+    assert!(a.len() == m * k && w.len() == n * k && out.len() == m * n);
     assert!(bias.is_none_or(|b| b.len() == n));
     if m == 0 || n == 0 {
         return;

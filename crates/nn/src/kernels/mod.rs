@@ -280,15 +280,7 @@ pub fn linear_bf16(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    check_dense(x.len(), w.len(), out.len(), bias, [m, k, n]);
-    #[cfg(target_arch = "x86_64")]
-    if m > GEMV_MAX_ROWS && path.bf16_dot() {
-        // SAFETY: `bf16_dot` checked the CPU's features.
-        return unsafe { dense::gemm_dpbf16(x, m, k, w, n, bias, dense::Bf16Out::F32(out)) };
-    }
-    let mut x32 = vec![0f32; x.len()];
-    widen_bf16(path.checked(), x, &mut x32);
-    linear_dense(path, &x32, m, k, DenseWeight::Bf16(w), n, bias, out);
+    linear_bf16_to(path, x, m, k, w, n, bias, dense::Bf16Out::F32(out));
 }
 
 /// [`linear_bf16`] with its outputs rounded to bf16, bit for bit what [`linear_bf16`] then [`narrow_bf16`]
@@ -319,15 +311,39 @@ pub fn linear_bf16_rounded(
     bias: Option<&[f32]>,
     out: &mut [bf16],
 ) {
+    linear_bf16_to(path, x, m, k, w, n, bias, dense::Bf16Out::Bf16(out));
+}
+
+/// [`linear_bf16`] and [`linear_bf16_rounded`]: `vdpbf16ps` where the path has it, else the activations widened
+/// to f32 through [`linear_dense`] (then rounded for bf16 outputs).
+#[allow(clippy::too_many_arguments)]
+fn linear_bf16_to(
+    path: KernelPath,
+    x: &[bf16],
+    m: usize,
+    k: usize,
+    w: &[bf16],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: dense::Bf16Out<'_>,
+) {
     check_dense(x.len(), w.len(), out.len(), bias, [m, k, n]);
     #[cfg(target_arch = "x86_64")]
     if m > GEMV_MAX_ROWS && path.bf16_dot() {
         // SAFETY: `bf16_dot` checked the CPU's features.
-        return unsafe { dense::gemm_dpbf16(x, m, k, w, n, bias, dense::Bf16Out::Bf16(out)) };
+        return unsafe { dense::gemm_dpbf16(x, m, k, w, n, bias, out) };
     }
-    let mut sums = vec![0f32; m * n];
-    linear_bf16(path, x, m, k, w, n, bias, &mut sums);
-    narrow_bf16_threaded(path, &sums, out);
+    let mut x32 = vec![0f32; x.len()];
+    widen_bf16(path.checked(), x, &mut x32);
+    let w = DenseWeight::Bf16(w);
+    match out {
+        dense::Bf16Out::F32(out) => linear_dense(path, &x32, m, k, w, n, bias, out),
+        dense::Bf16Out::Bf16(out) => {
+            let mut sums = vec![0f32; m * n];
+            linear_dense(path, &x32, m, k, w, n, bias, &mut sums);
+            narrow_bf16_threaded(path, &sums, out);
+        }
+    }
 }
 
 /// [`narrow_bf16`] on rayon's threads, in chunks of `1 << 14` values, for large outputs.
