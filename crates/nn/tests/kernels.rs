@@ -130,8 +130,8 @@ fn dense_paths_agree_with_the_reference() {
 
 #[test]
 fn bf16_activation_products_agree_with_the_reference() {
-    // Besides SHAPES: the AVX512-BF16 dot-product tiles (six rows, four outputs, runs of at most 1536 inputs)
-    // with partial tiles, k not a multiple of 32, several runs with a tail, and more output blocks than threads;
+    // Besides SHAPES: the AVX512-BF16 dot-product tiles (at most six rows, as even as can be, by four outputs;
+    // runs of at most 1536 inputs) with tiles of 3 to 6 rows, k not a multiple of 32, several runs with a tail, and more output blocks than threads;
     // then the packed product from PACKED_MIN_ROWS rows (six rows by 64 outputs, panels of 16): partial row
     // tiles, outputs not a multiple of 16 or 64, odd k (a last pair of one input), several runs, one column.
     let extra = [

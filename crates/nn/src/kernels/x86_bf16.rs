@@ -62,6 +62,51 @@ unsafe impl Sync for Operands {}
 /// outputs `j0..j1`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 pub(super) unsafe fn product_cols(op: Operands, j0: usize, j1: usize) {
+    let Operands { m, k, .. } = op;
+    debug_assert!(op.out16.is_null(), "product_cols writes f32 outputs only");
+    // Runs of equal length (a multiple of 32), at most KC; row tiles of at most MR rows, as even as can be
+    // (32 rows: 6, 6, 5, 5, 5, 5), so that no tile computes a row that is not there.
+    let run = k.div_ceil(k.div_ceil(KC)).next_multiple_of(32);
+    let tiles = m.div_ceil(MR);
+    let mut l0 = 0;
+    while l0 < k {
+        let l1 = (l0 + run).min(k);
+        let mut i = 0;
+        for t in 0..tiles {
+            // Tiles of `m / tiles` rows, the first `m % tiles` of them one more.
+            let rows = m / tiles + usize::from(t < m % tiles);
+            // SAFETY: rows `i..i + rows` of `m`, outputs `j0..j1`, inputs `l0..l1`.
+            unsafe {
+                match rows {
+                    6 => row_tile::<6>(op, i, j0, j1, l0, l1),
+                    5 => row_tile::<5>(op, i, j0, j1, l0, l1),
+                    4 => row_tile::<4>(op, i, j0, j1, l0, l1),
+                    3 => row_tile::<3>(op, i, j0, j1, l0, l1),
+                    2 => row_tile::<2>(op, i, j0, j1, l0, l1),
+                    _ => row_tile::<1>(op, i, j0, j1, l0, l1),
+                }
+            }
+            i += rows;
+        }
+        l0 = l1;
+    }
+}
+
+/// The `R` activation rows from `i` times the outputs `j0..j1` over the inputs `l0..l1`, added to the output
+/// as [`product_cols`] says.
+///
+/// # Safety
+/// As [`product_cols`]; `i + R <= m`, `l0 < l1 <= k`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn row_tile<const R: usize>(
+    op: Operands,
+    i: usize,
+    j0: usize,
+    j1: usize,
+    l0: usize,
+    l1: usize,
+) {
     let Operands {
         a,
         a_rs,
@@ -70,64 +115,48 @@ pub(super) unsafe fn product_cols(op: Operands, j0: usize, j1: usize) {
         out,
         out_rs,
         bias,
-        m,
         k,
         ..
     } = op;
-    debug_assert!(op.out16.is_null(), "product_cols writes f32 outputs only");
-    // Runs of equal length (a multiple of 32), at most KC.
-    let run = k.div_ceil(k.div_ceil(KC)).next_multiple_of(32);
-    let mut l0 = 0;
-    while l0 < k {
-        let l1 = (l0 + run).min(k);
-        let mut i = 0;
-        while i < m {
-            // A partial tile repeats its last row; only the rows that exist are written.
-            let rows: [*const u16; MR] =
-                std::array::from_fn(|r| unsafe { a.add((i + r).min(m - 1) * a_rs).cast::<u16>() });
-            let live = (m - i).min(MR);
-            let mut j = j0;
-            while j < j1 {
-                let cols: [*const u16; NR] = std::array::from_fn(|c| unsafe {
-                    w.add((j + c).min(j1 - 1) * w_rs).cast::<u16>()
-                });
-                let width = (j1 - j).min(NR);
-                // SAFETY: the rows and columns lie inside the operands; `l0 < l1 <= k`.
-                let sums = if i == 0 {
-                    // The first row tile reads these weight rows from memory: it fetches the next four
-                    // rows' inputs as it goes (a prefetch never faults, so past the last row is harmless).
-                    // At 5-30 rows of OPT-2.7b's shapes this made the products 6-40% faster (AMD Zen 5).
-                    let ahead: [*const u16; NR] =
-                        std::array::from_fn(|c| w.wrapping_add((j + NR + c) * w_rs).cast::<u16>());
-                    unsafe { tile::<true>(&rows, &cols, &ahead, l0, l1) }
+    let rows: [*const u16; R] =
+        std::array::from_fn(|r| unsafe { a.add((i + r) * a_rs).cast::<u16>() });
+    let mut j = j0;
+    while j < j1 {
+        let cols: [*const u16; NR] =
+            std::array::from_fn(|c| unsafe { w.add((j + c).min(j1 - 1) * w_rs).cast::<u16>() });
+        let width = (j1 - j).min(NR);
+        // SAFETY: the rows and columns lie inside the operands; `l0 < l1 <= k`.
+        let sums = if i == 0 {
+            // The first row tile reads these weight rows from memory: it fetches the next four rows' inputs
+            // as it goes (a prefetch never faults, so past the last row is harmless). At 5-30 rows of
+            // OPT-2.7b's shapes this made the products 6-40% faster (AMD Zen 5).
+            let ahead: [*const u16; NR] =
+                std::array::from_fn(|c| w.wrapping_add((j + NR + c) * w_rs).cast::<u16>());
+            unsafe { tile::<R, true>(&rows, &cols, &ahead, l0, l1) }
+        } else {
+            unsafe { tile::<R, false>(&rows, &cols, &cols, l0, l1) }
+        };
+        for (r, s) in sums.iter().enumerate() {
+            // SAFETY: row `i + r < m`, columns `j..j + width` are this call's.
+            unsafe {
+                let o = out.add((i + r) * out_rs + j);
+                let mask: __mmask8 = (1u8 << width) - 1;
+                let mut s = if l0 == 0 {
+                    *s
                 } else {
-                    unsafe { tile::<false>(&rows, &cols, &cols, l0, l1) }
+                    _mm_add_ps(*s, _mm_maskz_loadu_ps(mask, o))
                 };
-                for (r, s) in sums.iter().enumerate().take(live) {
-                    // SAFETY: row `i + r < m`, columns `j..j + width` are this call's.
-                    unsafe {
-                        let o = out.add((i + r) * out_rs + j);
-                        let mask: __mmask8 = (1u8 << width) - 1;
-                        let mut s = if l0 == 0 {
-                            *s
-                        } else {
-                            _mm_add_ps(*s, _mm_maskz_loadu_ps(mask, o))
-                        };
-                        if l1 == k && !bias.is_null() {
-                            s = _mm_add_ps(s, _mm_maskz_loadu_ps(mask, bias.add(j)));
-                        }
-                        _mm_mask_storeu_ps(o, mask, s);
-                    }
+                if l1 == k && !bias.is_null() {
+                    s = _mm_add_ps(s, _mm_maskz_loadu_ps(mask, bias.add(j)));
                 }
-                j += NR;
+                _mm_mask_storeu_ps(o, mask, s);
             }
-            i += MR;
         }
-        l0 = l1;
+        j += NR;
     }
 }
 
-/// The `MR × NR` dot products of `rows` and `cols` over the inputs `l0..l1`: for each row, the four sums of
+/// The `R × NR` dot products of `rows` and `cols` over the inputs `l0..l1`: for each row, the four sums of
 /// its pairs with the four columns. With `AHEAD`, each step also prefetches the same inputs of the four
 /// weight rows `ahead` (any addresses: a prefetch never faults).
 ///
@@ -139,14 +168,14 @@ pub(super) unsafe fn product_cols(op: Operands, j0: usize, j1: usize) {
 /// the bf16 prefill of OPT-2.7b took twice as long.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn tile<const AHEAD: bool>(
-    rows: &[*const u16; MR],
+unsafe fn tile<const R: usize, const AHEAD: bool>(
+    rows: &[*const u16; R],
     cols: &[*const u16; NR],
     ahead: &[*const u16; NR],
     l0: usize,
     l1: usize,
-) -> [__m128; MR] {
-    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+) -> [__m128; R] {
+    let mut acc = [[_mm512_setzero_ps(); NR]; R];
     let mut l = l0;
     // SAFETY: `l + 32 <= l1` in the loop, and the tail's loads are masked to `l1 - l` values.
     unsafe {
@@ -182,7 +211,7 @@ unsafe fn tile<const AHEAD: bool>(
             }
         }
     }
-    let mut sums = [_mm_setzero_ps(); MR];
+    let mut sums = [_mm_setzero_ps(); R];
     for (sum, acc) in sums.iter_mut().zip(acc) {
         *sum = hsum4(acc);
     }
