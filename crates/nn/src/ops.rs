@@ -61,6 +61,46 @@ pub fn qkv_attention<B: Backend>(
     }
 }
 
+/// Softmax attention of separate heads, merged back: `softmax(q kᵀ + mask) v` for each batch row and head, as
+/// `[batch, q_len, heads * head_dim]`, with `dropout` on the probabilities (a no-op outside training). No
+/// scaling: pass the queries scaled (OPT) or not (T5).
+///
+/// The steps are those of HF's eager attention in the inputs' dtype: the product (and the sum with the mask)
+/// in that dtype, the softmax computed in f32 and rounded back once, then the product with the values. On flex
+/// in bf16 on a CPU with AVX512-BF16 they run fused, a head per task, reading the heads where they lie and
+/// writing the merged context ([`crate::kernels::attention_bf16`]); elsewhere as separate tensor ops.
+///
+/// # Shapes
+/// - `q`: `[batch, heads, q_len, head_dim]`; `k`, `v`: `[batch, heads, kv_len, head_dim]`
+/// - `mask`: additive, broadcastable to `[batch, heads, q_len, kv_len]`
+/// - returns `[batch, q_len, heads * head_dim]`
+pub fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4>>,
+    dropout: &burn::nn::Dropout,
+) -> Tensor<B, 3> {
+    // Flex only (not `Autodiff<Flex>`): on flex dropout is a no-op, so the fused kernel leaves nothing out.
+    #[cfg(feature = "flex")]
+    if let Some(context) = crate::tensor_flex::try_attention(&q, &k, &v, mask.as_ref()) {
+        return context;
+    }
+    let [batch, heads, q_len, head_dim] = q.dims();
+    let dtype = q.dtype();
+    let scores = matmul(q, k.swap_dims(2, 3)); // [batch, heads, q_len, kv_len]
+    let scores = match mask {
+        Some(mask) => scores + mask,
+        None => scores,
+    };
+    let probs =
+        burn::tensor::activation::softmax(scores.cast(burn::tensor::DType::F32), 3).cast(dtype);
+    let context = matmul(dropout.forward(probs), v); // [batch, heads, q_len, head_dim]
+    context
+        .swap_dims(1, 2)
+        .reshape([batch, q_len, heads * head_dim])
+}
+
 /// `norm.forward(x)`. On flex in bf16 the result has the same bits as Burn's layer norm (the same f32 layer norm
 /// of the exactly widened input, rounded once), with the conversions threaded and vectorised.
 pub fn layer_norm<B: Backend, const D: usize>(

@@ -10,7 +10,9 @@ use burn::tensor::{DType, TensorData, TensorPrimitive};
 
 use burn::nn::LayerNorm;
 
-use crate::kernels::{KernelPath, QkvShape, attention_qkv_bf16};
+use crate::kernels::{
+    HeadStrides, Heads, HeadsShape, KernelPath, QkvShape, attention_bf16, attention_qkv_bf16,
+};
 use crate::linear_flex::downcast;
 use half::{bf16, f16};
 
@@ -154,6 +156,108 @@ pub(crate) fn try_qkv_attention<B: Backend>(
     let t = FlexTensor::from_data(TensorData::new(out, [batch, seq, shape.hidden()]));
     let t = downcast::<FlexTensor, B::FloatTensorPrimitive>(t)?;
     Some(Tensor::from_primitive(TensorPrimitive::Float(t)))
+}
+
+/// Softmax attention of separate bf16 heads with an optional additive bf16 mask, merged, when `B` is flex and
+/// this CPU multiplies bf16 pairs ([`KernelPath::bf16_dot`]); see [`crate::ops::attention`]. `None` otherwise,
+/// and for layouts the kernel does not read (a head's values not contiguous, a mask that does not broadcast).
+pub(crate) fn try_attention<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    mask: Option<&Tensor<B, 4>>,
+) -> Option<Tensor<B, 3>> {
+    let path = KernelPath::detect();
+    if TypeId::of::<B>() != TypeId::of::<Flex>() || !path.bf16_dot() {
+        return None;
+    }
+    let [batch, heads, q_len, head_dim] = q.dims();
+    let [_, _, kv_len, _] = k.dims();
+    if k.dims() != [batch, heads, kv_len, head_dim] || v.dims() != k.dims() {
+        return None;
+    }
+    let q = flex_bf16(q)?;
+    let k = flex_bf16(k)?;
+    let v = flex_bf16(v)?;
+    let m = match mask {
+        Some(m) => Some(flex_bf16(m)?),
+        None => None,
+    };
+    let shape = HeadsShape {
+        batch,
+        heads,
+        q_len,
+        kv_len,
+        head_dim,
+    };
+    let mut out = vec![bf16::ZERO; batch * q_len * heads * head_dim];
+    attention_bf16(
+        path,
+        operand(&q, [batch, heads, q_len, head_dim])?,
+        operand(&k, [batch, heads, kv_len, head_dim])?,
+        operand(&v, [batch, heads, kv_len, head_dim])?,
+        match &m {
+            Some(m) => Some(operand(m, [batch, heads, q_len, kv_len])?),
+            None => None,
+        },
+        shape,
+        &mut out,
+    );
+    let t = FlexTensor::from_data(TensorData::new(out, [batch, q_len, heads * head_dim]));
+    let t = downcast::<FlexTensor, B::FloatTensorPrimitive>(t)?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(t)))
+}
+
+/// `t` as an operand of [`attention_bf16`] broadcast to `dims` (see [`strides_as`]).
+fn operand(t: &FlexTensor, dims: [usize; 4]) -> Option<Heads<'_>> {
+    let (strides, offset) = strides_as(t, dims)?;
+    Some(Heads {
+        data: t.storage::<bf16>().get(offset..)?,
+        strides,
+    })
+}
+
+/// The flex tensor of a bf16 `Tensor<B, D>` (`B` is flex), or `None`.
+fn flex_bf16<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<FlexTensor> {
+    if x.dtype() != DType::BF16 {
+        return None;
+    }
+    let TensorPrimitive::Float(p) = x.clone().into_primitive() else {
+        return None;
+    };
+    downcast::<B::FloatTensorPrimitive, FlexTensor>(p)
+}
+
+/// `t`'s layout as [`HeadStrides`] of a `[batch, heads, tokens, width]` operand broadcast to `dims` (an axis of
+/// size 1 repeats: stride 0), and its first element's offset; `None` unless the last axis is contiguous, no
+/// stride is negative and every axis is `dims`' or 1.
+fn strides_as(t: &FlexTensor, dims: [usize; 4]) -> Option<(HeadStrides, usize)> {
+    let layout = t.layout();
+    let (shape, strides) = (layout.shape(), layout.strides());
+    if shape.len() != 4 || shape[3] != dims[3] {
+        return None;
+    }
+    let mut s = [0usize; 4];
+    for axis in 0..4 {
+        if shape[axis] == 1 {
+            continue;
+        }
+        if shape[axis] != dims[axis] || strides[axis] < 0 {
+            return None;
+        }
+        s[axis] = strides[axis] as usize;
+    }
+    if dims[3] > 1 && s[3] != 1 {
+        return None;
+    }
+    Some((
+        HeadStrides {
+            batch: s[0],
+            head: s[1],
+            token: s[2],
+        },
+        layout.start_offset(),
+    ))
 }
 
 /// `norm.forward(x)` for a bf16 flex tensor: `x` widened to f32 in parallel SIMD chunks, flex's f32 layer norm

@@ -314,6 +314,161 @@ fn fused_attention_paths_agree_with_the_eager_formula() {
     }
 }
 
+/// The attention `kernels::attention_bf16` documents, with f64 sums, on `[batch, heads, tokens, width]` operands
+/// given as functions of `(b, h, t, d)`: scores rounded to bf16, the mask added and rounded, softmax,
+/// probabilities rounded, their product with the values rounded. Also returns, per output,
+/// `sum_j p[i, j] |v[j, d]|`.
+#[allow(clippy::type_complexity)]
+fn heads_attention_reference(
+    shape: kernels::HeadsShape,
+    q: &dyn Fn(usize, usize, usize, usize) -> f64,
+    k: &dyn Fn(usize, usize, usize, usize) -> f64,
+    v: &dyn Fn(usize, usize, usize, usize) -> f64,
+    mask: Option<&dyn Fn(usize, usize, usize, usize) -> f64>,
+) -> (Vec<f32>, Vec<f64>) {
+    let kernels::HeadsShape {
+        batch,
+        heads,
+        q_len,
+        kv_len,
+        head_dim,
+    } = shape;
+    let hidden = heads * head_dim;
+    let round = |v: f64| f64::from(bf16::from_f64(v).to_f32());
+    let mut out = vec![0f32; batch * q_len * hidden];
+    let mut mag = vec![0f64; out.len()];
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..q_len {
+                let u: Vec<f64> = (0..kv_len)
+                    .map(|j| {
+                        let s = round((0..head_dim).map(|d| q(b, h, i, d) * k(b, h, j, d)).sum());
+                        mask.map_or(s, |m| round(s + m(b, h, i, j)))
+                    })
+                    .collect();
+                let max = u.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = u.iter().map(|x| (x - max).exp()).sum();
+                let p: Vec<f64> = u.iter().map(|x| round((x - max).exp() / sum)).collect();
+                for d in 0..head_dim {
+                    let o = (b * q_len + i) * hidden + h * head_dim + d;
+                    out[o] = round((0..kv_len).map(|j| p[j] * v(b, h, j, d)).sum()) as f32;
+                    mag[o] = (0..kv_len).map(|j| p[j] * v(b, h, j, d).abs()).sum();
+                }
+            }
+        }
+    }
+    (out, mag)
+}
+
+#[test]
+fn separate_heads_attention_agrees_with_the_eager_formula() {
+    use kernels::{HeadStrides, Heads, HeadsShape};
+    // (batch, heads, q_len, kv_len, head_dim, mask): none, causal over a cache with a left-padded row (every key
+    // of row 0, batch 1, masked: a uniform softmax), and a per-head bias broadcast over the batch (T5's).
+    for (case, &(batch, heads, q_len, kv_len, head_dim, mask)) in [
+        (1, 1, 1, 1, 1, 0),
+        (2, 3, 5, 7, 9, 1),
+        (1, 4, 1, 40, 80, 1),
+        (2, 2, 33, 33, 64, 1),
+        (2, 3, 6, 6, 17, 2),
+        (1, 2, 3, 0, 8, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let shape = HeadsShape {
+            batch,
+            heads,
+            q_len,
+            kv_len,
+            head_dim,
+        };
+        let seed = case as u64 * 10 + 700;
+        let bf = |n: usize, seed: u64, size: f32| -> Vec<bf16> {
+            values(n, seed)
+                .iter()
+                .map(|&v| bf16::from_f32(size * v))
+                .collect()
+        };
+        // The queries as the heads of a `[batch, q_len, heads, head_dim]` projection (token stride
+        // `heads * head_dim`), the keys and values row-major `[batch, heads, kv_len, head_dim]` (a cache).
+        let hidden = heads * head_dim;
+        let q = bf(batch * q_len * hidden, seed, 3.0);
+        let k = bf(batch * heads * kv_len * head_dim, seed + 1, 3.0);
+        let v = bf(batch * heads * kv_len * head_dim, seed + 2, 1.0);
+        let q_strides = HeadStrides {
+            batch: q_len * hidden,
+            head: head_dim,
+            token: hidden,
+        };
+        let kv_strides = HeadStrides::row_major(heads, kv_len, head_dim);
+        let min = bf16::MIN;
+        let (m, m_strides): (Vec<bf16>, HeadStrides) = match mask {
+            1 => (
+                // [batch, 1, q_len, kv_len]: causal (query i sees keys up to kv_len - q_len + i).
+                (0..batch * q_len * kv_len)
+                    .map(|x| {
+                        let (b, i, j) = (x / (q_len * kv_len), x / kv_len % q_len, x % kv_len);
+                        let hidden = j + q_len > kv_len + i || (b == 1 && i == 0);
+                        if hidden { min } else { bf16::ZERO }
+                    })
+                    .collect(),
+                HeadStrides {
+                    batch: q_len * kv_len,
+                    head: 0,
+                    token: kv_len,
+                },
+            ),
+            2 => (
+                bf(heads * q_len * kv_len, seed + 3, 2.0),
+                HeadStrides {
+                    batch: 0,
+                    head: q_len * kv_len,
+                    token: kv_len,
+                },
+            ),
+            _ => (Vec::new(), kv_strides),
+        };
+        fn at(data: &[bf16], st: HeadStrides) -> impl Fn(usize, usize, usize, usize) -> f64 + '_ {
+            move |b, h, t, d| {
+                f64::from(data[b * st.batch + h * st.head + t * st.token + d].to_f32())
+            }
+        }
+        let (qf, kf, vf, mf) = (
+            at(&q, q_strides),
+            at(&k, kv_strides),
+            at(&v, kv_strides),
+            at(&m, m_strides),
+        );
+        let (want, mag) =
+            heads_attention_reference(shape, &qf, &kf, &vf, (mask > 0).then_some(&mf as _));
+        for path in KernelPath::available() {
+            let mut out = vec![bf16::NAN; want.len()];
+            let heads_of = |data, strides| Heads { data, strides };
+            kernels::attention_bf16(
+                path,
+                heads_of(&q, q_strides),
+                heads_of(&k, kv_strides),
+                heads_of(&v, kv_strides),
+                (mask > 0).then(|| heads_of(&m, m_strides)),
+                shape,
+                &mut out,
+            );
+            for (j, ((g, w), mg)) in out.iter().zip(&want).zip(&mag).enumerate() {
+                // As for the fused qkv attention: the output's rounding, and at most two more bf16 steps when
+                // the f32 sums fall on the other side of a rounding boundary of a score or probability. With
+                // no keys the output is 0 (torch: a matmul over an empty axis).
+                let want = if kv_len == 0 { 0.0 } else { f64::from(*w) };
+                let err = (f64::from(g.to_f32()) - want).abs();
+                assert!(
+                    err <= 3.0 / 256.0 * mg + 1e-30,
+                    "{path} {shape:?} mask {mask}: element {j}: {g} against {want} (scale {mg})"
+                );
+            }
+        }
+    }
+}
+
 /// The int8 product as `kernels::linear_q8` documents it, written out plainly: activations times scales,
 /// quantized per block of `Q8_ACT_BLOCK` inputs and group, exact integer sums, one fma per block in order.
 /// Also returns,
@@ -783,6 +938,95 @@ mod flex {
         );
         let qa = Tensor::<Autodiff<Flex>, 3>::from_data(qkv.to_data(), &device);
         assert!(blip2_nn::ops::qkv_attention(&qa, heads, scale).is_none());
+    }
+
+    #[test]
+    fn fused_heads_attention_matches_the_separate_ops() {
+        use burn::nn::DropoutConfig;
+        let device = Default::default();
+        let dropout = DropoutConfig::new(0.0).init();
+        let (batch, heads, q_len, kv_len, head_dim) = (2, 3, 5, 8, 16);
+        let t = |shape: [usize; 4], seed, size: f32| {
+            let n = shape.iter().product();
+            let data = values(n, seed).iter().map(|v| v * size).collect();
+            Tensor::<Flex, 4>::from_data(TensorData::new(data, shape), &device).cast(DType::BF16)
+        };
+        // The queries as strided heads of a projection, keys and values row-major, a causal mask broadcast
+        // over the heads with one row wholly masked (a left pad).
+        let q = t([batch, q_len, heads, head_dim], 21, 3.0).swap_dims(1, 2);
+        let (k, v) = (
+            t([batch, heads, kv_len, head_dim], 22, 3.0),
+            t([batch, heads, kv_len, head_dim], 23, 1.0),
+        );
+        let hide: Vec<bool> = (0..batch * q_len * kv_len)
+            .map(|x| {
+                let (b, i, j) = (x / (q_len * kv_len), x / kv_len % q_len, x % kv_len);
+                j + q_len > kv_len + i || (b == 1 && i == 0)
+            })
+            .collect();
+        let hide = Tensor::<Flex, 4, Bool>::from_data(
+            TensorData::new(hide, [batch, 1, q_len, kv_len]),
+            &device,
+        );
+        let mask = blip2_nn::mask::additive_mask(
+            hide,
+            blip2_nn::mask::MaskValue::DtypeMin,
+            blip2_nn::backend::FloatDType::BF16,
+        );
+        let separate =
+            |q: Tensor<Flex, 4>, k: Tensor<Flex, 4>, v: Tensor<Flex, 4>, m: Tensor<Flex, 4>| {
+                let scores = blip2_nn::ops::matmul(q, k.swap_dims(2, 3)) + m;
+                let probs =
+                    burn::tensor::activation::softmax(scores.cast(DType::F32), 3).cast(DType::BF16);
+                blip2_nn::ops::matmul(probs, v).swap_dims(1, 2).reshape([
+                    batch,
+                    q_len,
+                    heads * head_dim,
+                ])
+            };
+        let want = separate(q.clone(), k.clone(), v.clone(), mask.clone());
+        let got = blip2_nn::ops::attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            Some(mask.clone()),
+            &dropout,
+        );
+        assert_eq!(got.dtype(), DType::BF16);
+        assert_eq!(got.dims(), [batch, q_len, heads * head_dim]);
+        let got: Vec<f32> = got.cast(DType::F32).into_data().to_vec().unwrap();
+        let want: Vec<f32> = want.cast(DType::F32).into_data().to_vec().unwrap();
+        // As for the fused qkv attention: a few bf16 steps of the values (at most 3 here) where f32 sums in
+        // another order cross a rounding boundary; on CPUs without bf16 pairs the separate ops run (equal).
+        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 3.0 * 3.0 / 256.0,
+                "element {j}: {g} against {w}"
+            );
+        }
+        // f32 takes the separate ops, bit for bit; so does autodiff, with gradients.
+        let f = |x: &Tensor<Flex, 4>| x.clone().cast(DType::F32);
+        let (q32, k32, v32, m32) = (f(&q), f(&k), f(&v), f(&mask));
+        let scores = q32.clone().matmul(k32.clone().swap_dims(2, 3)) + m32.clone();
+        let want32 = burn::tensor::activation::softmax(scores, 3)
+            .matmul(v32.clone())
+            .swap_dims(1, 2)
+            .reshape([batch, q_len, heads * head_dim]);
+        blip2_nn::ops::attention(
+            q32.clone(),
+            k32.clone(),
+            v32.clone(),
+            Some(m32.clone()),
+            &dropout,
+        )
+        .into_data()
+        .assert_eq(&want32.into_data(), true);
+        let ad =
+            |x: Tensor<Flex, 4>| Tensor::<Autodiff<Flex>, 4>::from_data(x.into_data(), &device);
+        let qa = ad(q32).require_grad();
+        let out = blip2_nn::ops::attention(qa.clone(), ad(k32), ad(v32), Some(ad(m32)), &dropout);
+        let grads = out.sum().backward();
+        assert!(qa.grad(&grads).is_some(), "gradients reach the queries");
     }
 
     #[test]

@@ -7,14 +7,12 @@
 //! is additive with the dtype's minimum (a left-pad query row, whose every key is masked, then gets a uniform
 //! softmax, as in the reference); the softmax runs in f32 and is cast back.
 
-use blip2_nn::ops::{self, matmul};
+use blip2_nn::ops;
 use blip2_nn::{Activation, LayerCache, linear_forward};
 use burn::nn::{
     Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, LinearLayout,
 };
 use burn::prelude::*;
-use burn::tensor::DType;
-use burn::tensor::activation::softmax;
 
 use crate::OptConfig;
 
@@ -82,7 +80,7 @@ impl<B: Backend> OptAttention<B> {
         mask: Tensor<B, 4>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
-        let [batch, new_len, hidden] = hidden_states.dims();
+        let hidden = hidden_states.dims()[2];
         let head_dim = hidden / self.num_heads;
         let scale = (head_dim as f64).powf(-0.5);
         // HF scales the projected queries (bias included) before the product.
@@ -94,11 +92,8 @@ impl<B: Backend> OptAttention<B> {
             Some(cache) => cache.append(key, value),
             None => (key, value),
         }; // [batch, heads, kv_len, head_dim]
-        let dtype = query.dtype();
-        let scores = matmul(query, key.swap_dims(2, 3)) + mask; // [batch, heads, new_len, kv_len]
-        let probs = softmax(scores.cast(DType::F32), 3).cast(dtype);
-        let context = matmul(self.dropout.forward(probs), value); // [batch, heads, new_len, head_dim]
-        let context = context.swap_dims(1, 2).reshape([batch, new_len, hidden]);
+        // softmax(q kᵀ + mask) in f32, rounded to the dtype, times the values: [batch, new_len, hidden]
+        let context = ops::attention(query, key, value, Some(mask), &self.dropout);
         linear_forward(&self.out_proj, context)
     }
 }

@@ -11,7 +11,7 @@
 //! to the scores (block 0 computes it, later blocks reuse it; cross-attention has none), softmax in the
 //! activations' dtype, RMS norm with the variance in f32.
 
-use blip2_nn::ops::{matmul, softmax};
+use blip2_nn::ops;
 use blip2_nn::{Activation, LayerCache, linear_forward};
 use burn::module::Param;
 use burn::nn::{
@@ -191,7 +191,6 @@ impl<B: Backend> T5Attention<B> {
         bias: Tensor<B, 4>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
-        let [batch, q_len, _] = x.dims();
         let query = self.heads(linear_forward(&self.q, x.clone()));
         let project = |source: Tensor<B, 3>| {
             (
@@ -209,14 +208,9 @@ impl<B: Backend> T5Attention<B> {
             }
             (None, None) => project(x),
         };
-        let scores = matmul(query, key.swap_dims(2, 3)) + bias; // no 1/sqrt(d_kv)
-        let probs = self.dropout.forward(softmax(scores, 3));
-        let context = matmul(probs, value); // [batch, heads, q_len, d_kv]
-        let inner = context.dims()[1] * context.dims()[3];
-        linear_forward(
-            &self.o,
-            context.swap_dims(1, 2).reshape([batch, q_len, inner]),
-        )
+        // softmax(q kᵀ + bias) v, no 1/sqrt(d_kv): [batch, q_len, heads * d_kv]
+        let context = ops::attention(query, key, value, Some(bias), &self.dropout);
+        linear_forward(&self.o, context)
     }
 }
 

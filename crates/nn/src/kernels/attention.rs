@@ -1,5 +1,6 @@
-//! Softmax attention of bf16 heads read straight from a fused `[q | k | v]` projection (the ViT's `qkv`
-//! `Linear`), one task per batch row and head.
+//! Softmax attention of bf16 heads, one task per batch row and head: read straight from a fused `[q | k | v]`
+//! projection (the ViT's `qkv` `Linear`), or from separate strided query, key and value heads with an additive
+//! mask (the language models' self- and cross-attention), the context written with the heads merged.
 
 use std::cell::RefCell;
 
@@ -135,7 +136,7 @@ unsafe fn head(
         .chunks_exact_mut(seq)
         .zip(s.probs.chunks_exact_mut(seq))
     {
-        softmax_row(path, scores, scale);
+        softmax_row(path, scores, scale, None);
         narrow_bf16(path, scores, probs);
     }
     for (j, row) in v.chunks(stride).take(seq).enumerate() {
@@ -167,48 +168,275 @@ unsafe fn head(
     }
 }
 
-/// The row's products rounded to bf16, scaled and rounded again, then their softmax in f32 (in place), with
-/// [`exp_neg`] for the exponentials; vectorised on the AVX-512 and AVX2 paths (the same bits on every path but
-/// for the order of the sum).
-fn softmax_row(path: KernelPath, row: &mut [f32], scale: f32) {
+/// Where the heads of one `[batch, heads, tokens, head_dim]` operand lie in its slice: element `(b, h, t, d)` at
+/// `b * batch + h * head + t * token + d` (the values of a head's token are contiguous; a stride of 0 repeats a
+/// broadcast axis).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadStrides {
+    /// Between batch rows.
+    pub batch: usize,
+    /// Between heads.
+    pub head: usize,
+    /// Between tokens.
+    pub token: usize,
+}
+
+impl HeadStrides {
+    /// The strides of a row-major `[batch, heads, tokens, head_dim]` tensor.
+    pub fn row_major(heads: usize, tokens: usize, head_dim: usize) -> Self {
+        Self {
+            batch: heads * tokens * head_dim,
+            head: tokens * head_dim,
+            token: head_dim,
+        }
+    }
+
+    /// One past the last element of `[batch, heads, tokens, width]` at these strides (0 when empty).
+    fn extent(&self, [batch, heads, tokens, width]: [usize; 4]) -> usize {
+        if batch * heads * tokens * width == 0 {
+            return 0;
+        }
+        (batch - 1) * self.batch + (heads - 1) * self.head + (tokens - 1) * self.token + width
+    }
+
+    fn at(&self, b: usize, h: usize) -> usize {
+        b * self.batch + h * self.head
+    }
+}
+
+/// The sizes of a separate-heads attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadsShape {
+    /// Batch rows.
+    pub batch: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Query tokens (rows of the output).
+    pub q_len: usize,
+    /// Key and value tokens.
+    pub kv_len: usize,
+    /// Values per head.
+    pub head_dim: usize,
+}
+
+/// A bf16 operand of [`attention_bf16`]: its values and where its heads lie.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads<'a> {
+    /// The values.
+    pub data: &'a [bf16],
+    /// Their layout.
+    pub strides: HeadStrides,
+}
+
+/// `out[b, i, h * head_dim + d] = bf16(sum_j p[i, j] * v[j, d])` for every batch row `b` and head `h`, with
+/// `p[i, ·] = bf16(softmax(bf16(bf16(q_i · k_j) + mask[i, j])))` computed in f32: the rounding steps of HF's
+/// eager attention in bf16 (`softmax(q kᵀ + mask, dtype=float32).to(bf16) v`, the product and the sum with the
+/// mask each rounded to bf16; no scaling, so the queries come scaled, as OPT's do, or not at all, as T5's).
+/// `mask` is an additive bf16 mask `[batch, heads, q_len, kv_len]` (often broadcast: strides of 0), read one
+/// row of `kv_len` values at a time (its token stride is the row stride). The products sum exact bf16
+/// products in f32 (on `vdpbf16ps` where [`KernelPath::bf16_dot`] holds), in a different order than a plain
+/// loop, so the result is within f32 accumulation error of the plain formula before each rounding.
+///
+/// `q` is `[batch, heads, q_len, head_dim]`, `k` and `v` are `[batch, heads, kv_len, head_dim]`, each at its
+/// own strides, and `out` is `[batch, q_len, heads * head_dim]`. Heads run in parallel.
+///
+/// # Panics
+/// When a slice is too short for its shape and strides, or `out`'s length is not `batch * q_len * heads *
+/// head_dim`.
+pub fn attention_bf16(
+    path: KernelPath,
+    q: Heads<'_>,
+    k: Heads<'_>,
+    v: Heads<'_>,
+    mask: Option<Heads<'_>>,
+    shape: HeadsShape,
+    out: &mut [bf16],
+) {
+    let HeadsShape {
+        batch,
+        heads,
+        q_len,
+        kv_len,
+        head_dim,
+    } = shape;
+    let need = |x: &Heads<'_>, tokens, width, what| {
+        assert!(
+            x.data.len() >= x.strides.extent([batch, heads, tokens, width]),
+            "{what} does not hold [{batch}, {heads}, {tokens}, {width}] at {:?}",
+            x.strides
+        );
+    };
+    need(&q, q_len, head_dim, "the query");
+    need(&k, kv_len, head_dim, "the key");
+    need(&v, kv_len, head_dim, "the value");
+    if let Some(mask) = &mask {
+        need(mask, q_len, kv_len, "the mask");
+    }
+    assert_eq!(
+        out.len(),
+        batch * q_len * heads * head_dim,
+        "out is not [batch, q_len, heads * head_dim]"
+    );
+    if out.is_empty() {
+        return;
+    }
+    if kv_len == 0 || head_dim == 0 {
+        // No keys: the softmax of an empty row has nothing to weigh, as torch gives for an empty key axis.
+        out.fill(bf16::ZERO);
+        return;
+    }
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    super::par_blocks(batch * heads, |task| {
+        let (b, h) = (task / heads, task % heads);
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            // SAFETY: this task writes only the columns `h * head_dim..(h + 1) * head_dim` of batch row `b`.
+            unsafe { one_head(path, q, k, v, mask, shape, b, h, &mut s, out_ptr) };
+        });
+    });
+}
+
+/// One head of one batch row of [`attention_bf16`].
+///
+/// # Safety
+/// `out` points to the `[batch, q_len, heads * head_dim]` output, of which the caller owns this head's columns
+/// of row `b`; the operands hold their shapes (checked by the caller).
+#[allow(clippy::too_many_arguments)]
+unsafe fn one_head(
+    path: KernelPath,
+    q: Heads<'_>,
+    k: Heads<'_>,
+    v: Heads<'_>,
+    mask: Option<Heads<'_>>,
+    shape: HeadsShape,
+    b: usize,
+    h: usize,
+    s: &mut Scratch,
+    out: SendPtr<bf16>,
+) {
+    let HeadsShape {
+        heads,
+        q_len,
+        kv_len,
+        head_dim,
+        ..
+    } = shape;
+    let hidden = heads * head_dim;
+    s.scores.resize(q_len * kv_len, 0.0);
+    s.probs.resize(q_len * kv_len, bf16::ZERO);
+    s.values_t.resize(head_dim * kv_len, bf16::ZERO);
+    s.context.resize(q_len * head_dim, 0.0);
+    products(
+        path,
+        &q.data[q.strides.at(b, h)..],
+        q.strides.token,
+        &k.data[k.strides.at(b, h)..],
+        k.strides.token,
+        q_len,
+        kv_len,
+        head_dim,
+        &mut s.scores,
+        kv_len,
+    );
+    for (i, (scores, probs)) in s
+        .scores
+        .chunks_exact_mut(kv_len)
+        .zip(s.probs.chunks_exact_mut(kv_len))
+        .enumerate()
+    {
+        let row = mask.map(|m| {
+            let at = m.strides.at(b, h) + i * m.strides.token;
+            &m.data[at..at + kv_len]
+        });
+        softmax_row(path, scores, 1.0, row);
+        narrow_bf16(path, scores, probs);
+    }
+    let values = &v.data[v.strides.at(b, h)..];
+    for j in 0..kv_len {
+        let row = &values[j * v.strides.token..j * v.strides.token + head_dim];
+        for (d, &x) in row.iter().enumerate() {
+            s.values_t[d * kv_len + j] = x;
+        }
+    }
+    products(
+        path,
+        &s.probs,
+        kv_len,
+        &s.values_t,
+        kv_len,
+        q_len,
+        head_dim,
+        kv_len,
+        &mut s.context,
+        head_dim,
+    );
+    for (i, ctx) in s.context.chunks_exact(head_dim).enumerate() {
+        // SAFETY: row `b * q_len + i` of the output, this head's columns (the caller's promise).
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(
+                out.get().add((b * q_len + i) * hidden + h * head_dim),
+                head_dim,
+            )
+        };
+        narrow_bf16(path, ctx, dst);
+    }
+}
+
+/// The row's products rounded to bf16, scaled and rounded again, plus the mask's row (when given) and rounded
+/// again, then their softmax in f32 (in place), with [`exp_neg`] for the exponentials; vectorised on the
+/// AVX-512 and AVX2 paths (the same bits on every path but for the order of the sum).
+fn softmax_row(path: KernelPath, row: &mut [f32], scale: f32, mask: Option<&[bf16]>) {
     #[cfg(target_arch = "x86_64")]
     match path.checked() {
         // SAFETY: `checked` confirmed the CPU's features.
-        KernelPath::Avx512 => return unsafe { softmax_avx512(row, scale) },
-        KernelPath::Avx2 => return unsafe { softmax_avx2(row, scale) },
+        KernelPath::Avx512 => return unsafe { softmax_avx512(row, scale, mask) },
+        KernelPath::Avx2 => return unsafe { softmax_avx2(row, scale, mask) },
         KernelPath::Portable => {}
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = path;
-    softmax_body(row, scale);
+    softmax_body(row, scale, mask);
 }
 
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn softmax_avx512(row: &mut [f32], scale: f32) {
-    softmax_body(row, scale);
+unsafe fn softmax_avx512(row: &mut [f32], scale: f32, mask: Option<&[bf16]>) {
+    softmax_body(row, scale, mask);
 }
 
 /// # Safety
 /// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(row: &mut [f32], scale: f32) {
-    softmax_body(row, scale);
+unsafe fn softmax_avx2(row: &mut [f32], scale: f32, mask: Option<&[bf16]>) {
+    softmax_body(row, scale, mask);
 }
 
 /// Lanes of the running maximum and sum, so that the loops vectorise.
 const LANES: usize = 16;
 
 #[inline(always)]
-fn softmax_body(row: &mut [f32], scale: f32) {
+fn softmax_body(row: &mut [f32], scale: f32, mask: Option<&[bf16]>) {
     let mut max = [f32::NEG_INFINITY; LANES];
-    for chunk in row.chunks_mut(LANES) {
-        for (x, m) in chunk.iter_mut().zip(&mut max) {
-            *x = round_bf16(round_bf16(*x) * scale);
-            *m = m.max(*x);
+    match mask {
+        None => {
+            for chunk in row.chunks_mut(LANES) {
+                for (x, m) in chunk.iter_mut().zip(&mut max) {
+                    *x = round_bf16(round_bf16(*x) * scale);
+                    *m = m.max(*x);
+                }
+            }
+        }
+        Some(mask) => {
+            for (chunk, add) in row.chunks_mut(LANES).zip(mask.chunks(LANES)) {
+                for ((x, m), add) in chunk.iter_mut().zip(&mut max).zip(add) {
+                    let add = f32::from_bits(u32::from(add.to_bits()) << 16);
+                    *x = round_bf16(round_bf16(round_bf16(*x) * scale) + add);
+                    *m = m.max(*x);
+                }
+            }
         }
     }
     let max = max.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -12,10 +12,12 @@
 //!   threaded over blocks.
 //! - **bf16 activations times bf16 weights** ([`linear_bf16`], [`linear_bf16_rounded`]): on a CPU with
 //!   AVX512-BF16, more than [`GEMV_MAX_ROWS`] rows multiply on `vdpbf16ps` (pairs of bf16 products summed into
-//!   f32), threaded over blocks of outputs: up to [`PACKED_MIN_ROWS`] rows in register tiles of six rows by four
-//!   outputs that read both operands in their stored layout; from there on, each 64 outputs' weight rows are
-//!   packed per call into panels of input pairs, and tiles of six rows by 64 outputs keep the outputs in the
-//!   lanes. [`attention_qkv_bf16`] runs a ViT's whole self-attention on the packed tiles, a head per task.
+//!   f32), threaded over blocks of outputs: up to [`PACKED_MIN_ROWS`] rows in register tiles of at most six
+//!   rows (as even as can be) by four outputs that read both operands in their stored layout; from there on,
+//!   each 64 outputs' weight rows are packed per call into panels of input pairs, and tiles of six rows by 64
+//!   outputs keep the outputs in the lanes. [`attention_qkv_bf16`] runs a ViT's whole self-attention on the
+//!   packed tiles, a head per task; [`attention_bf16`] does the same for separate, strided query, key and value
+//!   heads with an additive mask (the language models), writing the heads merged.
 //! - **int8 weights** ([`Q8Weight`]) are Burn's own quantized tensors: `[in, out]` int8, symmetric, one f32 scale
 //!   per block of `group` consecutive output channels of one input row (Burn's block `[1, group]`), so every
 //!   Burn backend can also run them through its generic dequantize-then-multiply path. On flex their values are
@@ -57,7 +59,7 @@ mod x86_bf16;
 #[cfg(target_arch = "x86_64")]
 mod x86_q8;
 
-pub use attention::{QkvShape, attention_qkv_bf16};
+pub use attention::{HeadStrides, Heads, HeadsShape, QkvShape, attention_bf16, attention_qkv_bf16};
 pub use elementwise::{erf, gelu_erf, narrow_bf16, widen_bf16};
 pub(crate) use q8::q8_values;
 pub use q8::{
