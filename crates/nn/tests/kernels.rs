@@ -234,9 +234,8 @@ fn only_the_avx512_path_multiplies_bf16_pairs() {
     }
 }
 
-/// The attention `kernels::attention_qkv_bf16` documents, with f64 sums: scores rounded to bf16, scaled in f32
-/// and rounded, softmax, probabilities rounded to bf16, their product with the values rounded to bf16. Also
-/// returns, per output, `sum_j p[i, j] |v[j, d]|`.
+/// The attention `kernels::attention_qkv_bf16` documents: [`heads_attention_reference`] on the three parts of
+/// the projection, scaled, without a mask.
 fn attention_reference(qkv: &[bf16], shape: kernels::QkvShape, scale: f32) -> (Vec<f32>, Vec<f64>) {
     let kernels::QkvShape {
         batch,
@@ -245,35 +244,19 @@ fn attention_reference(qkv: &[bf16], shape: kernels::QkvShape, scale: f32) -> (V
         head_dim,
     } = shape;
     let hidden = shape.hidden();
-    let at = |b: usize, i: usize, part: usize, h: usize, d: usize| {
-        f64::from(qkv[(b * seq + i) * 3 * hidden + part * hidden + h * head_dim + d].to_f32())
-    };
-    let round = |v: f64| f64::from(bf16::from_f64(v).to_f32());
-    let mut out = vec![0f32; batch * seq * hidden];
-    let mut mag = vec![0f64; out.len()];
-    for b in 0..batch {
-        for h in 0..heads {
-            for i in 0..seq {
-                let u: Vec<f64> = (0..seq)
-                    .map(|j| {
-                        let s: f64 = (0..head_dim)
-                            .map(|d| at(b, i, 0, h, d) * at(b, j, 1, h, d))
-                            .sum();
-                        round(f64::from(round(s) as f32 * scale))
-                    })
-                    .collect();
-                let max = u.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let sum: f64 = u.iter().map(|x| (x - max).exp()).sum();
-                let p: Vec<f64> = u.iter().map(|x| round((x - max).exp() / sum)).collect();
-                for d in 0..head_dim {
-                    let o = (b * seq + i) * hidden + h * head_dim + d;
-                    out[o] = round((0..seq).map(|j| p[j] * at(b, j, 2, h, d)).sum()) as f32;
-                    mag[o] = (0..seq).map(|j| p[j] * at(b, j, 2, h, d).abs()).sum();
-                }
-            }
+    let part = |part: usize| {
+        move |b: usize, h: usize, i: usize, d: usize| {
+            f64::from(qkv[(b * seq + i) * 3 * hidden + part * hidden + h * head_dim + d].to_f32())
         }
-    }
-    (out, mag)
+    };
+    let shape = kernels::HeadsShape {
+        batch,
+        heads,
+        q_len: seq,
+        kv_len: seq,
+        head_dim,
+    };
+    heads_attention_reference(shape, &part(0), &part(1), &part(2), None, scale)
 }
 
 #[test]
@@ -314,10 +297,10 @@ fn fused_attention_paths_agree_with_the_eager_formula() {
     }
 }
 
-/// The attention `kernels::attention_bf16` documents, with f64 sums, on `[batch, heads, tokens, width]` operands
-/// given as functions of `(b, h, t, d)`: scores rounded to bf16, the mask added and rounded, softmax,
-/// probabilities rounded, their product with the values rounded. Also returns, per output,
-/// `sum_j p[i, j] |v[j, d]|`.
+/// The attention `kernels::attention_bf16` (scale 1) and `kernels::attention_qkv_bf16` (no mask) document, with
+/// f64 sums, on `[batch, heads, tokens, width]` operands given as functions of `(b, h, t, d)`: scores rounded to
+/// bf16, scaled in f32 and rounded, the mask added and rounded, softmax, probabilities rounded, their product
+/// with the values rounded. Also returns, per output, `sum_j p[i, j] |v[j, d]|`.
 #[allow(clippy::type_complexity)]
 fn heads_attention_reference(
     shape: kernels::HeadsShape,
@@ -325,6 +308,7 @@ fn heads_attention_reference(
     k: &dyn Fn(usize, usize, usize, usize) -> f64,
     v: &dyn Fn(usize, usize, usize, usize) -> f64,
     mask: Option<&dyn Fn(usize, usize, usize, usize) -> f64>,
+    scale: f32,
 ) -> (Vec<f32>, Vec<f64>) {
     let kernels::HeadsShape {
         batch,
@@ -343,6 +327,7 @@ fn heads_attention_reference(
                 let u: Vec<f64> = (0..kv_len)
                     .map(|j| {
                         let s = round((0..head_dim).map(|d| q(b, h, i, d) * k(b, h, j, d)).sum());
+                        let s = round(f64::from(s as f32 * scale));
                         mask.map_or(s, |m| round(s + m(b, h, i, j)))
                     })
                     .collect();
@@ -441,7 +426,7 @@ fn separate_heads_attention_agrees_with_the_eager_formula() {
             at(&m, m_strides),
         );
         let (want, mag) =
-            heads_attention_reference(shape, &qf, &kf, &vf, (mask > 0).then_some(&mf as _));
+            heads_attention_reference(shape, &qf, &kf, &vf, (mask > 0).then_some(&mf as _), 1.0);
         for path in KernelPath::available() {
             let mut out = vec![bf16::NAN; want.len()];
             let heads_of = |data, strides| Heads { data, strides };
@@ -920,24 +905,29 @@ mod flex {
             return;
         }
         let got = fused.expect("flex in bf16 on this CPU has the fused path");
-        assert_eq!(got.dtype(), DType::BF16);
-        assert_eq!(got.dims(), [batch, seq, hidden]);
-        let got: Vec<f32> = got.cast(DType::F32).into_data().to_vec().unwrap();
-        let want: Vec<f32> = want.cast(DType::F32).into_data().to_vec().unwrap();
-        // Both round the same steps; their f32 sums differ in order, which can move a score or probability
-        // across a bf16 rounding boundary: a few bf16 steps of the values (at most 3 here).
-        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= 3.0 * 3.0 / 256.0,
-                "element {j}: {g} against {w}"
-            );
-        }
+        assert_fused_attention_close(got, want, [batch, seq, hidden]);
         // f32 tensors and autodiff keep the separate ops.
         assert!(
             blip2_nn::ops::qkv_attention(&qkv.clone().cast(DType::F32), heads, scale).is_none()
         );
         let qa = Tensor::<Autodiff<Flex>, 3>::from_data(qkv.to_data(), &device);
         assert!(blip2_nn::ops::qkv_attention(&qa, heads, scale).is_none());
+    }
+
+    /// A fused bf16 attention's output against the separate ops': bf16, `dims`, and within a few bf16 steps of
+    /// the values. Both round the same steps; their f32 sums differ in order, which can move a score or
+    /// probability across a bf16 rounding boundary (at most 3 steps of these values, up to 3 in size).
+    fn assert_fused_attention_close(got: Tensor<Flex, 3>, want: Tensor<Flex, 3>, dims: [usize; 3]) {
+        assert_eq!(got.dtype(), DType::BF16);
+        assert_eq!(got.dims(), dims);
+        let got: Vec<f32> = got.cast(DType::F32).into_data().to_vec().unwrap();
+        let want: Vec<f32> = want.cast(DType::F32).into_data().to_vec().unwrap();
+        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 3.0 * 3.0 / 256.0,
+                "element {j}: {g} against {w}"
+            );
+        }
     }
 
     #[test]
@@ -992,18 +982,8 @@ mod flex {
             Some(mask.clone()),
             &dropout,
         );
-        assert_eq!(got.dtype(), DType::BF16);
-        assert_eq!(got.dims(), [batch, q_len, heads * head_dim]);
-        let got: Vec<f32> = got.cast(DType::F32).into_data().to_vec().unwrap();
-        let want: Vec<f32> = want.cast(DType::F32).into_data().to_vec().unwrap();
-        // As for the fused qkv attention: a few bf16 steps of the values (at most 3 here) where f32 sums in
-        // another order cross a rounding boundary; on CPUs without bf16 pairs the separate ops run (equal).
-        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= 3.0 * 3.0 / 256.0,
-                "element {j}: {g} against {w}"
-            );
-        }
+        // On CPUs without bf16 pairs the separate ops run (equal).
+        assert_fused_attention_close(got, want, [batch, q_len, heads * head_dim]);
         // f32 takes the separate ops, bit for bit; so does autodiff, with gradients.
         let f = |x: &Tensor<Flex, 4>| x.clone().cast(DType::F32);
         let (q32, k32, v32, m32) = (f(&q), f(&k), f(&v), f(&mask));

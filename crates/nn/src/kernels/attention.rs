@@ -81,91 +81,25 @@ pub fn attention_qkv_bf16(
     if out.is_empty() {
         return;
     }
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    super::par_blocks(batch * heads, |task| {
-        let (b, h) = (task / heads, task % heads);
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            // SAFETY: this task writes only the columns `h * head_dim..(h + 1) * head_dim` of batch row `b`.
-            unsafe { head(path, qkv, shape, scale, b, h, &mut s, out_ptr) };
-        });
-    });
-}
-
-/// One head of one batch row.
-///
-/// # Safety
-/// `out` points to the `[batch, seq, hidden]` output, of which the caller owns this head's columns of row `b`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn head(
-    path: KernelPath,
-    qkv: &[bf16],
-    shape: QkvShape,
-    scale: f32,
-    b: usize,
-    h: usize,
-    s: &mut Scratch,
-    out: SendPtr<bf16>,
-) {
-    let QkvShape { seq, head_dim, .. } = shape;
-    let hidden = shape.hidden();
-    let stride = 3 * hidden;
-    let row0 = b * seq * stride;
-    let q = &qkv[row0 + h * head_dim..];
-    let k = &qkv[row0 + hidden + h * head_dim..];
-    let v = &qkv[row0 + 2 * hidden + h * head_dim..];
-    s.scores.resize(seq * seq, 0.0);
-    s.probs.resize(seq * seq, bf16::ZERO);
-    s.values_t.resize(head_dim * seq, bf16::ZERO);
-    s.context.resize(seq * head_dim, 0.0);
-
-    products(
-        path,
-        q,
-        stride,
-        k,
-        stride,
-        seq,
-        seq,
-        head_dim,
-        &mut s.scores,
-        seq,
-    );
-    for (scores, probs) in s
-        .scores
-        .chunks_exact_mut(seq)
-        .zip(s.probs.chunks_exact_mut(seq))
-    {
-        softmax_row(path, scores, scale, None);
-        narrow_bf16(path, scores, probs);
-    }
-    for (j, row) in v.chunks(stride).take(seq).enumerate() {
-        for (d, &x) in row[..head_dim].iter().enumerate() {
-            s.values_t[d * seq + j] = x;
-        }
-    }
-    products(
-        path,
-        &s.probs,
-        seq,
-        &s.values_t,
-        seq,
-        seq,
-        head_dim,
-        seq,
-        &mut s.context,
-        head_dim,
-    );
-    for (i, ctx) in s.context.chunks_exact(head_dim).enumerate() {
-        // SAFETY: row `b * seq + i` of the output, this head's columns (the caller's promise).
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(
-                out.get().add((b * seq + i) * hidden + h * head_dim),
-                head_dim,
-            )
-        };
-        narrow_bf16(path, ctx, dst);
-    }
+    // The queries, keys and values of head `h` of token `t` start at `t * 3 * hidden + part * hidden + h *
+    // head_dim`: three strided views of the projection.
+    let strides = HeadStrides {
+        batch: seq * 3 * hidden,
+        head: shape.head_dim,
+        token: 3 * hidden,
+    };
+    let part = |i: usize| Heads {
+        data: &qkv[i * hidden..],
+        strides,
+    };
+    let shape = HeadsShape {
+        batch,
+        heads,
+        q_len: seq,
+        kv_len: seq,
+        head_dim: shape.head_dim,
+    };
+    all_heads(path, part(0), part(1), part(2), None, shape, scale, out);
 }
 
 /// Where the heads of one `[batch, heads, tokens, head_dim]` operand lie in its slice: element `(b, h, t, d)` at
@@ -285,18 +219,35 @@ pub fn attention_bf16(
         out.fill(bf16::ZERO);
         return;
     }
+    all_heads(path, q, k, v, mask, shape, 1.0, out);
+}
+
+/// Every head of every batch row, a task each, the scores scaled by `scale` (rounded again) before the mask:
+/// [`attention_bf16`] (scale 1) and [`attention_qkv_bf16`] (no mask), whose operands are checked.
+#[allow(clippy::too_many_arguments)]
+fn all_heads(
+    path: KernelPath,
+    q: Heads<'_>,
+    k: Heads<'_>,
+    v: Heads<'_>,
+    mask: Option<Heads<'_>>,
+    shape: HeadsShape,
+    scale: f32,
+    out: &mut [bf16],
+) {
     let out_ptr = SendPtr(out.as_mut_ptr());
-    super::par_blocks(batch * heads, |task| {
-        let (b, h) = (task / heads, task % heads);
+    super::par_blocks(shape.batch * shape.heads, |task| {
+        let (b, h) = (task / shape.heads, task % shape.heads);
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
-            // SAFETY: this task writes only the columns `h * head_dim..(h + 1) * head_dim` of batch row `b`.
-            unsafe { one_head(path, q, k, v, mask, shape, b, h, &mut s, out_ptr) };
+            // SAFETY: this task writes only the columns `h * head_dim..(h + 1) * head_dim` of batch row `b`;
+            // the callers checked the operands' extents.
+            unsafe { one_head(path, q, k, v, mask, shape, scale, b, h, &mut s, out_ptr) };
         });
     });
 }
 
-/// One head of one batch row of [`attention_bf16`].
+/// One head of one batch row of [`all_heads`].
 ///
 /// # Safety
 /// `out` points to the `[batch, q_len, heads * head_dim]` output, of which the caller owns this head's columns
@@ -309,6 +260,7 @@ unsafe fn one_head(
     v: Heads<'_>,
     mask: Option<Heads<'_>>,
     shape: HeadsShape,
+    scale: f32,
     b: usize,
     h: usize,
     s: &mut Scratch,
@@ -348,7 +300,7 @@ unsafe fn one_head(
             let at = m.strides.at(b, h) + i * m.strides.token;
             &m.data[at..at + kv_len]
         });
-        softmax_row(path, scores, 1.0, row);
+        softmax_row(path, scores, scale, row);
         narrow_bf16(path, scores, probs);
     }
     let values = &v.data[v.strides.at(b, h)..];
