@@ -8,8 +8,9 @@
 //! [`crate::t5_key_map`].
 //!
 //! Deliberate choices (as HF): no bias anywhere, **no `1/sqrt(d)` scaling** of the scores, the position bias added
-//! to the scores (block 0 computes it, later blocks reuse it; cross-attention has none), softmax in the
-//! activations' dtype, RMS norm with the variance in f32.
+//! to the scores (block 0 computes it, later blocks reuse it; cross-attention has none), softmax computed in f32
+//! and rounded to the activations' dtype (`softmax(scores.float()).type_as(scores)`; `blip2_nn::ops::attention`),
+//! RMS norm with the variance in f32.
 
 use blip2_nn::ops;
 use blip2_nn::{Activation, LayerCache, linear_forward};
