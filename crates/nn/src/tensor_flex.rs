@@ -140,10 +140,7 @@ pub(crate) fn try_qkv_attention<B: Backend>(
     if heads == 0 || width % (3 * heads) != 0 || width == 0 {
         return None;
     }
-    let TensorPrimitive::Float(p) = qkv.clone().into_primitive() else {
-        return None;
-    };
-    let t = downcast::<B::FloatTensorPrimitive, FlexTensor>(p)?;
+    let t = flex_bf16(qkv)?;
     let t = if t.is_contiguous() { t } else { copy(&t)? };
     let shape = QkvShape {
         batch,
@@ -153,9 +150,7 @@ pub(crate) fn try_qkv_attention<B: Backend>(
     };
     let mut out = vec![bf16::ZERO; batch * seq * shape.hidden()];
     attention_qkv_bf16(path, t.as_slice::<bf16>()?, shape, scale as f32, &mut out);
-    let t = FlexTensor::from_data(TensorData::new(out, [batch, seq, shape.hidden()]));
-    let t = downcast::<FlexTensor, B::FloatTensorPrimitive>(t)?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(t)))
+    flex_tensor(TensorData::new(out, [batch, seq, shape.hidden()]))
 }
 
 /// Softmax attention of separate bf16 heads with an optional additive bf16 mask, merged, when `B` is flex and
@@ -203,9 +198,7 @@ pub(crate) fn try_attention<B: Backend>(
         shape,
         &mut out,
     );
-    let t = FlexTensor::from_data(TensorData::new(out, [batch, q_len, heads * head_dim]));
-    let t = downcast::<FlexTensor, B::FloatTensorPrimitive>(t)?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(t)))
+    flex_tensor(TensorData::new(out, [batch, q_len, heads * head_dim]))
 }
 
 /// `t` as an operand of [`attention_bf16`] broadcast to `dims` (see [`strides_as`]).
@@ -226,6 +219,12 @@ fn flex_bf16<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<FlexTensor>
         return None;
     };
     downcast::<B::FloatTensorPrimitive, FlexTensor>(p)
+}
+
+/// `data` as a `Tensor<B, D>` (`B` is flex), or `None` when it is not.
+fn flex_tensor<B: Backend, const D: usize>(data: TensorData) -> Option<Tensor<B, D>> {
+    let t = downcast::<FlexTensor, B::FloatTensorPrimitive>(FlexTensor::from_data(data))?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(t)))
 }
 
 /// `t`'s layout as [`HeadStrides`] of a `[batch, heads, tokens, width]` operand broadcast to `dims` (an axis of
@@ -291,13 +290,7 @@ pub(crate) fn try_layer_norm_bf16<B: Backend, const D: usize>(
 /// A bf16 flex tensor as a row-major f32 `Tensor<Flex, D>` (exact), or `None` for other dtypes.
 fn widened<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<Flex, D>> {
     use rayon::prelude::*;
-    let TensorPrimitive::Float(p) = x.clone().into_primitive() else {
-        return None;
-    };
-    let t = downcast::<B::FloatTensorPrimitive, FlexTensor>(p)?;
-    if t.dtype() != DType::BF16 {
-        return None;
-    }
+    let t = flex_bf16(x)?;
     let shape = t.layout().shape().to_vec();
     let owned;
     let src: &[bf16] = match t.layout().contiguous_offsets() {
@@ -317,8 +310,7 @@ fn widened<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<Flex, 
     wide.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
         .for_each(|(w, s)| crate::kernels::widen_bf16(path, s, w));
-    let t = FlexTensor::from_data(TensorData::new(wide, shape));
-    Some(Tensor::from_primitive(TensorPrimitive::Float(t)))
+    flex_tensor(TensorData::new(wide, shape))
 }
 
 /// An f32 `Tensor<Flex, D>` rounded to bf16 as a `Tensor<B, D>` (`B` is flex).
@@ -341,7 +333,5 @@ fn narrowed<B: Backend, const D: usize>(x: Tensor<Flex, D>) -> Option<Tensor<B, 
     out.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
         .for_each(|(o, s)| crate::kernels::narrow_bf16(path, s, o));
-    let t = FlexTensor::from_data(TensorData::new(out, shape));
-    let t = downcast::<FlexTensor, B::FloatTensorPrimitive>(t)?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(t)))
+    flex_tensor(TensorData::new(out, shape))
 }

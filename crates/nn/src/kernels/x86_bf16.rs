@@ -1,8 +1,8 @@
 //! bf16 × bf16 products on AVX512-BF16 (`vdpbf16ps`: 32 bf16 products summed into 16 f32 lanes per
 //! instruction). Both operands are read in their stored layout (`[rows, k]` row-major, PyTorch's `[out, in]`
-//! for the weight), so nothing is packed: each register tile holds, for [`MR`] activation rows and [`NR`]
-//! weight rows, one f32 vector of partial dot products per pair, reduced horizontally at the end of each run
-//! of at most [`KC`] inputs.
+//! for the weight), so nothing is packed: each register tile holds, for at most [`MR`] activation rows and
+//! [`NR`] weight rows, one f32 vector of partial dot products per pair, reduced horizontally at the end of each
+//! run of at most [`KC`] inputs. [`product_packed`] packs the weight for many rows.
 //!
 //! `vdpbf16ps` treats subnormal inputs as zero and flushes subnormal results to zero, rounding to nearest
 //! even; the products of two bf16 values are exact in f32. So the result differs from the portable path's
@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use half::bf16;
 
-/// Activation rows per register tile.
+/// Activation rows per register tile, at most.
 pub(super) const MR: usize = 6;
 /// Weight rows (outputs) per register tile: one four-lane store per activation row.
 pub(super) const NR: usize = 4;
