@@ -61,6 +61,11 @@ unsafe fn hsum8(v: __m256) -> f32 {
 /// (1 KiB) ahead gave the decode products about 10% more read bandwidth on the Xeon of docs/performance.md.
 const PF: usize = 512;
 
+/// How far ahead (in bytes) the one-row kernels, which read each weight row whole, ask for it into L2
+/// (`prefetcht1`, one line at a time): 4-8 KiB made the bf16 decode products 10-12% faster and the int8 ones
+/// 15% on AMD Zen 4, where prefetching into L1 (`prefetcht0`) or 1-2 KiB ahead gained nothing.
+pub(super) const PF_L2: usize = 8192;
+
 // ---- dense dot-product kernels: out[i, r] = dot(x[i, :], w[r, :]) for r in r0..r1 ----
 
 macro_rules! gemv_avx512 {
@@ -91,15 +96,20 @@ macro_rules! gemv_avx512 {
                 if m == 1 {
                     // One activation row: the weight rows one after the other, each summed in the order
                     // the four-row loop below sums it (the same bits), so that the task reads its block
-                    // as one sequential stream. Reading four rows side by side (four streams `k` apart)
-                    // drew 12-15% less bandwidth on AMD Zen 4; prefetching ahead in the row gained nothing
-                    // there (docs/performance.md).
+                    // as one sequential stream, asking for it `PF_L2` bytes ahead into L2. On AMD Zen 4
+                    // (docs/performance.md), reading four rows side by side (four streams `k` apart) drew
+                    // 5-15% less bandwidth, and the stream without the prefetches 10-12% less.
                     let xp = x.as_ptr();
                     for r in r0..r1 {
                         let w0 = wp.add(r * k);
                         let mut a0 = _mm512_setzero_ps();
                         let mut l = 0;
                         while l < kb {
+                            if (l * size_of::<$t>()) % 64 == 0 {
+                                _mm_prefetch::<_MM_HINT_T1>(
+                                    w0.wrapping_add(l).cast::<u8>().wrapping_add(PF_L2).cast(),
+                                );
+                            }
                             let xv = _mm512_loadu_ps(xp.add(l));
                             a0 = _mm512_fmadd_ps(xv, $load(w0.add(l), full), a0);
                             l += 16;

@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use super::Q8Weight;
 use super::q8::{ActsOut, Q8_ACT_BLOCK, QuantizedActs};
-use super::x86::transpose16_epi32;
+use super::x86::{PF_L2, transpose16_epi32};
 
 /// The 16 x 16 transpose of bytes: `out[e]` byte `i` is `rows[i]` byte `e`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -272,8 +272,9 @@ pub(super) unsafe fn strips_vnni(
 /// Channels `j0..j0 + 16` (group `g`) for the one activation row. The strip's weight rows lie one after the
 /// other in memory (`16 * k` bytes), and they are read in that order, channel after channel, each block's
 /// sixteen `i32` lanes kept in `partials`; then each block's sixteen channels are summed across at once. One
-/// sequential stream per thread: on AMD Zen 4, reading the sixteen rows block by block (sixteen streams
-/// `k` bytes apart, as this did before) drew 25-30% less bandwidth from memory (docs/performance.md).
+/// sequential stream per thread, asked for [`PF_L2`] bytes ahead into L2: on AMD Zen 4, reading the sixteen
+/// rows block by block (sixteen streams `k` bytes apart, as this did before) was 6-8% slower, and the stream
+/// without the prefetches 15% slower (docs/performance.md).
 ///
 /// # Safety
 /// As [`strips_vnni`]; `partials` holds `16 * acts.nb` vectors.
@@ -301,6 +302,8 @@ unsafe fn strip_row(
                 let l = b * Q8_ACT_BLOCK;
                 let acc = if k - l >= Q8_ACT_BLOCK {
                     // A whole block: 128 inputs, two lines.
+                    _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(l + PF_L2).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(l + PF_L2 + 64).cast());
                     let w0 = _mm512_xor_si512(_mm512_loadu_si512(row.add(l).cast()), flip);
                     let w1 = _mm512_xor_si512(_mm512_loadu_si512(row.add(l + 64).cast()), flip);
                     let (p0, p1) = (
