@@ -244,6 +244,14 @@ pub(crate) fn decode_named(
         #[cfg(feature = "libjpeg-turbo")]
         return super::jpeg::decode(bytes, name, limits, data);
     }
+    if reader.format() == Some(ImageFormat::Png)
+        && let Some(reason) = png_palette_error(bytes)
+    {
+        return Err(Error::Decode {
+            name: name.to_string(),
+            reason,
+        });
+    }
     reader.limits(limits.for_image_crate());
     // The header alone gives the size: check it before anything is allocated for the pixels.
     let decoder = reader.into_decoder().map_err(|e| image_error(name, e))?;
@@ -259,6 +267,43 @@ pub(crate) fn decode_named(
         });
     }
     DynamicImage::from_decoder(decoder).map_err(|e| image_error(name, e))
+}
+
+/// What is wrong with a PNG's palette, for the two faults the `png` crate (0.18) lets through and then panics
+/// on while expanding the palette to RGBA (found by the `image` fuzz target): a `PLTE` chunk whose length is not
+/// a whole number of RGB entries, and a `tRNS` chunk of an indexed image with more alpha values than the
+/// palette has entries. The PNG specification forbids both; libpng refuses them too. Walks the chunks up to the
+/// first `IDAT` (both must come before it); a file that ends early is left to the decoder.
+fn png_palette_error(bytes: &[u8]) -> Option<String> {
+    const IHDR_COLOR_TYPE: usize = 8 + 8 + 9;
+    const INDEXED: u8 = 3;
+    let indexed = bytes.get(IHDR_COLOR_TYPE) == Some(&INDEXED);
+    let mut entries = None;
+    let mut pos = 8; // after the signature
+    while let Some(head) = bytes.get(pos..pos + 8) {
+        let length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        match &head[4..8] {
+            b"PLTE" if !length.is_multiple_of(3) => {
+                return Some(format!(
+                    "corrupt PNG palette: the PLTE chunk holds {length} bytes, not a whole number of RGB entries"
+                ));
+            }
+            b"PLTE" => entries = Some(length / 3),
+            b"tRNS" if indexed => {
+                if let Some(entries) = entries.filter(|&e| length > e) {
+                    return Some(format!(
+                        "corrupt PNG transparency: the tRNS chunk holds {length} alpha values for a palette of \
+                         {entries} entries"
+                    ));
+                }
+            }
+            b"IDAT" | b"IEND" => break,
+            _ => {}
+        }
+        // Length, type, data and CRC.
+        pos = pos.checked_add(length)?.checked_add(12)?;
+    }
+    None
 }
 
 /// How a JPEG's data is laid out, as far as truncation is concerned.
@@ -382,6 +427,82 @@ fn image_error(name: &str, e: ImageError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PNG of `chunks` (type, data) after a signature, each with its CRC.
+    fn png(chunks: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &b in bytes {
+                crc ^= u32::from(b);
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 {
+                        (crc >> 1) ^ 0xEDB8_8320
+                    } else {
+                        crc >> 1
+                    };
+                }
+            }
+            !crc
+        }
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (kind, data) in chunks {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            let start = out.len();
+            out.extend_from_slice(*kind);
+            out.extend_from_slice(data);
+            let crc = crc32(&out[start..]);
+            out.extend_from_slice(&crc.to_be_bytes());
+        }
+        out
+    }
+
+    /// A 2 x 1 indexed PNG (8 bits a pixel) with this palette and transparency.
+    fn indexed_png(palette: Vec<u8>, trns: Option<Vec<u8>>) -> Vec<u8> {
+        // IHDR: width 2, height 1, bit depth 8, color type 3, deflate, filter 0, no interlace.
+        let ihdr = vec![0, 0, 0, 2, 0, 0, 0, 1, 8, 3, 0, 0, 0];
+        // One row (filter byte 0, pixels 0 and 1) in a stored deflate block, zlib-wrapped.
+        let row = [0u8, 0, 1];
+        let mut idat = vec![0x78, 0x01, 0x01, 3, 0, !3, 0xFF];
+        idat.extend_from_slice(&row);
+        let (mut a, mut b) = (1u32, 0u32);
+        for &x in &row {
+            a = (a + u32::from(x)) % 65521;
+            b = (b + a) % 65521;
+        }
+        idat.extend_from_slice(&((b << 16) | a).to_be_bytes());
+        let mut chunks: Vec<(&[u8; 4], Vec<u8>)> = vec![(b"IHDR", ihdr), (b"PLTE", palette)];
+        if let Some(trns) = trns {
+            chunks.push((b"tRNS", trns));
+        }
+        chunks.push((b"IDAT", idat));
+        chunks.push((b"IEND", Vec::new()));
+        png(&chunks)
+    }
+
+    #[test]
+    fn corrupt_png_palettes_are_errors_not_panics() {
+        let limits = Limits::default();
+        // A valid palette and transparency decode.
+        let good = indexed_png(vec![255, 0, 0, 0, 0, 255], Some(vec![128]));
+        let image = decode_bytes(&good, &limits).expect("a valid indexed PNG decodes");
+        assert_eq!(image.to_rgba8().as_raw(), &[255, 0, 0, 128, 0, 0, 255, 255]);
+        // A palette of 7 bytes (the fuzz target's find was 206), and more alpha values than entries: the
+        // `png` crate panics on both; here they are errors naming the chunk.
+        for (bytes, chunk) in [
+            (indexed_png(vec![255, 0, 0, 0, 0, 255, 7], None), "PLTE"),
+            (
+                indexed_png(vec![255, 0, 0, 0, 0, 255], Some(vec![1, 2, 3])),
+                "tRNS",
+            ),
+        ] {
+            match decode_bytes(&bytes, &limits) {
+                Err(Error::Decode { reason, .. }) => assert!(reason.contains(chunk), "{reason}"),
+                other => panic!("expected a decode error naming {chunk}, got {other:?}"),
+            }
+        }
+        // Truncated inside the chunk walk: left to the decoder, which reports it.
+        assert!(decode_bytes(&good[..40], &limits).is_err());
+    }
 
     #[test]
     fn the_walk_follows_segments_and_scans() {
