@@ -93,36 +93,12 @@ macro_rules! gemv_avx512 {
             let wp = w.as_ptr();
             let mut r = r0;
             unsafe {
-                if m == 1 {
-                    // One activation row: the weight rows one after the other, each summed in the order
-                    // the four-row loop below sums it (the same bits), so that the task reads its block
-                    // as one sequential stream, asking for it `PF_L2` bytes ahead into L2. On AMD Zen 4
-                    // (docs/performance.md), reading four rows side by side (four streams `k` apart) drew
-                    // 5-15% less bandwidth, and the stream without the prefetches 10-12% less.
-                    let xp = x.as_ptr();
-                    for r in r0..r1 {
-                        let w0 = wp.add(r * k);
-                        let mut a0 = _mm512_setzero_ps();
-                        let mut l = 0;
-                        while l < kb {
-                            if (l * size_of::<$t>()) % 64 == 0 {
-                                _mm_prefetch::<_MM_HINT_T1>(
-                                    w0.wrapping_add(l).cast::<u8>().wrapping_add(PF_L2).cast(),
-                                );
-                            }
-                            let xv = _mm512_loadu_ps(xp.add(l));
-                            a0 = _mm512_fmadd_ps(xv, $load(w0.add(l), full), a0);
-                            l += 16;
-                        }
-                        if tail > 0 {
-                            let xv = _mm512_maskz_loadu_ps(mask, xp.add(kb));
-                            a0 = _mm512_fmadd_ps(xv, $load(w0.add(kb), mask), a0);
-                        }
-                        *out.add(r) = _mm512_reduce_add_ps(a0);
-                    }
-                    return;
-                }
-                while r + 4 <= r1 {
+                // One activation row: the rows are left to the loop after this one, which reads them one
+                // after the other, so that the task reads its block as one sequential stream, asking for it
+                // `PF_L2` bytes ahead into L2 (each row's sum is the same as here). On AMD Zen 4
+                // (docs/performance.md), reading four rows side by side (four streams `k` apart) drew 5-15%
+                // less bandwidth, and the stream without the prefetches 10-12% less.
+                while m > 1 && r + 4 <= r1 {
                     let w0 = wp.add(r * k);
                     let w1 = w0.add(k);
                     let w2 = w1.add(k);
@@ -208,6 +184,11 @@ macro_rules! gemv_avx512 {
                         let mut a0 = _mm512_setzero_ps();
                         let mut l = 0;
                         while l < kb {
+                            if (l * size_of::<$t>()).is_multiple_of(64) {
+                                _mm_prefetch::<_MM_HINT_T1>(
+                                    w0.wrapping_add(l).cast::<u8>().wrapping_add(PF_L2).cast(),
+                                );
+                            }
                             let xv = _mm512_loadu_ps(xp.add(l));
                             a0 = _mm512_fmadd_ps(xv, $load(w0.add(l), full), a0);
                             l += 16;
