@@ -657,6 +657,57 @@ fn int8_products_of_non_finite_activations_are_nan() {
 }
 
 #[test]
+fn int8_activation_rounding_edge_cases_are_the_same_on_every_path() {
+    // With every weight scale 1 the activations are quantized as they are: block 0 holds 127 (so r = 1) and
+    // exact ties, which must round half to even; block 1 holds only values so small that the block's scale
+    // is subnormal (r = 1, everything rounds to 0); block 2 holds huge finite values and values just under
+    // a tie after scaling; one row in a batch of three is all ties of 63.5 over a largest of 127.
+    let (m, k, n, group) = (3, 3 * Q8_ACT_BLOCK, 32, 16);
+    let mut x = vec![0f32; m * k];
+    let ties = [127.0, 2.5, 3.5, -0.5, -1.5, 126.5, -126.5, 0.5, 1.0, -127.0];
+    for (l, v) in x[..Q8_ACT_BLOCK].iter_mut().enumerate() {
+        *v = ties[l % ties.len()];
+    }
+    for (l, v) in x[Q8_ACT_BLOCK..2 * Q8_ACT_BLOCK].iter_mut().enumerate() {
+        *v = f32::MIN_POSITIVE * (l as f32 - 60.0);
+    }
+    for (l, v) in x[2 * Q8_ACT_BLOCK..k].iter_mut().enumerate() {
+        *v = if l % 3 == 0 {
+            3.0e38
+        } else {
+            -1.0e38 / (l as f32 + 0.5)
+        };
+    }
+    for (l, v) in x[k..2 * k].iter_mut().enumerate() {
+        *v = if l % Q8_ACT_BLOCK == 0 {
+            127.0
+        } else {
+            63.5 * if l % 2 == 0 { 1.0 } else { -1.0 }
+        };
+    }
+    x[2 * k..].copy_from_slice(&values(k, 21));
+    let q: Vec<i8> = (0..n * k).map(|i| ((i * 37 + 11) % 255) as i8).collect();
+    let s = vec![1.0f32; k * (n / group)];
+    let qw = Q8Weight {
+        values: &q,
+        scales: &s,
+        group,
+    };
+    let (scheme, _) = q8_scheme(&x, m, k, &qw, n);
+    for path in KernelPath::available() {
+        let mut out = vec![0f32; m * n];
+        kernels::linear_q8(path, &x, m, k, &qw, n, None, &mut out);
+        for (j, (a, b)) in out.iter().zip(&scheme).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{path}: output {j}: {a} against the scheme's {b}"
+            );
+        }
+    }
+}
+
+#[test]
 fn quantization_is_symmetric_per_block_and_rounds_half_to_even() {
     // One row, two groups of 16: the first has max |w| = 127 (scale 1), the second is all zeros (scale 1).
     let mut w = vec![0f32; 32];
