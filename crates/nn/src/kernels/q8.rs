@@ -393,7 +393,9 @@ unsafe fn quantize_block(
                 sum += i32::from(v);
                 *p.add(l - l0) = v;
             }
-            std::ptr::write_bytes(p.add(l1 - l0), 0, pad);
+            if pad > 0 {
+                std::ptr::write_bytes(p.add(l1 - l0), 0, pad);
+            }
             *out.t.add(g * out.nb) = tg;
             *out.sum.add(g * out.nb) = sum;
         }

@@ -173,7 +173,11 @@ pub(super) unsafe fn quantize_block_avx512(
                     let g = g0 + e;
                     *out.t.add(g * out.nb) = ts[e];
                     *out.sum.add(g * out.nb) = ss[e];
-                    std::ptr::write_bytes(out.p.add(g * out.kp + (l1 - l0)), 0, pad);
+                    // Only the last block pads (a call per group and block cost 3% of an int8 decoding
+                    // step when it wrote nothing).
+                    if pad > 0 {
+                        std::ptr::write_bytes(out.p.add(g * out.kp + (l1 - l0)), 0, pad);
+                    }
                 }
             }
             c0 += chunks;
