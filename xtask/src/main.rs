@@ -42,7 +42,8 @@ const USAGE: &str = "usage: cargo xtask fixtures [--check]
                     executions, J at a time; fails on any crash, hang (> 10 s) or allocation past 2 GiB
 
 environment: BLIP2_FIXTURES_VENV (venv directory, default .venv-fixtures), PYTHON (default python3),
-BLIP2_BENCH_LAYERS / BLIP2_BENCH_BATCHES / BLIP2_BENCH_DTYPES (bench size, for quick runs)";
+BLIP2_BENCH_LAYERS / BLIP2_BENCH_BATCHES / BLIP2_BENCH_DTYPES (bench size, for quick runs),
+BLIP2_BENCH_ROUNDS (run blip2 and transformers this many times in turn; median ratio and each round's)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -166,64 +167,115 @@ fn check_resaved(root: &Path, python: &Path) -> Result<()> {
 }
 
 /// The criterion bench `name` (criterion group `group`), then `scripts/bench_<name>.py`, then a table of both.
+/// With `BLIP2_BENCH_ROUNDS=N` (default 1) the pair runs N times, one after the other, and the table gives the
+/// median over the rounds of each side and of the per-round ratios, with every round's ratio: on a machine
+/// whose speed drifts over minutes (a shared VM), a ratio of two runs made minutes apart says little alone.
 fn bench(name: &str, group: &str, what: &str) -> Result<()> {
     let root = root();
     let python = venv(&root)?;
-    run(Command::new(env!("CARGO")).current_dir(&root).args([
-        "bench",
-        "-p",
-        "blip2-benches",
-        "--bench",
-        name,
-    ]))?;
+    let rounds: usize = match std::env::var("BLIP2_BENCH_ROUNDS") {
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .with_context(|| format!("BLIP2_BENCH_ROUNDS={v:?} is not a positive number"))?,
+        Err(_) => 1,
+    };
     let script = format!("scripts/bench_{name}.py");
-    let out = Command::new(python)
-        .current_dir(&root)
-        .arg(&script)
-        .output()
-        .with_context(|| format!("cannot run {script}"))?;
-    if !out.status.success() {
-        bail!("{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let torch: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("{script} did not print JSON"))?;
-    let mut table = format!(
-        "| {what} | blip2 (flex), median | transformers (torch), median | speed-up |\n|---|---|---|---|\n"
-    );
-    for (id, theirs) in torch.as_object().into_iter().flatten() {
-        if id == "meta" {
-            continue;
+    // Case id -> (ours, theirs) seconds, one entry per round, in the order torch lists the cases.
+    let mut cases: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut meta = serde_json::Value::Null;
+    for round in 0..rounds {
+        if rounds > 1 {
+            eprintln!("bench {name}: round {} of {rounds}", round + 1);
         }
-        let estimates = root
-            .join("target/criterion")
-            .join(group)
-            .join(id)
-            .join("new/estimates.json");
-        let ours: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&estimates)
-                .with_context(|| format!("cannot read {}", estimates.display()))?,
-        )?;
-        let ours_s = ours["median"]["point_estimate"]
-            .as_f64()
-            .context("criterion median")?
-            / 1e9;
-        let theirs_s = theirs["median_s"].as_f64().context("torch median")?;
+        run(Command::new(env!("CARGO")).current_dir(&root).args([
+            "bench",
+            "-p",
+            "blip2-benches",
+            "--bench",
+            name,
+        ]))?;
+        let out = Command::new(&python)
+            .current_dir(&root)
+            .arg(&script)
+            .output()
+            .with_context(|| format!("cannot run {script}"))?;
+        if !out.status.success() {
+            bail!("{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let torch: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("{script} did not print JSON"))?;
+        for (id, theirs) in torch.as_object().into_iter().flatten() {
+            if id == "meta" {
+                meta = theirs.clone();
+                continue;
+            }
+            let estimates = root
+                .join("target/criterion")
+                .join(group)
+                .join(id)
+                .join("new/estimates.json");
+            let ours: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(&estimates)
+                    .with_context(|| format!("cannot read {}", estimates.display()))?,
+            )?;
+            let ours_s = ours["median"]["point_estimate"]
+                .as_f64()
+                .context("criterion median")?
+                / 1e9;
+            let theirs_s = theirs["median_s"].as_f64().context("torch median")?;
+            match cases.iter_mut().find(|(c, _)| c == id) {
+                Some((_, runs)) => runs.push((ours_s, theirs_s)),
+                None => cases.push((id.clone(), vec![(ours_s, theirs_s)])),
+            }
+        }
+    }
+    let mut table = format!(
+        "| {what} | blip2 (flex), median | transformers (torch), median | speed-up |{}\n|---|---|---|---|{}\n",
+        if rounds > 1 {
+            " speed-up by round |"
+        } else {
+            ""
+        },
+        if rounds > 1 { "---|" } else { "" },
+    );
+    for (id, runs) in &cases {
         let (dtype, case) = id.split_once('/').unwrap_or((id, "?"));
         let case = match case.parse::<usize>() {
             Ok(batch) => format!("batch {batch}"),
             Err(_) => case.to_string(),
         };
+        let ours = median(runs.iter().map(|r| r.0));
+        let theirs = median(runs.iter().map(|r| r.1));
+        let ratios: Vec<f64> = runs.iter().map(|(o, t)| t / o).collect();
         table.push_str(&format!(
-            "| {dtype}, {case} | {:.2} ms | {:.2} ms | {:.2}x |\n",
-            ours_s * 1e3,
-            theirs_s * 1e3,
-            theirs_s / ours_s
+            "| {dtype}, {case} | {:.2} ms | {:.2} ms | {:.2}x |",
+            ours * 1e3,
+            theirs * 1e3,
+            median(ratios.iter().copied())
         ));
+        if rounds > 1 {
+            let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            table.push_str(&format!(" {} |", each.join(", ")));
+        }
+        table.push('\n');
     }
-    table.push_str(&format!("\ntransformers side: {}\n", torch["meta"]));
+    table.push_str(&format!("\ntransformers side: {meta}\n"));
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join(format!("{name}.md")), &table)?;
     println!("\n{table}");
     Ok(())
+}
+
+/// The median of some values (the mean of the middle two for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
