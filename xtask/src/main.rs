@@ -184,7 +184,8 @@ fn bench(name: &str, group: &str, what: &str) -> Result<()> {
     let script = format!("scripts/bench_{name}.py");
     // Case id -> (ours, theirs) seconds, one entry per round, in the order torch lists the cases.
     let mut cases: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    let mut meta = serde_json::Value::Null;
+    // What the transformers side says of itself (versions, threads, the read probe), one per round.
+    let mut metas = Vec::new();
     for round in 0..rounds {
         if rounds > 1 {
             eprintln!("bench {name}: round {} of {rounds}", round + 1);
@@ -208,7 +209,7 @@ fn bench(name: &str, group: &str, what: &str) -> Result<()> {
             .with_context(|| format!("{script} did not print JSON"))?;
         for (id, theirs) in torch.as_object().into_iter().flatten() {
             if id == "meta" {
-                meta = theirs.clone();
+                metas.push(theirs.clone());
                 continue;
             }
             let estimates = root
@@ -261,7 +262,15 @@ fn bench(name: &str, group: &str, what: &str) -> Result<()> {
         }
         table.push('\n');
     }
-    table.push_str(&format!("\ntransformers side: {meta}\n"));
+    for (round, meta) in metas.iter().enumerate() {
+        match metas.len() {
+            1 => table.push_str(&format!("\ntransformers side: {meta}\n")),
+            _ => table.push_str(&format!(
+                "\ntransformers side, round {}: {meta}\n",
+                round + 1
+            )),
+        }
+    }
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join(format!("{name}.md")), &table)?;
