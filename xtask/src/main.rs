@@ -262,13 +262,11 @@ fn bench(name: &str, group: &str, what: &str) -> Result<()> {
         }
         table.push('\n');
     }
+    table.push('\n');
     for (round, meta) in metas.iter().enumerate() {
         match metas.len() {
-            1 => table.push_str(&format!("\ntransformers side: {meta}\n")),
-            _ => table.push_str(&format!(
-                "\ntransformers side, round {}: {meta}\n",
-                round + 1
-            )),
+            1 => table.push_str(&format!("transformers side: {meta}\n")),
+            _ => table.push_str(&format!("transformers side, round {}: {meta}\n", round + 1)),
         }
     }
     let dir = root.join("target/bench");
