@@ -660,8 +660,8 @@ fn int8_products_of_non_finite_activations_are_nan() {
 fn int8_activation_rounding_edge_cases_are_the_same_on_every_path() {
     // With every weight scale 1 the activations are quantized as they are: block 0 holds 127 (so r = 1) and
     // exact ties, which must round half to even; block 1 holds only values so small that the block's scale
-    // is subnormal (r = 1, everything rounds to 0); block 2 holds huge finite values and values just under
-    // a tie after scaling; one row in a batch of three is all ties of 63.5 over a largest of 127.
+    // is subnormal (r = 1, everything rounds to 0); block 2 holds huge finite values of many magnitudes
+    // (3e38 sets the scale); one row in a batch of three is all ties of 63.5 over a largest of 127.
     let (m, k, n, group) = (3, 3 * Q8_ACT_BLOCK, 32, 16);
     let mut x = vec![0f32; m * k];
     let ties = [127.0, 2.5, 3.5, -0.5, -1.5, 126.5, -126.5, 0.5, 1.0, -127.0];
