@@ -3,7 +3,7 @@
 
 use blip2_nn::kernels::{
     self, DOT_MAX_ROWS, DenseWeight, GEMV_MAX_ROWS, KernelPath, PACKED_MIN_ROWS, Q8_ACT_BLOCK,
-    Q8Weight, dequantize_q8, quantize_q8,
+    Q8Weight, ROW_PANELS_MAX_ROWS, ROW_PANELS_MIN_ROWS, dequantize_q8, quantize_q8,
 };
 use half::{bf16, f16};
 
@@ -131,22 +131,41 @@ fn dense_paths_agree_with_the_reference() {
 #[test]
 fn bf16_activation_products_agree_with_the_reference() {
     // Besides SHAPES: the AVX512-BF16 dot-product tiles (at most six rows, as even as can be, by four outputs;
-    // runs of at most 1536 inputs) with tiles of 3 to 6 rows, k not a multiple of 32, several runs with a tail, and more output blocks than threads;
-    // then the packed product from PACKED_MIN_ROWS rows (six rows by 64 outputs, panels of 16): partial row
-    // tiles, outputs not a multiple of 16 or 64, odd k (a last pair of one input), several runs, one column.
+    // runs of at most 1536 inputs) with tiles of 3 to 6 rows, k not a multiple of 32, several runs with a tail,
+    // and more output blocks than threads (fewer than ROW_PANELS_MIN_ROWS rows, or at least as many rows as
+    // outputs); then the weight packed from PACKED_MIN_ROWS rows with at least as many rows as outputs (six
+    // rows by 64 outputs, panels of 16): partial row tiles, outputs not a multiple of 16 or 64, odd k (a last
+    // pair of one input), several runs, one column.
     let extra = [
         (6, 32, 4),
         (7, 2088, 13),
         (13, 4100, 9),
-        (33, 64, 389),
+        (15, 64, 389),
+        (33, 64, 30),
+        (40, 1600, 40),
         (70, 100, 5),
-        (PACKED_MIN_ROWS - 1, 96, 70),
         (PACKED_MIN_ROWS, 31, 17),
-        (PACKED_MIN_ROWS + 5, 1, 65),
-        (PACKED_MIN_ROWS + 8, 3001, 130),
+        (PACKED_MIN_ROWS + 8, 3001, 50),
         (64, 1537, 64),
         (257, 88, 257),
         (100, 257, 1),
+        (400, 70, 401),
+        // Fewer rows than outputs, ROW_PANELS_MIN_ROWS to ROW_PANELS_MAX_ROWS rows: the activation rows
+        // packed in panels of 16 and the weight read in place; a last panel of at most six rows goes through
+        // the in-place tiles (one row at 257, six at 70, four at 20), a fuller one is packed (61, 56, 47);
+        // panels in groups of four and fewer (96: 4 + 2), odd k, several runs, many output blocks.
+        (ROW_PANELS_MIN_ROWS, 3, 17),
+        (20, 2000, 100),
+        (33, 64, 389),
+        (PACKED_MIN_ROWS - 1, 96, 70),
+        (PACKED_MIN_ROWS + 5, 1, 65),
+        (PACKED_MIN_ROWS + 8, 3001, 130),
+        (257, 88, 300),
+        (70, 100, 200),
+        (61, 33, 77),
+        (96, 3100, 130),
+        (50, 5, 1000),
+        (ROW_PANELS_MAX_ROWS, 40, 385),
     ];
     for (case, &(m, k, n)) in SHAPES.iter().chain(&extra).enumerate() {
         let x: Vec<bf16> = values(m * k, case as u64 + 300)
@@ -178,6 +197,50 @@ fn bf16_activation_products_agree_with_the_reference() {
 }
 
 #[test]
+fn bf16_products_with_fewer_rows_than_outputs_are_the_transposed_product_bit_for_bit() {
+    // Packing the activations (fewer rows than outputs) or the weight (the transposed product: more rows than
+    // outputs) puts each (row, output) sum in one lane that adds the same pairs in the same order, so the two
+    // are the same bits, except the rows of a last panel of at most six rows, which go through the in-place
+    // tiles (rows from 16 * (m / 16) when m % 16 <= 6). The transposed products have PACKED_MIN_ROWS rows or
+    // more, and more rows than ROW_PANELS_MAX_ROWS or at least as many as outputs.
+    for (case, &(m, k, n)) in [
+        (64, 40, 100),
+        (257, 1408, 300),
+        (61, 3001, 77),
+        (20, 7, 130),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = KernelPath::Avx512;
+        if !path.bf16_dot() {
+            return;
+        }
+        let b = |len, seed| -> Vec<bf16> {
+            values(len, seed)
+                .iter()
+                .map(|&v| bf16::from_f32(v))
+                .collect()
+        };
+        let (x, w) = (b(m * k, case as u64 + 700), b(n * k, case as u64 + 800));
+        let mut out = vec![f32::NAN; m * n];
+        kernels::linear_bf16(path, &x, m, k, &w, n, None, &mut out);
+        let mut swapped = vec![f32::NAN; n * m];
+        kernels::linear_bf16(path, &w, n, k, &x, m, None, &mut swapped);
+        let packed_rows = if m % 16 <= 6 { m - m % 16 } else { m };
+        for i in 0..packed_rows {
+            for j in 0..n {
+                assert_eq!(
+                    out[i * n + j].to_bits(),
+                    swapped[j * m + i].to_bits(),
+                    "m={m} k={k} n={n}: row {i}, output {j}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn bf16_outputs_round_like_narrow_bf16_on_ties_and_special_values() {
     // Zero weights: every output is its bias (or NaN on the NaN row), so the rounding of the stored outputs
     // meets exact ties, the largest finite values, infinities, NaN, subnormals and signed zeros.
@@ -199,7 +262,15 @@ fn bf16_outputs_round_like_narrow_bf16_on_ties_and_special_values() {
     ];
     let n = specials.len() * 5;
     let bias: Vec<f32> = specials.iter().copied().cycle().take(n).collect();
-    for m in [GEMV_MAX_ROWS + 1, PACKED_MIN_ROWS, PACKED_MIN_ROWS + 7] {
+    // n = 70: the in-place tiles (5 rows), fewer rows than outputs (the activations packed; 53 = 48 + five rows
+    // through the in-place tiles, 55 = 48 + seven rows packed too) and more (77: the weight packed).
+    for m in [
+        GEMV_MAX_ROWS + 1,
+        PACKED_MIN_ROWS,
+        PACKED_MIN_ROWS + 5,
+        PACKED_MIN_ROWS + 7,
+        77,
+    ] {
         for k in [1, 33] {
             let mut x = vec![bf16::ONE; m * k];
             x[k] = bf16::NAN;

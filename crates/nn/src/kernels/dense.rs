@@ -206,7 +206,11 @@ pub(super) unsafe fn gemm_dpbf16(
     if m == 0 || n == 0 {
         return;
     }
-    let packed = k > 0 && m >= super::PACKED_MIN_ROWS;
+    // Fewer rows than outputs: pack the activations (the smaller operand) and read the weight in place; else,
+    // from PACKED_MIN_ROWS rows, pack the weight.
+    let rows_packed =
+        k > 0 && m < n && (super::ROW_PANELS_MIN_ROWS..=super::ROW_PANELS_MAX_ROWS).contains(&m);
+    let packed = rows_packed || (k > 0 && m >= super::PACKED_MIN_ROWS);
     let (out, out16) = match out {
         Bf16Out::F32(o) => (o.as_mut_ptr(), std::ptr::null_mut()),
         Bf16Out::Bf16(o) if packed => (std::ptr::null_mut(), o.as_mut_ptr()),
@@ -242,6 +246,11 @@ pub(super) unsafe fn gemm_dpbf16(
         m,
         k,
     };
+    if rows_packed {
+        // SAFETY: as below, for every output; `m >= 16`.
+        unsafe { super::x86_bf16_rows::product_rows_packed(op, n) };
+        return;
+    }
     if packed {
         // One task per 64 outputs (one pack of the weight per run of inputs), for an even split between
         // threads.

@@ -12,10 +12,14 @@
 //!   threaded over blocks.
 //! - **bf16 activations times bf16 weights** ([`linear_bf16`], [`linear_bf16_rounded`]): on a CPU with
 //!   AVX512-BF16, more than [`GEMV_MAX_ROWS`] rows multiply on `vdpbf16ps` (pairs of bf16 products summed into
-//!   f32), threaded over blocks of outputs: up to [`PACKED_MIN_ROWS`] rows in register tiles of at most six
-//!   rows (as even as can be) by four outputs that read both operands in their stored layout; from there on,
-//!   each 64 outputs' weight rows are packed per call into panels of input pairs, and tiles of six rows by 64
-//!   outputs keep the outputs in the lanes. [`attention_qkv_bf16`] runs a ViT's whole self-attention on the
+//!   f32), threaded over blocks of outputs. With fewer rows than outputs, from [`ROW_PANELS_MIN_ROWS`] to
+//!   [`ROW_PANELS_MAX_ROWS`] rows (prefill, the Q-Former's queries, a vision tower's `Linear`s), the activation
+//!   rows are packed once per call into panels of 16 rows by input pairs, and tiles of six weight rows (read in
+//!   place, broadcast pair by pair) by 64 rows keep the rows in the lanes: the weight is never copied. Otherwise
+//!   up to [`PACKED_MIN_ROWS`] rows multiply in register tiles of at most six rows (as even as can be) by four
+//!   outputs that read both operands in their stored layout; from there on, each 64 outputs' weight rows are
+//!   packed per call into panels of input pairs, and tiles of six rows by 64 outputs keep the outputs in the
+//!   lanes. [`attention_qkv_bf16`] runs a ViT's whole self-attention on the
 //!   packed tiles, a head per task; [`attention_bf16`] does the same for separate, strided query, key and value
 //!   heads with an additive mask (the language models), writing the heads merged.
 //! - **int8 weights** ([`Q8Weight`]) are Burn's own quantized tensors: `[in, out]` int8, symmetric, one f32 scale
@@ -57,6 +61,8 @@ mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_bf16;
 #[cfg(target_arch = "x86_64")]
+mod x86_bf16_rows;
+#[cfg(target_arch = "x86_64")]
 mod x86_q8;
 
 pub use attention::{HeadStrides, Heads, HeadsShape, QkvShape, attention_bf16, attention_qkv_bf16};
@@ -73,12 +79,26 @@ pub const GEMV_MAX_ROWS: usize = 4;
 /// rows by four outputs); more rows go through blocked `gemm`.
 pub const DOT_MAX_ROWS: usize = 64;
 
-/// Activation rows from which bf16 × bf16 products on AVX512-BF16 ([`linear_bf16`]) pack the weight, 64 outputs
-/// at a time, into panels that every row then reads; fewer rows read the weight in place. With OPT-2.7b's
-/// shapes (weights streamed from memory) the in-place tiles were 6-15% faster at 32 rows, the two were even at
-/// 48, and packing was 10-25% faster from 64 rows on (1.2-1.3x at ViT-g's 257; AMD Zen 5,
-/// docs/performance.md).
+/// Activation rows from which bf16 × bf16 products on AVX512-BF16 ([`linear_bf16`]) that do not pack their
+/// activation rows (see [`ROW_PANELS_MIN_ROWS`]) pack the weight, 64 outputs at a time, into panels that every
+/// row then reads; fewer rows read the weight in place. With OPT-2.7b's shapes (weights streamed from memory)
+/// the in-place tiles were 6-15% faster at 32 rows, the two were even at 48, and packing was 10-25% faster from
+/// 64 rows on (1.2-1.3x at ViT-g's 257; AMD Zen 5, docs/performance.md).
 pub const PACKED_MIN_ROWS: usize = 48;
+
+/// Activation rows from which bf16 × bf16 products on AVX512-BF16 with fewer rows than outputs pack the rows
+/// (panels of 16, once per call, shared by the threads) and read the weight where it is stored, up to
+/// [`ROW_PANELS_MAX_ROWS`]. On AMD Zen 4 with OPT-2.7b's shapes (8 layers, weights streamed from memory) this
+/// was 14-16% faster than the in-place tiles at 16 and 20 rows and 1.6x at 32, slower at 8 and 12 rows; 11-14%
+/// faster than packing the weight at 64 and 128 rows, even at 257-512 (docs/performance.md).
+pub const ROW_PANELS_MIN_ROWS: usize = 16;
+
+/// Activation rows up to which products with fewer rows than outputs pack the rows ([`ROW_PANELS_MIN_ROWS`]);
+/// from there on packing the weight was 1-6% faster (ViT-g's shapes at 514 and 1028 rows, AMD Zen 4).
+pub const ROW_PANELS_MAX_ROWS: usize = 384;
+
+// The row-packing product takes at least one whole panel of 16 rows.
+const _: () = assert!(ROW_PANELS_MIN_ROWS >= 16 && ROW_PANELS_MIN_ROWS <= ROW_PANELS_MAX_ROWS);
 
 /// Which instruction set a kernel runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -287,7 +307,7 @@ pub fn linear_bf16(
 
 /// [`linear_bf16`] with its outputs rounded to bf16, bit for bit what [`linear_bf16`] then [`narrow_bf16`]
 /// give, without the f32 outputs in memory where the kernel can round them as it stores them (AVX512-BF16,
-/// from [`PACKED_MIN_ROWS`] rows).
+/// the packed products: see [`ROW_PANELS_MIN_ROWS`] and [`PACKED_MIN_ROWS`]).
 ///
 /// ```
 /// use blip2_nn::kernels::{self, KernelPath};

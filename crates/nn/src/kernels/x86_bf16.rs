@@ -2,7 +2,8 @@
 //! instruction). Both operands are read in their stored layout (`[rows, k]` row-major, PyTorch's `[out, in]`
 //! for the weight), so nothing is packed: each register tile holds, for at most [`MR`] activation rows and
 //! [`NR`] weight rows, one f32 vector of partial dot products per pair, reduced horizontally at the end of each
-//! run of at most [`KC`] inputs. [`product_packed`] packs the weight for many rows.
+//! run of at most [`KC`] inputs. [`product_packed`] packs the weight for many rows; its tiles also serve
+//! `x86_bf16_rows`, which packs the activation rows instead.
 //!
 //! `vdpbf16ps` treats subnormal inputs as zero and flushes subnormal results to zero, rounding to nearest
 //! even; the products of two bf16 values are exact in f32. So the result differs from the portable path's
@@ -99,7 +100,7 @@ pub(super) unsafe fn product_cols(op: Operands, j0: usize, j1: usize) {
 /// As [`product_cols`]; `i + R <= m`, `l0 < l1 <= k`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn row_tile<const R: usize>(
+pub(super) unsafe fn row_tile<const R: usize>(
     op: Operands,
     i: usize,
     j0: usize,
@@ -244,12 +245,12 @@ fn as_bh(v: __m512i) -> __m512bh {
 }
 
 /// Outputs per panel of the packed product: one f32 vector of sums.
-const PANEL: usize = 16;
+pub(super) const PANEL: usize = 16;
 /// Panels per register tile of the packed product (64 outputs).
 pub(super) const PANELS: usize = 4;
 /// Activation rows per register tile of the packed product: with [`PANELS`], 24 accumulators, four weight
 /// vectors and one broadcast activation pair in the 32 vector registers.
-const PR: usize = 6;
+pub(super) const PR: usize = 6;
 
 thread_local! {
     /// Per-thread buffers of the packed product, reused across calls: the weight panels (at most
@@ -388,7 +389,7 @@ unsafe fn packed_cols(op: Operands, j0: usize, j1: usize, buf: &mut Vec<u32>, su
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn pack(
+pub(super) unsafe fn pack(
     w: *const bf16,
     w_rs: usize,
     j: usize,
@@ -437,7 +438,7 @@ unsafe fn pack(
 /// each are packed.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn packed_tile<const P: usize>(
+pub(super) unsafe fn packed_tile<const P: usize>(
     rows: &[*const u16; PR],
     panels: *const u32,
     stride: usize,
@@ -481,22 +482,22 @@ unsafe fn packed_tile<const P: usize>(
 }
 
 /// Where a packed tile's sums go: `live` rows of `width` outputs.
-struct Dst {
+pub(super) struct Dst {
     /// The tile's first f32 sum (row stride `acc_rs`): the output when it is f32, else where the earlier runs'
     /// sums wait (unused, possibly null, with bf16 outputs and one run).
-    acc: *mut f32,
-    acc_rs: usize,
+    pub acc: *mut f32,
+    pub acc_rs: usize,
     /// The tile's first bf16 output (row stride `out_rs`), or null when the outputs are f32.
-    out16: *mut bf16,
-    out_rs: usize,
-    live: usize,
-    width: usize,
+    pub out16: *mut bf16,
+    pub out_rs: usize,
+    pub live: usize,
+    pub width: usize,
     /// The first run stores; later ones add to what is in `acc`.
-    first: bool,
+    pub first: bool,
     /// The last run adds the bias and writes bf16 outputs.
-    last: bool,
+    pub last: bool,
     /// The tile's first output's bias, null unless this is the last run.
-    bias: *const f32,
+    pub bias: *const f32,
 }
 
 /// Stores a packed tile's sums: the run's sum, plus the earlier runs' (unless `first`), plus the bias; in f32
@@ -506,7 +507,7 @@ struct Dst {
 /// `dst` addresses outputs this call owns.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn store<const P: usize>(sums: [[__m512; P]; PR], dst: &Dst) {
+pub(super) unsafe fn store<const P: usize>(sums: [[__m512; P]; PR], dst: &Dst) {
     for (r, sums) in sums.iter().enumerate().take(dst.live) {
         for (q, s) in sums.iter().enumerate() {
             let left = dst.width - q * PANEL;
@@ -540,7 +541,7 @@ unsafe fn store<const P: usize>(sums: [[__m512; P]; PR], dst: &Dst) {
 /// kept a (quiet) NaN.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn narrow16(v: __m512) -> __m256i {
+pub(super) fn narrow16(v: __m512) -> __m256i {
     let x = _mm512_castps_si512(v);
     let high = _mm512_srli_epi32::<16>(x);
     let odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
