@@ -168,6 +168,8 @@ unsafe fn block_rows(
                 let wrows: [*const u16; PR] = std::array::from_fn(|r| unsafe {
                     w.add((j + r).min(j1 - 1) * w_rs + l0).cast::<u16>()
                 });
+                // Roles swapped: the tile's rows are `live` weight rows (outputs), its lanes `width`
+                // activation rows, stored output-major into the sums.
                 let dst = Dst {
                     acc: sums.as_mut_ptr().wrapping_add((j - j0) * stride + i),
                     acc_rs: stride,
