@@ -88,13 +88,14 @@ pub const PACKED_MIN_ROWS: usize = 48;
 
 /// Activation rows from which bf16 × bf16 products on AVX512-BF16 with fewer rows than outputs pack the rows
 /// (panels of 16, once per call, shared by the threads) and read the weight where it is stored, up to
-/// [`ROW_PANELS_MAX_ROWS`]. On AMD Zen 4 with OPT-2.7b's shapes (8 layers, weights streamed from memory) this
-/// was 14-16% faster than the in-place tiles at 16 and 20 rows and 1.6x at 32, slower at 8 and 12 rows; 11-14%
-/// faster than packing the weight at 64 and 128 rows, even at 257-512 (docs/performance.md).
+/// [`ROW_PANELS_MAX_ROWS`]. On AMD Zen 4 with OPT-2.7b's shapes (weights streamed from memory) this was 16-17%
+/// faster than the in-place tiles at 16 and 20 rows and 1.6x at 32, slower at 8 and 12 rows; 13-16% faster
+/// than packing the weight at 64 and 128 rows, 3% at 256 (docs/performance.md).
 pub const ROW_PANELS_MIN_ROWS: usize = 16;
 
 /// Activation rows up to which products with fewer rows than outputs pack the rows ([`ROW_PANELS_MIN_ROWS`]);
-/// from there on packing the weight was 1-6% faster (ViT-g's shapes at 514 and 1028 rows, AMD Zen 4).
+/// beyond, packing the weight was 1-10% faster (OPT-2.7b's shapes at 512 rows, ViT-g's at 514 and 1028, AMD
+/// Zen 4).
 pub const ROW_PANELS_MAX_ROWS: usize = 384;
 
 // The row-packing product takes at least one whole panel of 16 rows.
