@@ -15,6 +15,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+use super::SendPtr;
 use super::x86_bf16::{
     Dst, KC, Operands, PANEL, PANELS, PR, narrow16, pack, packed_tile, row_tile, store,
 };
@@ -60,7 +61,7 @@ pub(super) unsafe fn product_rows_packed(op: Operands, n: usize) {
     };
     // Each panel packed by one task: 16 rows (the last panel's missing rows repeat its last row).
     super::par_blocks(panels, |q| {
-        let (op, dst) = (&op, &rows_ptr);
+        let op = &op;
         // SAFETY: rows `16q..packed` hold `k` inputs at stride `a_rs`; panel `q` of the buffer holds `pairs`
         // pairs of 16 lanes, and `k.next_multiple_of(32) = 2 * pairs`.
         unsafe {
@@ -73,21 +74,19 @@ pub(super) unsafe fn product_rows_packed(op: Operands, n: usize) {
                 0,
                 k,
                 pairs,
-                dst.0.add(q * pairs * PANEL),
+                rows_ptr.get().add(q * pairs * PANEL),
             )
         };
     });
     let block = PANELS * PANEL;
     super::par_blocks(n.div_ceil(block), |b| {
-        // The whole `SendPtr` (a closure capturing only its field would not be `Sync`).
-        let rows = &rows_ptr;
         SUMS.with(|s| {
             let (sums, tails) = &mut *s.borrow_mut();
             // SAFETY: the caller's promise; the panels were packed above.
             unsafe {
                 block_rows(
                     op,
-                    rows.0,
+                    rows_ptr.get(),
                     pairs,
                     packed,
                     b * block,
@@ -106,13 +105,6 @@ pub(super) unsafe fn product_rows_packed(op: Operands, n: usize) {
         });
     }
 }
-
-/// A pointer shared by the tasks of one call, which the caller outlives.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut u32);
-// SAFETY: the tasks write disjoint panels, or only read, while the caller holds the buffer.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 /// The outputs `j0..j1` of every row: the first `packed` rows from the packed panels at `rows` (`pairs` pairs
 /// each), the rest in place.
