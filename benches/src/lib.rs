@@ -28,8 +28,8 @@ pub fn env_list<T: std::str::FromStr>(var: &str, default: &str) -> Vec<T> {
         .collect()
 }
 
-/// A weight format a bench runs in: a float dtype, or `int8` (every `Linear` weight in int8, group 64, with bf16
-/// activations: what `Precision::INT8` gives the language model).
+/// A weight format a bench runs in: a float dtype, or `int8` (every `Linear` weight in int8 with bf16 activations:
+/// what `Precision::INT8` gives the language model; outputs per scale [`int8_group`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchDtype {
     /// Every parameter in this dtype.
@@ -59,7 +59,7 @@ impl BenchDtype {
             Self::Int8 => {
                 let module = cast_module(module, FloatDType::BF16, device)
                     .expect("the backend supports bf16");
-                blip2_nn::quantize_linears(module, blip2_nn::DEFAULT_Q8_GROUP).0
+                blip2_nn::quantize_linears(module, int8_group()).0
             }
         }
     }
@@ -77,6 +77,12 @@ impl std::str::FromStr for BenchDtype {
                 .map_err(|e: blip2_nn::Error| e.to_string()),
         }
     }
+}
+
+/// Outputs per int8 scale in the int8 benches: `BLIP2_BENCH_INT8_GROUP`, default
+/// [`blip2_nn::DEFAULT_Q8_GROUP`] (what `--dtype int8` uses).
+pub fn int8_group() -> usize {
+    env_value("BLIP2_BENCH_INT8_GROUP").unwrap_or(blip2_nn::DEFAULT_Q8_GROUP)
 }
 
 /// Seconds of measurement per bench (`BLIP2_BENCH_SECS`, default 20; GPUs need far less).
