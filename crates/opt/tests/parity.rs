@@ -1,6 +1,7 @@
 //! OPT against transformers 5.24 on the fixtures: logits of the standalone OPTs (pre-LN, and the opt-350m-like
 //! post-LN model with `project_in`/`project_out`) for a single prompt and a left-padded batch, BLIP-2's OPT fed
-//! `inputs_embeds`, the LM loss, and cached decoding against one full forward.
+//! `inputs_embeds`, the LM loss, cached decoding against one full forward, and a one-row cached greedy decode
+//! against transformers' logits at every step.
 
 use blip2_nn::backend::FloatDType;
 use blip2_opt::{LogitsFor, OptForCausalLm, OptInput};
@@ -163,8 +164,63 @@ fn cached_decoding_matches_full_forward<B: Backend>(device: &B::Device) {
     }
 }
 
+/// One row, as a generation loop drives it: the prompt's last logits, then each greedy token of the reference
+/// fed back through the cache with the mask grown by one, every step's logits against transformers' raw step
+/// logits (`gen/greedy/{tag}/logits`, `[step, rows, vocab]`). The cached-decoding test above runs two rows.
+fn greedy_steps_match_the_reference_logits<B: Backend>(device: &B::Device) {
+    for name in ["tiny-opt-lm", "tiny-opt-lm-350m"] {
+        let fixture = Fixture::open(name);
+        let lm = load::<B>(&fixture, device);
+        for tag in ["single", "batch"] {
+            let ids = fixture.int_tensor::<B, 2>(&format!("input_ids/{tag}"), device);
+            let mut mask = fixture.int_tensor::<B, 2>(&format!("attention_mask/{tag}"), device);
+            let sequences = fixture.int_tensor::<B, 2>(&format!("gen/greedy/{tag}"), device);
+            let steps = fixture.tensor::<B, 3>(&format!("gen/greedy/{tag}/logits"), device);
+            let [rows, prompt_len] = ids.dims();
+            let [count, _, vocab] = steps.dims();
+            let want = |s: usize| {
+                steps
+                    .clone()
+                    .narrow(0, s, 1)
+                    .reshape([rows, 1, vocab])
+                    .to_data()
+            };
+            let mut cache = lm.new_cache();
+            let logits = lm.forward(
+                OptInput::Ids(ids),
+                Some(mask.clone()),
+                Some(&mut cache),
+                LogitsFor::Last,
+            );
+            assert_tensor_close(
+                &format!("{name} {tag}: step 0"),
+                &logits,
+                &want(0),
+                Tol::LOGITS,
+            );
+            for s in 1..count {
+                let token = sequences.clone().narrow(1, prompt_len + s - 1, 1); // [rows, 1]
+                mask = Tensor::cat(vec![mask, Tensor::ones([rows, 1], device)], 1);
+                let logits = lm.forward(
+                    OptInput::Ids(token),
+                    Some(mask.clone()),
+                    Some(&mut cache),
+                    LogitsFor::Last,
+                );
+                assert_tensor_close(
+                    &format!("{name} {tag}: step {s}"),
+                    &logits,
+                    &want(s),
+                    Tol::LOGITS,
+                );
+            }
+        }
+    }
+}
+
 blip2_testkit::backend_tests!(
     standalone_logits_and_loss,
     blip2_opt_from_embeddings,
-    cached_decoding_matches_full_forward
+    cached_decoding_matches_full_forward,
+    greedy_steps_match_the_reference_logits
 );
