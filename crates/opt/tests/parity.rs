@@ -1,7 +1,7 @@
 //! OPT against transformers 5.24 on the fixtures: logits of the standalone OPTs (pre-LN, and the opt-350m-like
 //! post-LN model with `project_in`/`project_out`) for a single prompt and a left-padded batch, BLIP-2's OPT fed
-//! `inputs_embeds`, the LM loss, cached decoding against one full forward, and a one-row cached greedy decode
-//! against transformers' logits at every step.
+//! `inputs_embeds`, the LM loss, cached decoding against one full forward, and cached greedy decoding of one row
+//! and of two against transformers' logits at every step.
 
 use blip2_nn::backend::FloatDType;
 use blip2_opt::{LogitsFor, OptForCausalLm, OptInput};
@@ -164,9 +164,10 @@ fn cached_decoding_matches_full_forward<B: Backend>(device: &B::Device) {
     }
 }
 
-/// One row, as a generation loop drives it: the prompt's last logits, then each greedy token of the reference
-/// fed back through the cache with the mask grown by one, every step's logits against transformers' raw step
-/// logits (`gen/greedy/{tag}/logits`, `[step, rows, vocab]`). The cached-decoding test above runs two rows.
+/// One row and then two, as a generation loop drives them: the prompt's last logits, then each greedy token of
+/// the reference fed back through the cache with the mask grown by one, every step's logits against
+/// transformers' raw step logits (`gen/greedy/{tag}/logits`, `[step, rows, vocab]`). The cached-decoding test
+/// above runs two rows only; one row is the case Burn's fusion gets wrong on wgpu (docs/backends.md).
 fn greedy_steps_match_the_reference_logits<B: Backend>(device: &B::Device) {
     for name in ["tiny-opt-lm", "tiny-opt-lm-350m"] {
         let fixture = Fixture::open(name);
