@@ -37,18 +37,24 @@ pub type Flex = burn::backend::Flex;
 /// The ndarray CPU backend (f32 only).
 #[cfg(feature = "ndarray")]
 pub type NdArray = burn::backend::NdArray;
+// The GPU aliases are Burn's cubecl backends *without* its fusion wrapper (`burn::backend::Wgpu` and friends
+// are `Fusion<CubeBackend<..>>`). Under Burn 0.21's fusion a one-row product whose right operand is transposed
+// (every `Linear` loaded from PyTorch's [out, in], and q·kᵀ in attention) followed by an elementwise op that reads
+// another tensor (a bias, a mask) comes out wrong: the fused `gemv_unit_perpendicular` kernel autotune picks for
+// it; one-row OPT decoding diverged from the second token. Measured on Mesa lavapipe; docs/backends.md has the
+// cases. Unfused, the same kernels give transformers' numbers.
 /// wgpu with WGSL shaders (Vulkan, Metal, DX12 or WebGPU underneath). f32 and, with `SHADER_F16`, f16.
 #[cfg(feature = "wgpu")]
-pub type Wgpu = burn::backend::Wgpu;
+pub type Wgpu = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
 /// wgpu with the SPIR-V compiler (Linux, Windows).
 #[cfg(feature = "vulkan")]
-pub type Vulkan = burn::backend::Vulkan;
+pub type Vulkan = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u8>;
 /// wgpu with the MSL compiler (macOS).
 #[cfg(feature = "metal")]
-pub type Metal = burn::backend::Metal;
+pub type Metal = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u8>;
 /// CUDA through cubecl (libcuda is loaded at run time).
 #[cfg(feature = "cuda")]
-pub type Cuda = burn::backend::Cuda;
+pub type Cuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
 
 /// Training wrapper: `Autodiff<Flex>` and so on.
 pub type Autodiff<B> = burn::backend::Autodiff<B>;

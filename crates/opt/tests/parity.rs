@@ -167,7 +167,8 @@ fn cached_decoding_matches_full_forward<B: Backend>(device: &B::Device) {
 /// One row and then two, as a generation loop drives them: the prompt's last logits, then each greedy token of
 /// the reference fed back through the cache with the mask grown by one, every step's logits against
 /// transformers' raw step logits (`gen/greedy/{tag}/logits`, `[step, rows, vocab]`). The cached-decoding test
-/// above runs two rows only; one row is the case Burn's fusion gets wrong on wgpu (docs/backends.md).
+/// above runs two rows only; one row is the case Burn 0.21's fusion got wrong on wgpu, which is why blip2's GPU
+/// aliases are unfused (docs/backends.md).
 fn greedy_steps_match_the_reference_logits<B: Backend>(device: &B::Device) {
     for name in ["tiny-opt-lm", "tiny-opt-lm-350m"] {
         let fixture = Fixture::open(name);

@@ -32,12 +32,12 @@ use burn::tensor::{DType, TensorData};
 pub type Flex = burn::backend::Flex;
 /// The f32-only CPU backend in tests.
 pub type NdArray = burn::backend::NdArray;
-/// CUDA (with the `cuda` feature).
+/// CUDA (with the `cuda` feature): the unfused backend, as `blip2_nn::backend::Cuda` (which says why).
 #[cfg(feature = "cuda")]
-pub type Cuda = burn::backend::Cuda;
-/// wgpu (with the `wgpu` feature).
+pub type Cuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+/// wgpu (with the `wgpu` feature): the unfused backend, as `blip2_nn::backend::Wgpu` (which says why).
 #[cfg(feature = "wgpu")]
-pub type Wgpu = burn::backend::Wgpu;
+pub type Wgpu = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
 
 /// Writes `#[test]` wrappers that run the generic functions `fn name<B: Backend>(device: &B::Device)` on every
 /// test backend: one module per backend (`flex::name`, `ndarray::name`, and `wgpu::name` / `cuda::name` with the
