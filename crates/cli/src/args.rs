@@ -121,6 +121,17 @@ pub struct Common {
     )]
     pub max_image_pixels: Option<u64>,
 
+    /// GPU backends: keep autotune results (and compiled CUDA kernels) in DIR across runs [default:
+    /// $XDG_CACHE_HOME/blip2/kernels, else ~/.cache/blip2/kernels]; `off` leaves cubecl's own defaults
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR|off",
+        env = "BLIP2_KERNEL_CACHE",
+        help_heading = "Model and device"
+    )]
+    pub kernel_cache: Option<PathBuf>,
+
     /// Write the results to FILE: JSON lines (.jsonl, .ndjson) or CSV (.csv); embed writes .safetensors plus
     /// a .jsonl index beside it
     #[arg(

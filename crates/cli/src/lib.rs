@@ -132,6 +132,8 @@ fn run(mut cli: Cli) -> Result<Exit, CliError> {
     let spec: DeviceSpec = common.device.parse().map_err(CliError::from)?;
     let backend = spec.resolve().map_err(CliError::from)?;
     if !matches!(backend, BackendKind::Flex | BackendKind::NdArray) {
+        // Before the first GPU op: cubecl reads its settings once per process.
+        kernel_caches(common.kernel_cache.as_deref(), backend, &reporter);
         // A GPU that is not there makes its runtime panic at the first op: ask it first.
         if let Err(reason) = info::probe_spec(&spec) {
             return Err(CliError::new(
@@ -290,5 +292,22 @@ impl BackendFn for Job {
             ),
             Command::Info => info::run(common, &reporter),
         }
+    }
+}
+
+/// `--kernel-cache`: cubecl's autotune results (and CUDA's compiled kernels) under DIR, by default the user
+/// cache; `off` leaves cubecl's defaults (docs/backends.md, "Start-up").
+fn kernel_caches(dir: Option<&std::path::Path>, backend: BackendKind, reporter: &Reporter) {
+    let root = match dir {
+        Some(dir) if dir.as_os_str() == "off" => return,
+        Some(dir) => dir.to_path_buf(),
+        None => match blip2_nn::kernel_cache::default_root() {
+            Some(root) => root,
+            None => return,
+        },
+    };
+    let caches = blip2_nn::kernel_cache::persist_kernel_caches(backend, &root);
+    if let Some(note) = caches.note {
+        reporter.note(format!("kernel cache: {note}"));
     }
 }

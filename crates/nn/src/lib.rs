@@ -15,6 +15,7 @@
 //! - [`kernels`]: CPU products for bf16, f16 and int8 weights (and f32 at decoding sizes), picked at run time
 //!   by CPU features; on flex, [`linear_forward`] uses them;
 //! - [`alloc`]: opt-in allocator tuning for CPU inference in applications;
+//! - [`kernel_cache`]: the GPU backends' autotune results and compiled kernels kept across processes;
 //! - [`config`]: finding and reading a model's `config.json`;
 //! - [`limits`]: the largest sizes blip2 accepts from a config or a file.
 //!
@@ -37,6 +38,7 @@ pub mod alloc;
 pub mod backend;
 pub mod config;
 mod error;
+pub mod kernel_cache;
 pub mod kernels;
 mod kv_cache;
 pub mod limits;
