@@ -215,6 +215,7 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
         precision: Precision,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), Error> {
+        precision.ensure_supported::<B>(device)?;
         let (vision_model, vision) = part(Blip2VisionModel::load(
             &config.vision_config,
             checkpoint,

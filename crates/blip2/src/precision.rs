@@ -85,6 +85,21 @@ impl Precision {
         },
     };
 
+    /// Whether `device` holds every float dtype of this precision; checked by each loader before any part
+    /// loads, so that a dtype the device lacks is named as such rather than as the first part's failure.
+    ///
+    /// # Errors
+    /// [`blip2_nn::Error::UnsupportedDtype`] (as [`crate::Error::Nn`]) for the first dtype it lacks.
+    pub fn ensure_supported<B: burn::prelude::Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(), crate::Error> {
+        for dtype in [self.vision, self.qformer, self.language_model] {
+            blip2_nn::backend::ensure_dtype_supported::<B>(device, dtype)?;
+        }
+        Ok(())
+    }
+
     /// The vision tower's weight format.
     pub fn vision_format(&self) -> WeightFormat {
         WeightFormat {

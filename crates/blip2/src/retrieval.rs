@@ -247,6 +247,7 @@ impl<B: Backend> Blip2ForImageTextRetrieval<B> {
         precision: Precision,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), Error> {
+        precision.ensure_supported::<B>(device)?;
         require_text_tower(config)?;
         let (vision_model, vision) = part(Blip2VisionModel::load(
             &config.vision_config,
@@ -628,6 +629,7 @@ impl<B: Backend> Blip2VisionModelWithProjection<B> {
         precision: Precision,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), Error> {
+        precision.ensure_supported::<B>(device)?;
         let (vision_model, vision) = part(Blip2VisionModel::load(
             &config.vision_config,
             checkpoint,
@@ -764,6 +766,7 @@ impl<B: Backend> Blip2TextModelWithProjection<B> {
         precision: Precision,
         device: &B::Device,
     ) -> Result<(Self, LoadReport), Error> {
+        precision.ensure_supported::<B>(device)?;
         require_text_tower(config)?;
         let (qformer, qformer_report) = part(QFormer::load(
             &config.qformer,

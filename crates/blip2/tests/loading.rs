@@ -534,3 +534,25 @@ fn saved_weights_round_trip() {
         );
     }
 }
+
+/// A dtype the device cannot hold is refused before any part loads, as the backend's error (the CLI's exit 5),
+/// not as the vision tower's load failure.
+#[test]
+fn a_dtype_the_backend_lacks_is_named_up_front() {
+    let fixture = Fixture::open("tiny-opt");
+    let device = Default::default();
+    let err = Blip2ForConditionalGeneration::<blip2_testkit::NdArray>::from_pretrained(
+        fixture.dir(),
+        Precision::from(FloatDType::BF16),
+        &device,
+    )
+    .map(|_| ())
+    .unwrap_err();
+    match &err {
+        Error::Nn(blip2_nn::Error::UnsupportedDtype { dtype, .. }) => {
+            assert_eq!(*dtype, FloatDType::BF16);
+        }
+        other => panic!("want Nn(UnsupportedDtype), got {other:?}"),
+    }
+    assert!(err.to_string().contains("bf16"), "{err}");
+}
