@@ -2,8 +2,9 @@
 //! batch 1 and more, and the flex `Linear` fast path against Burn's own product (non-contiguous inputs too).
 
 use blip2_nn::kernels::{
-    self, DOT_MAX_ROWS, DenseWeight, GEMV_MAX_ROWS, KernelPath, PACKED_MIN_ROWS, Q8_ACT_BLOCK,
-    Q8Weight, ROW_PANELS_MAX_ROWS, ROW_PANELS_MIN_ROWS, dequantize_q8, quantize_q8,
+    self, AMX_MIN_ROWS, DOT_MAX_ROWS, DenseWeight, F32_ROWS_MAX_ROWS, F32_ROWS_MIN_ROWS,
+    GEMV_MAX_ROWS, KernelPath, PACKED_MIN_ROWS, Q8_ACT_BLOCK, Q8Weight, ROW_PANELS_MAX_ROWS,
+    ROW_PANELS_MIN_ROWS, dequantize_q8, quantize_q8,
 };
 use half::{bf16, f16};
 
@@ -129,6 +130,51 @@ fn dense_paths_agree_with_the_reference() {
 }
 
 #[test]
+fn f32_row_panel_products_agree_with_the_reference() {
+    // F32_ROWS_MIN_ROWS to F32_ROWS_MAX_ROWS rows with an f32 weight on AVX-512: rows packed in panels of 16
+    // (a last panel of 1 to 15 live rows), tiles of 6 outputs by 4 panels, 6 by 3, 12 by 2, 12 by 1 and one
+    // output by 1-4 panels (outputs not a multiple of 6, 12 or the task's 48), one input, inputs not a multiple
+    // of 16, several runs of 1024 inputs.
+    for (case, &(m, k, n)) in [
+        (F32_ROWS_MIN_ROWS, 1, 1),
+        (F32_ROWS_MIN_ROWS + 1, 31, 13),
+        (33, 2500, 61),
+        (50, 1025, 12),
+        (80, 48, 100),
+        (100, 17, 130),
+        (F32_ROWS_MAX_ROWS, 64, 49),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = values(m * k, case as u64 + 900);
+        let w = values(n * k, case as u64 + 950);
+        let bias = values(n, case as u64 + 990);
+        let (want, mag) = reference(&x, m, k, |j, l| w[j * k + l], n, &bias);
+        for path in KernelPath::available() {
+            let mut out = vec![f32::NAN; m * n];
+            kernels::linear_dense(
+                path,
+                &x,
+                m,
+                k,
+                DenseWeight::F32(&w),
+                n,
+                Some(&bias),
+                &mut out,
+            );
+            check_close(
+                &out,
+                &want,
+                &mag,
+                k,
+                &format!("f32 {path} m={m} k={k} n={n}"),
+            );
+        }
+    }
+}
+
+#[test]
 fn bf16_activation_products_agree_with_the_reference() {
     // Besides SHAPES: the AVX512-BF16 dot-product tiles (at most six rows, as even as can be, by four outputs;
     // runs of at most 1536 inputs) with tiles of 3 to 6 rows, k not a multiple of 32, several runs with a tail,
@@ -166,6 +212,16 @@ fn bf16_activation_products_agree_with_the_reference() {
         (96, 3100, 130),
         (50, 5, 1000),
         (ROW_PANELS_MAX_ROWS, 40, 385),
+        // Shapes Intel AMX takes where the process has it (`kernels::amx_enabled`): inputs and outputs
+        // multiples of 32, from AMX_MIN_ROWS rows; an odd count of row panels (the missing panel repeats
+        // the last row), rows not a multiple of 16, several runs of 1024 inputs, one and several blocks of
+        // 64 outputs, more rows than outputs.
+        (AMX_MIN_ROWS, 32, 32),
+        (AMX_MIN_ROWS + 1, 64, 96),
+        (33, 1056, 64),
+        (47, 2080, 160),
+        (257, 128, 192),
+        (100, 3072, 32),
     ];
     for (case, &(m, k, n)) in SHAPES.iter().chain(&extra).enumerate() {
         let x: Vec<bf16> = values(m * k, case as u64 + 300)
@@ -289,6 +345,23 @@ fn bf16_outputs_round_like_narrow_bf16_on_ties_and_special_values() {
             }
         }
     }
+}
+
+#[test]
+fn amx_is_used_where_the_cpu_has_it_unless_turned_off() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 7, sub-leaf 0, EDX: AMX-BF16 (bit 22) and AMX-TILE (bit 24).
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        let cpu = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
+        let off =
+            std::env::var("BLIP2_CPU_AMX").is_ok_and(|v| matches!(v.trim(), "off" | "0" | "false"));
+        // Linux grants the tile state to any process that asks (since 5.16): a CPU with AMX runs it.
+        let os = cfg!(target_os = "linux");
+        assert_eq!(kernels::amx_enabled(), cpu && os && !off);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    assert!(!kernels::amx_enabled());
 }
 
 #[test]

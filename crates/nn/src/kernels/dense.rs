@@ -208,9 +208,12 @@ pub(super) unsafe fn gemm_dpbf16(
     }
     // Fewer rows than outputs: pack the activations (the smaller operand) and read the weight in place; else,
     // from PACKED_MIN_ROWS rows, pack the weight.
+    // AMX where the process has it and the shape fits its tiles (whole tiles of inputs, pairs of tiles of
+    // outputs).
+    let amx = m >= super::AMX_MIN_ROWS && super::x86_amx::fits(k, n) && super::x86_amx::enabled();
     let rows_packed =
         k > 0 && m < n && (super::ROW_PANELS_MIN_ROWS..=super::ROW_PANELS_MAX_ROWS).contains(&m);
-    let packed = rows_packed || (k > 0 && m >= super::PACKED_MIN_ROWS);
+    let packed = amx || rows_packed || (k > 0 && m >= super::PACKED_MIN_ROWS);
     let (out, out16) = match out {
         Bf16Out::F32(o) => (o.as_mut_ptr(), std::ptr::null_mut()),
         Bf16Out::Bf16(o) if packed => (std::ptr::null_mut(), o.as_mut_ptr()),
@@ -246,6 +249,11 @@ pub(super) unsafe fn gemm_dpbf16(
         m,
         k,
     };
+    if amx {
+        // SAFETY: as below, for every output; `enabled` and `fits` hold.
+        unsafe { super::x86_amx::product_amx(op, n) };
+        return;
+    }
     if rows_packed {
         // SAFETY: as below, for every output; `m >= 16`.
         unsafe { super::x86_bf16_rows::product_rows_packed(op, n) };

@@ -59,9 +59,13 @@ mod q8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
+mod x86_amx;
+#[cfg(target_arch = "x86_64")]
 mod x86_bf16;
 #[cfg(target_arch = "x86_64")]
 mod x86_bf16_rows;
+#[cfg(target_arch = "x86_64")]
+mod x86_f32_rows;
 #[cfg(target_arch = "x86_64")]
 mod x86_q8;
 
@@ -97,6 +101,34 @@ pub const ROW_PANELS_MIN_ROWS: usize = 16;
 /// beyond, packing the weight was 1-10% faster (OPT-2.7b's shapes at 512 rows, ViT-g's at 514 and 1028, AMD
 /// Zen 4).
 pub const ROW_PANELS_MAX_ROWS: usize = 384;
+
+/// Activation rows from which bf16 × bf16 products run on Intel AMX where the process has it (see
+/// [`amx_enabled`]) and the shape fits its tiles (inputs a multiple of 32, outputs a multiple of 32). A tile
+/// always computes 32 rows, but with few rows the products are bound by reading the weight: at 8 rows AMX read
+/// OPT-2.7b's `fc1` at 19.9 GB/s against 14.6 GB/s on the `vdpbf16ps` tiles; at 5 rows the two were even on
+/// `fc1` and AMX 25% slower on a 2560 × 2560 weight (Intel Xeon with AMX, docs/performance.md).
+pub const AMX_MIN_ROWS: usize = 8;
+
+/// Whether bf16 × bf16 products of [`AMX_MIN_ROWS`] rows or more may run on Intel AMX (`tdpbf16ps`): an x86-64
+/// CPU with AMX-TILE and AMX-BF16 (Sapphire Rapids and later Xeons), Linux granting the process the tile state,
+/// and `BLIP2_CPU_AMX` not set to `off`. Read once per process.
+pub fn amx_enabled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86_amx::enabled()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Activation rows from which f32 products with an f32 weight on the AVX-512 path pack the rows in panels of
+/// 16 and broadcast the weight read in place (each lane one (row, output) sum, input after input), up to
+/// [`F32_ROWS_MAX_ROWS`]; outside that range they take the dot-product tiles (up to [`DOT_MAX_ROWS`]) or
+/// blocked `gemm`. On an Intel Xeon with AMX (docs/performance.md), with OPT-2.7b's shapes: 1.5x the
+/// dot-product tiles at 16 rows, 1.8-1.9x at 32 and 64; even at 8; `gemm` was 15% faster at ViT-g's 257.
+pub const F32_ROWS_MIN_ROWS: usize = 16;
+/// Activation rows up to which f32 products pack the rows (see [`F32_ROWS_MIN_ROWS`]).
+pub const F32_ROWS_MAX_ROWS: usize = 128;
 
 // The row-packing product takes at least one whole panel of 16 rows.
 const _: () = assert!(ROW_PANELS_MIN_ROWS >= 16 && ROW_PANELS_MIN_ROWS <= ROW_PANELS_MAX_ROWS);
@@ -261,6 +293,14 @@ pub fn linear_dense(
         return;
     }
     let path = path.checked();
+    #[cfg(target_arch = "x86_64")]
+    if let (KernelPath::Avx512, DenseWeight::F32(w)) = (path, w)
+        && k > 0
+        && (F32_ROWS_MIN_ROWS..=F32_ROWS_MAX_ROWS).contains(&m)
+    {
+        // SAFETY: the path was checked against the CPU's features; the lengths were checked above.
+        return unsafe { x86_f32_rows::product_rows_f32(x, m, k, w, n, bias, out) };
+    }
     if m <= GEMV_MAX_ROWS || (path == KernelPath::Avx512 && m <= DOT_MAX_ROWS) {
         dense::gemv(path, x, m, k, w, n, out);
     } else {

@@ -213,7 +213,7 @@ unsafe fn block_rows(
 /// # Safety
 /// As [`block_rows`]; `sums` holds `(j1 - j0) * stride` values, `tails` `(m - packed) * (j1 - j0)`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn write_out(
+pub(super) unsafe fn write_out(
     op: Operands,
     sums: &[f32],
     stride: usize,
