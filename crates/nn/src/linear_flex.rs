@@ -1,4 +1,4 @@
-//! The flex fast path of [`crate::linear_forward`]: bf16, f16 and int8 weights (and f32 at decoding sizes) go
+//! The flex fast path of [`crate::linear_forward`]: f32, bf16, f16 and int8 weights go
 //! through [`crate::kernels`] instead of Burn's matmul, which converts or dequantizes the whole weight on every
 //! call. Every other backend (and `Autodiff<Flex>`, so training keeps its gradients) takes Burn's path.
 

@@ -7,7 +7,9 @@
 //! - **Dense weights** (`f32`, `bf16`, `f16`) are read in PyTorch's `[out, in]` layout, the layout the
 //!   checkpoints store and the one blip2's `Linear`s keep (a transposed view), so loading packs nothing. Up to
 //!   [`GEMV_MAX_ROWS`] activation rows (decoding, beams), and up to [`DOT_MAX_ROWS`] on AVX-512 (prefill), go
-//!   through a dot-product kernel threaded over output channels; more rows (the vision tower) go through blocks
+//!   through a dot-product kernel threaded over output channels (an f32 weight from [`F32_ROWS_MIN_ROWS`] to
+//!   [`F32_ROWS_MAX_ROWS`] rows on AVX-512: activation rows packed in panels of 16, the weight's values
+//!   broadcast); more rows (the vision tower) go through blocks
 //!   of 64 output channels converted to f32 in a per-thread buffer and multiplied by `gemm`'s f32 kernels,
 //!   threaded over blocks.
 //! - **bf16 activations times bf16 weights** ([`linear_bf16`], [`linear_bf16_rounded`]): on a CPU with
@@ -19,7 +21,9 @@
 //!   up to [`PACKED_MIN_ROWS`] rows multiply in register tiles of at most six rows (as even as can be) by four
 //!   outputs that read both operands in their stored layout; from there on, each 64 outputs' weight rows are
 //!   packed per call into panels of input pairs, and tiles of six rows by 64 outputs keep the outputs in the
-//!   lanes. [`attention_qkv_bf16`] runs a ViT's whole self-attention on the
+//!   lanes. On Intel AMX ([`amx_enabled`]) products of [`AMX_MIN_ROWS`] rows or more whose inputs and outputs
+//!   are multiples of 32 run on `tdpbf16ps` instead: the same packed row panels, the weight in tiles of 16
+//!   rows by 32 inputs, sums in 16 × 16 f32 tiles. [`attention_qkv_bf16`] runs a ViT's whole self-attention on the
 //!   packed tiles, a head per task; [`attention_bf16`] does the same for separate, strided query, key and value
 //!   heads with an additive mask (the language models), writing the heads merged.
 //! - **int8 weights** ([`Q8Weight`]) are Burn's own quantized tensors: `[in, out]` int8, symmetric, one f32 scale

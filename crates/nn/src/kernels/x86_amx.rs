@@ -104,7 +104,7 @@ fn request_tile_state() -> bool {
 /// Whether [`product_amx`] takes a product of `k` inputs and `n` outputs: whole tiles of inputs (the weight is
 /// read in place, 32 inputs per row of a tile) and pairs of tiles of outputs.
 pub(super) fn fits(k: usize, n: usize) -> bool {
-    k > 0 && k % 32 == 0 && n % 32 == 0
+    k > 0 && k.is_multiple_of(32) && n.is_multiple_of(32)
 }
 
 /// The tile configuration: palette 1, eight tiles of 16 rows × 64 bytes.
