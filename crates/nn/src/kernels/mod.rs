@@ -491,6 +491,34 @@ fn add_bias(out: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// Runs `f` with a buffer of `len` values taken from the thread's `cache` (grown as needed and put back
+/// afterwards; a nested call on the same thread, which finds the cache taken, gets a buffer of its own), its
+/// first value on a 64-byte boundary. The values are whatever an earlier call left.
+#[cfg(target_arch = "x86_64")]
+fn with_cached_buffer<T: Copy + Default, R>(
+    cache: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(SendPtr<T>) -> R,
+) -> R {
+    let mut own = Vec::new();
+    let mut cached = cache.with(|b| b.try_borrow_mut().ok().as_deref_mut().map(std::mem::take));
+    let buf = cached.as_mut().unwrap_or(&mut own);
+    let pad = 64 / size_of::<T>().max(1);
+    if buf.len() < len + pad {
+        buf.resize(len + pad, T::default());
+    }
+    let p = buf.as_mut_ptr();
+    let result = f(SendPtr(p.wrapping_add(p.align_offset(64))));
+    if let Some(buf) = cached {
+        cache.with(|b| {
+            if let Ok(mut b) = b.try_borrow_mut() {
+                *b = buf;
+            }
+        });
+    }
+    result
+}
+
 /// Runs `f(b)` for every `b < blocks`, in parallel: the calling thread takes blocks too, next to
 /// `current_num_threads() - 1` helpers sent to rayon's pool, all pulling block numbers from one counter.
 ///

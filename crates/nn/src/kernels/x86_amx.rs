@@ -23,7 +23,6 @@ use std::arch::x86_64::__cpuid_count;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use super::SendPtr;
 use super::x86_bf16::{Operands, PANEL};
 
 /// Inputs per run: the sums go back to the buffer between runs; over a run, each pair of weight tiles' rows
@@ -137,62 +136,46 @@ pub(super) unsafe fn product_amx(op: Operands, n: usize) {
     // Pairs of panels of 16 rows (the rows past `m` repeat row `m - 1`; their sums are not written).
     let panels = m.div_ceil(PANEL).next_multiple_of(2);
     let pairs = k / 2;
-    let len = panels * pairs * PANEL + PANEL;
-    let mut own = Vec::new();
-    let mut cached = ROWS.with(|b| b.try_borrow_mut().ok().as_deref_mut().map(std::mem::take));
-    let buf = cached.as_mut().unwrap_or(&mut own);
-    if buf.len() < len {
-        buf.resize(len, 0);
-    }
-    let rows_ptr = {
-        let p = buf.as_mut_ptr();
-        SendPtr(p.wrapping_add(p.align_offset(64)))
-    };
-    super::par_blocks(panels, |q| {
-        let op = &op;
-        // SAFETY: rows `16q..` of `m` hold `k` inputs at stride `a_rs` (rows past `m` repeat row `m - 1`);
-        // panel `q` of the buffer holds `pairs` pairs of 16 lanes.
-        unsafe {
-            super::x86_bf16::pack(
-                op.a,
-                op.a_rs,
-                q * PANEL,
-                m,
-                1,
-                0,
-                k,
-                pairs,
-                rows_ptr.get().add(q * pairs * PANEL),
-            )
-        };
-    });
-    super::par_blocks(n.div_ceil(BLOCK), |b| {
-        SUMS.with(|s| {
-            let buf = &mut *s.borrow_mut();
-            let stride = panels * PANEL;
-            let (j0, j1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
-            // Every tile's rows start on a cache line (a tile row across two lines loads at a third of the
-            // speed): the sums from a 64-byte boundary, rows `stride * 4` bytes (a multiple of 64) apart.
-            let len = (j1 - j0) * stride;
-            if buf.len() < len + 16 {
-                buf.resize(len + 16, 0.0);
-            }
-            let at = buf.as_ptr().align_offset(64);
-            let sums = &mut buf[at..at + len];
-            // SAFETY: the caller's promise; the panels were packed above; the sums hold this block.
+    super::with_cached_buffer(&ROWS, panels * pairs * PANEL, |rows_ptr| {
+        super::par_blocks(panels, |q| {
+            let op = &op;
+            // SAFETY: rows `16q..` of `m` hold `k` inputs at stride `a_rs` (rows past `m` repeat row `m - 1`);
+            // panel `q` of the buffer holds `pairs` pairs of 16 lanes.
             unsafe {
-                block(op, rows_ptr.get(), pairs, panels, j0, j1, sums.as_mut_ptr());
-                super::x86_bf16_rows::write_out(op, sums, stride, &[], m, j0, j1);
-            }
-        })
-    });
-    if let Some(buf) = cached {
-        ROWS.with(|b| {
-            if let Ok(mut b) = b.try_borrow_mut() {
-                *b = buf;
-            }
+                super::x86_bf16::pack(
+                    op.a,
+                    op.a_rs,
+                    q * PANEL,
+                    m,
+                    1,
+                    0,
+                    k,
+                    pairs,
+                    rows_ptr.get().add(q * pairs * PANEL),
+                )
+            };
         });
-    }
+        super::par_blocks(n.div_ceil(BLOCK), |b| {
+            SUMS.with(|s| {
+                let buf = &mut *s.borrow_mut();
+                let stride = panels * PANEL;
+                let (j0, j1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+                // Every tile's rows start on a cache line (a tile row across two lines loads at a third of the
+                // speed): the sums from a 64-byte boundary, rows `stride * 4` bytes (a multiple of 64) apart.
+                let len = (j1 - j0) * stride;
+                if buf.len() < len + 16 {
+                    buf.resize(len + 16, 0.0);
+                }
+                let at = buf.as_ptr().align_offset(64);
+                let sums = &mut buf[at..at + len];
+                // SAFETY: the caller's promise; the panels were packed above; the sums hold this block.
+                unsafe {
+                    block(op, rows_ptr.get(), pairs, panels, j0, j1, sums.as_mut_ptr());
+                    super::x86_bf16_rows::write_out(op, sums, stride, &[], m, j0, j1);
+                }
+            })
+        });
+    })
 }
 
 /// The sums of outputs `j0..j1` (a multiple of 32 of them) for the rows of the `panels` packed panels, into

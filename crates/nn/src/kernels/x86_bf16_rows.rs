@@ -15,7 +15,6 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::SendPtr;
 use super::x86_bf16::{
     Dst, KC, Operands, PANEL, PANELS, PR, narrow16, pack, packed_tile, row_tile, store,
 };
@@ -48,62 +47,46 @@ pub(super) unsafe fn product_rows_packed(op: Operands, n: usize) {
     let panels = packed.div_ceil(PANEL);
     // Pairs per panel: every run starts on a multiple of 32 inputs, so a run's pairs start at `l0 / 2`.
     let pairs = k.next_multiple_of(32) / 2;
-    let len = panels * pairs * PANEL + PANEL;
-    let mut own = Vec::new();
-    let mut cached = ROWS.with(|b| b.try_borrow_mut().ok().as_deref_mut().map(std::mem::take));
-    let buf = cached.as_mut().unwrap_or(&mut own);
-    if buf.len() < len {
-        buf.resize(len, 0);
-    }
-    let rows_ptr = {
-        let p = buf.as_mut_ptr();
-        SendPtr(p.wrapping_add(p.align_offset(64)))
-    };
-    // Each panel packed by one task: 16 rows (the last panel's missing rows repeat its last row).
-    super::par_blocks(panels, |q| {
-        let op = &op;
-        // SAFETY: rows `16q..packed` hold `k` inputs at stride `a_rs`; panel `q` of the buffer holds `pairs`
-        // pairs of 16 lanes, and `k.next_multiple_of(32) = 2 * pairs`.
-        unsafe {
-            pack(
-                op.a,
-                op.a_rs,
-                q * PANEL,
-                packed,
-                1,
-                0,
-                k,
-                pairs,
-                rows_ptr.get().add(q * pairs * PANEL),
-            )
-        };
-    });
-    let block = PANELS * PANEL;
-    super::par_blocks(n.div_ceil(block), |b| {
-        SUMS.with(|s| {
-            let (sums, tails) = &mut *s.borrow_mut();
-            // SAFETY: the caller's promise; the panels were packed above.
+    super::with_cached_buffer(&ROWS, panels * pairs * PANEL, |rows_ptr| {
+        // Each panel packed by one task: 16 rows (the last panel's missing rows repeat its last row).
+        super::par_blocks(panels, |q| {
+            let op = &op;
+            // SAFETY: rows `16q..packed` hold `k` inputs at stride `a_rs`; panel `q` of the buffer holds `pairs`
+            // pairs of 16 lanes, and `k.next_multiple_of(32) = 2 * pairs`.
             unsafe {
-                block_rows(
-                    op,
-                    rows_ptr.get(),
-                    pairs,
+                pack(
+                    op.a,
+                    op.a_rs,
+                    q * PANEL,
                     packed,
-                    b * block,
-                    ((b + 1) * block).min(n),
-                    sums,
-                    tails,
+                    1,
+                    0,
+                    k,
+                    pairs,
+                    rows_ptr.get().add(q * pairs * PANEL),
                 )
-            }
-        })
-    });
-    if let Some(buf) = cached {
-        ROWS.with(|b| {
-            if let Ok(mut b) = b.try_borrow_mut() {
-                *b = buf;
-            }
+            };
         });
-    }
+        let block = PANELS * PANEL;
+        super::par_blocks(n.div_ceil(block), |b| {
+            SUMS.with(|s| {
+                let (sums, tails) = &mut *s.borrow_mut();
+                // SAFETY: the caller's promise; the panels were packed above.
+                unsafe {
+                    block_rows(
+                        op,
+                        rows_ptr.get(),
+                        pairs,
+                        packed,
+                        b * block,
+                        ((b + 1) * block).min(n),
+                        sums,
+                        tails,
+                    )
+                }
+            })
+        });
+    })
 }
 
 /// The outputs `j0..j1` of every row: the first `packed` rows from the packed panels at `rows` (`pairs` pairs

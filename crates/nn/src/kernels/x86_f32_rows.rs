@@ -46,59 +46,43 @@ pub(super) unsafe fn product_rows_f32(
 ) {
     debug_assert!(m > 0 && k > 0 && x.len() == m * k && w.len() == n * k && out.len() == m * n);
     let panels = m.div_ceil(PANEL);
-    let len = panels * k * PANEL + PANEL;
-    let mut own = Vec::new();
-    let mut cached = ROWS.with(|b| b.try_borrow_mut().ok().as_deref_mut().map(std::mem::take));
-    let buf = cached.as_mut().unwrap_or(&mut own);
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    let rows = {
-        let p = buf.as_mut_ptr();
-        SendPtr(p.wrapping_add(p.align_offset(16)))
-    };
-    let xp = SendPtr(x.as_ptr().cast_mut());
-    super::par_blocks(panels, |q| {
-        // SAFETY: rows `16q..min(16q + 16, m)` of `x` hold `k` inputs; panel `q` holds `k * 16` values.
-        unsafe { pack(xp.get(), m, k, q * PANEL, rows.get().add(q * k * PANEL)) };
-    });
-    // The operands `write_out` reads: the output, its bias and its rows (the bf16 operands are unused).
-    let op = Operands {
-        a: std::ptr::null(),
-        a_rs: 0,
-        w: std::ptr::null(),
-        w_rs: 0,
-        out: out.as_mut_ptr(),
-        out_rs: n,
-        out16: std::ptr::null_mut(),
-        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
-        m,
-        k,
-    };
-    let wp = SendPtr(w.as_ptr().cast_mut());
-    super::par_blocks(n.div_ceil(BLOCK), |b| {
-        SUMS.with(|s| {
-            let sums = &mut *s.borrow_mut();
-            let stride = panels * PANEL;
-            let (j0, j1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
-            if sums.len() < (j1 - j0) * stride {
-                sums.resize((j1 - j0) * stride, 0.0);
-            }
-            // SAFETY: the panels were packed above; the weight holds rows `j0..j1`; the sums hold this block;
-            // this task writes only the outputs `j0..j1`.
-            unsafe {
-                block(wp.get(), k, rows.get(), panels, j0, j1, sums);
-                super::x86_bf16_rows::write_out(op, sums, stride, &[], m, j0, j1);
-            }
-        })
-    });
-    if let Some(buf) = cached {
-        ROWS.with(|b| {
-            if let Ok(mut b) = b.try_borrow_mut() {
-                *b = buf;
-            }
+    super::with_cached_buffer(&ROWS, panels * k * PANEL, |rows| {
+        let xp = SendPtr(x.as_ptr().cast_mut());
+        super::par_blocks(panels, |q| {
+            // SAFETY: rows `16q..min(16q + 16, m)` of `x` hold `k` inputs; panel `q` holds `k * 16` values.
+            unsafe { pack(xp.get(), m, k, q * PANEL, rows.get().add(q * k * PANEL)) };
         });
-    }
+        // The operands `write_out` reads: the output, its bias and its rows (the bf16 operands are unused).
+        let op = Operands {
+            a: std::ptr::null(),
+            a_rs: 0,
+            w: std::ptr::null(),
+            w_rs: 0,
+            out: out.as_mut_ptr(),
+            out_rs: n,
+            out16: std::ptr::null_mut(),
+            bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+            m,
+            k,
+        };
+        let wp = SendPtr(w.as_ptr().cast_mut());
+        super::par_blocks(n.div_ceil(BLOCK), |b| {
+            SUMS.with(|s| {
+                let sums = &mut *s.borrow_mut();
+                let stride = panels * PANEL;
+                let (j0, j1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+                if sums.len() < (j1 - j0) * stride {
+                    sums.resize((j1 - j0) * stride, 0.0);
+                }
+                // SAFETY: the panels were packed above; the weight holds rows `j0..j1`; the sums hold this block;
+                // this task writes only the outputs `j0..j1`.
+                unsafe {
+                    block(wp.get(), k, rows.get(), panels, j0, j1, sums);
+                    super::x86_bf16_rows::write_out(op, sums, stride, &[], m, j0, j1);
+                }
+            })
+        });
+    })
 }
 
 /// Packs rows `i0..i0 + 16` of `x` (rows from `m` on are zero) into `dst`, input by input: `dst[l * 16 + r]`
