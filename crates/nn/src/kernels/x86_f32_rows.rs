@@ -1,5 +1,6 @@
-//! f32 products on AVX-512 that pack the activation rows: for a prefill or a vision tower's `Linear`s (tens to
-//! hundreds of rows against thousands of outputs), the activations are the smaller operand, so they are packed
+//! f32 products on AVX-512 that pack the activation rows: for a prefill or the Q-Former's queries (16 to 128
+//! rows, `super::F32_ROWS_MIN_ROWS..=super::F32_ROWS_MAX_ROWS`, against thousands of outputs; the vision
+//! tower's 257 rows per image stay on `gemm`), the activations are the smaller operand, so they are packed
 //! once per call into panels of 16 rows, input by input (`[panel][input][16 rows]`), shared by every task,
 //! and the weight is read where it is stored (PyTorch's `[out, in]`), one value at a time, broadcast.
 //!
