@@ -405,10 +405,15 @@ fn attention_reference(qkv: &[bf16], shape: kernels::QkvShape, scale: f32) -> (V
 
 #[test]
 fn fused_attention_paths_agree_with_the_eager_formula() {
-    for (case, &(batch, seq, heads, head_dim)) in
-        [(1, 1, 1, 1), (2, 5, 3, 7), (1, 40, 2, 88), (2, 33, 2, 40)]
-            .iter()
-            .enumerate()
+    for (case, &(batch, seq, heads, head_dim)) in [
+        (1, 1, 1, 1),
+        (2, 5, 3, 7),
+        (1, 40, 2, 88),
+        (2, 33, 2, 40),
+        (1, 70, 1, 128),
+    ]
+    .iter()
+    .enumerate()
     {
         let shape = kernels::QkvShape {
             batch,
@@ -501,6 +506,9 @@ fn separate_heads_attention_agrees_with_the_eager_formula() {
         (2, 2, 33, 33, 64, 1),
         (2, 3, 6, 6, 17, 2),
         (1, 2, 3, 0, 8, 1),
+        // Rows and keys past whole tiles of 32, with a bias (AMX where the CPU has it: from 8 queries).
+        (1, 2, 20, 45, 96, 2),
+        (2, 1, 8, 33, 33, 1),
     ]
     .iter()
     .enumerate()

@@ -33,11 +33,16 @@ impl QkvShape {
 /// Per-thread buffers of one head: scores `[seq, seq]` f32, probabilities `[seq, seq]` and transposed values
 /// `[head_dim, seq]` in bf16, the context `[seq, head_dim]` in f32.
 #[derive(Default)]
-struct Scratch {
-    scores: Vec<f32>,
-    probs: Vec<bf16>,
+pub(super) struct Scratch {
+    pub scores: Vec<f32>,
+    pub probs: Vec<bf16>,
     values_t: Vec<bf16>,
-    context: Vec<f32>,
+    pub context: Vec<f32>,
+    /// On AMX (`x86_amx_heads`): the queries padded to whole tiles, the keys and values packed as the
+    /// tiles' second operand.
+    pub q_pad: Vec<bf16>,
+    pub k_panels: Vec<u32>,
+    pub v_panels: Vec<u32>,
 }
 
 thread_local! {
@@ -133,7 +138,7 @@ impl HeadStrides {
         (batch - 1) * self.batch + (heads - 1) * self.head + (tokens - 1) * self.token + width
     }
 
-    fn at(&self, b: usize, h: usize) -> usize {
+    pub(super) fn at(&self, b: usize, h: usize) -> usize {
         b * self.batch + h * self.head
     }
 }
@@ -273,6 +278,16 @@ unsafe fn one_head(
         head_dim,
         ..
     } = shape;
+    #[cfg(target_arch = "x86_64")]
+    if q_len >= super::AMX_MIN_ROWS
+        && path.checked() == KernelPath::Avx512
+        && super::x86_amx::enabled()
+    {
+        // SAFETY: the caller's promise; `checked` confirmed AVX-512 and `enabled` AMX.
+        return unsafe {
+            super::x86_amx_heads::one_head(path, [q, k, v], mask, shape, scale, (b, h), s, out)
+        };
+    }
     let hidden = heads * head_dim;
     s.scores.resize(q_len * kv_len, 0.0);
     s.probs.resize(q_len * kv_len, bf16::ZERO);
@@ -337,7 +352,7 @@ unsafe fn one_head(
 /// The row's products rounded to bf16, scaled and rounded again, plus the mask's row (when given) and rounded
 /// again, then their softmax in f32 (in place), with [`exp_neg`] for the exponentials; vectorised on the
 /// AVX-512 and AVX2 paths (the same bits on every path but for the order of the sum).
-fn softmax_row(path: KernelPath, row: &mut [f32], scale: f32, mask: Option<&[bf16]>) {
+pub(super) fn softmax_row(path: KernelPath, row: &mut [f32], scale: f32, mask: Option<&[bf16]>) {
     #[cfg(target_arch = "x86_64")]
     match path.checked() {
         // SAFETY: `checked` confirmed the CPU's features.

@@ -19,19 +19,21 @@
 //! asks once and reports AMX missing when the kernel refuses or the OS is not Linux.
 
 use std::arch::asm;
-use std::arch::x86_64::__cpuid_count;
+use std::arch::x86_64::{__cpuid_count, _MM_HINT_T1, _mm_prefetch};
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use super::x86_bf16::{Operands, PANEL};
 
-/// Inputs per run: the sums go back to the buffer between runs; over a run, each pair of weight tiles' rows
-/// (`32 * RUN * 2` bytes) meets every pair of row panels (as many bytes each), from L2. Runs of 256 and 512
-/// were no faster (Intel Xeon with AMX).
-pub(super) const RUN: usize = 1024;
+/// Inputs per run: the sums go back to the buffer between runs; over a run, each pair of weight tiles (16 KiB)
+/// stays in L1 while it meets every pair of row panels, streamed from L2. On ViT-g's products with the
+/// weights read from memory, runs of 256 with blocks of 128 outputs and the prefetch below took 50 ms where
+/// runs of 1024 with blocks of 64 took 57 ms (one product of each shape at 257 and 1028 rows, Intel Xeon with
+/// AMX).
+pub(super) const RUN: usize = 256;
 
-/// Outputs per task: two pairs of weight tiles.
-const BLOCK: usize = 64;
+/// Outputs per task: four pairs of weight tiles.
+const BLOCK: usize = 128;
 
 /// Rows from which each task copies its run of weight rows tile by tile (1 KiB per tile, read contiguously)
 /// before the tiles sweep the row panels; with fewer rows the weight tiles are read in place (16 rows `k`
@@ -108,9 +110,9 @@ pub(super) fn fits(k: usize, n: usize) -> bool {
 
 /// The tile configuration: palette 1, eight tiles of 16 rows × 64 bytes.
 #[repr(C, align(64))]
-struct TileConfig([u8; 64]);
+pub(super) struct TileConfig(pub(super) [u8; 64]);
 
-const CONFIG: TileConfig = {
+pub(super) const CONFIG: TileConfig = {
     let mut c = [0u8; 64];
     c[0] = 1;
     let mut t = 0;
@@ -231,9 +233,28 @@ unsafe fn block(
                 }
             }
         }
+        // While this run's tiles are computed, the next run's weight rows are fetched into L2 a few lines
+        // per call of `tiles`, so that reading the weight from memory overlaps the products.
+        let next = (l1, (l1 + RUN).min(op.k));
+        let row_lines = (next.1 - next.0) / 32;
+        let fetch = if pack_w { (j1 - j0) * row_lines } else { 0 };
+        let per_call = fetch.div_ceil((j1 - j0) / 32 * (panels / 2));
+        let mut line = 0;
         let mut j = j0;
         while j < j1 {
             for q in (0..panels).step_by(2) {
+                let end = (line + per_call).min(fetch);
+                while line < end {
+                    let (r, c) = (line / row_lines, line % row_lines);
+                    // SAFETY: row `j0 + r < j1` holds inputs `next.0 + 32c..+32 <= k` (and a prefetch does not
+                    // fault).
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T1>(
+                            op.w.add((j0 + r) * op.w_rs + next.0 + c * 32).cast(),
+                        )
+                    };
+                    line += 1;
+                }
                 // The two weight tiles: copied (rows 64 bytes apart, 1 KiB per step) or in place (rows
                 // `2 w_rs` bytes apart, 64 bytes per step).
                 let weight = if pack_w {
@@ -285,11 +306,11 @@ unsafe fn block(
 /// Where the two weight tiles of a step are: at `w0` and `w1`, rows `stride` bytes apart, the next step's
 /// `step` bytes further.
 #[derive(Clone, Copy)]
-struct WeightTiles {
-    w0: *const u8,
-    w1: *const u8,
-    stride: usize,
-    step: usize,
+pub(super) struct WeightTiles {
+    pub w0: *const u8,
+    pub w1: *const u8,
+    pub stride: usize,
+    pub step: usize,
 }
 
 /// Four tiles of sums: the two weight tiles of `w` times the two panels from `b` (`panel_bytes` apart), over
@@ -299,7 +320,7 @@ struct WeightTiles {
 /// # Safety
 /// The tiles are configured ([`CONFIG`]); every address read or written lies in its operand; `steps > 0`.
 #[inline]
-unsafe fn tiles(
+pub(super) unsafe fn tiles(
     w: WeightTiles,
     b: *const u8,
     panel_bytes: usize,

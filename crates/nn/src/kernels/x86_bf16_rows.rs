@@ -213,12 +213,14 @@ pub(super) unsafe fn write_out(
             ((1u32 << count) - 1) as u16
         }
     };
-    let mut c = 0;
-    while c < width {
-        let cols = lanes(width - c);
-        let mut i = 0;
-        while i < packed {
-            let live = (packed - i).min(PANEL);
+    // Row groups outside, outputs inside: each output row's `width` values are written one after the other
+    // (whole cache lines), not 16 at a time across all the rows.
+    let mut i = 0;
+    while i < packed {
+        let live = (packed - i).min(PANEL);
+        let mut c = 0;
+        while c < width {
+            let cols = lanes(width - c);
             let mut block = [_mm512_setzero_si512(); PANEL];
             for (q, v) in block.iter_mut().enumerate().take((width - c).min(PANEL)) {
                 // SAFETY: output `c + q < width`, rows `i..i + live` of the sums.
@@ -231,17 +233,23 @@ pub(super) unsafe fn write_out(
             }
             let t = super::x86::transpose16_epi32(&block);
             for (r, v) in t.iter().enumerate().take(live) {
+                // SAFETY: row `i + r < packed <= m`, outputs from `j0 + c` in `j0..j1`.
                 unsafe { put(op, i + r, j0 + c, cols, _mm512_castsi512_ps(*v)) };
             }
-            i += PANEL;
+            c += PANEL;
         }
-        for r in 0..op.m - packed {
+        i += PANEL;
+    }
+    for r in 0..op.m - packed {
+        let mut c = 0;
+        while c < width {
+            let cols = lanes(width - c);
             // SAFETY: tail row `r`'s outputs `c..c + 16` (the live ones) of `tails`.
             let v = unsafe { _mm512_maskz_loadu_ps(cols, tails.as_ptr().add(r * width + c)) };
             // SAFETY: row `packed + r < m`, outputs from `j0 + c` in `j0..j1`.
             unsafe { put(op, packed + r, j0 + c, cols, v) };
+            c += PANEL;
         }
-        c += PANEL;
     }
 }
 
