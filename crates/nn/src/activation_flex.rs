@@ -14,7 +14,7 @@ use crate::linear_flex::downcast;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::kernels::{KernelPath, gelu_erf, narrow_bf16, widen_bf16};
+use crate::kernels::{KernelPath, gelu_erf, gelu_erf_bf16};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -54,9 +54,12 @@ fn gelu_flex(t: &FlexTensor) -> Option<FlexTensor> {
             TensorData::new(out, shape)
         }
         DType::BF16 => {
-            let widen = |x: &[bf16], w: &mut [f32]| widen_bf16(path, x, w);
-            let narrow = |w: &[f32], o: &mut [bf16]| narrow_bf16(path, w, o);
-            TensorData::new(half_gelu(t.as_slice::<bf16>()?, path, widen, narrow), shape)
+            let x = t.as_slice::<bf16>()?;
+            let mut out = vec![bf16::ZERO; x.len()];
+            out.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(o, x)| gelu_erf_bf16(path, x, o));
+            TensorData::new(out, shape)
         }
         DType::F16 => {
             use half::slice::HalfFloatSliceExt;

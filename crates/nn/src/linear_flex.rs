@@ -206,17 +206,18 @@ fn dense_product(
     if out_dtype == DType::BF16 {
         // bf16 activations go in as they are (the kernels widen them only when they must).
         let x = row_major(x);
-        let mut out = vec![bf16::ZERO; m * n];
-        kernels::linear_bf16_rounded(
+        let (path, xs, ws) = (
             KernelPath::detect(),
             x.as_slice::<bf16>()?,
-            m,
-            k,
-            w.storage::<bf16>().get(range)?,
-            n,
-            bias.as_deref(),
-            &mut out,
+            w.storage::<bf16>().get(range.clone())?,
         );
+        if let Some(out) =
+            kernels::linear_bf16_rounded_fresh(path, xs, m, k, ws, n, bias.as_deref())
+        {
+            return Some(FlexTensor::from_data(TensorData::new(out, [m, n])));
+        }
+        let mut out = vec![bf16::ZERO; m * n];
+        kernels::linear_bf16_rounded(path, xs, m, k, ws, n, bias.as_deref(), &mut out);
         return Some(FlexTensor::from_data(TensorData::new(out, [m, n])));
     }
     let x32 = to_f32(x)?;

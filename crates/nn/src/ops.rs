@@ -101,6 +101,18 @@ pub fn attention<B: Backend>(
         .reshape([batch, q_len, heads * head_dim])
 }
 
+/// `a + b` (same shapes, no broadcasting needed). On flex in bf16 with both contiguous, threaded and vectorised
+/// with the bits of Burn's sum (the f32 sum rounded once); otherwise Burn's `+`. For the residual connections of
+/// the bf16 encoders, where flex's own bf16 sum runs one element at a time on one thread.
+pub fn add<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let (a, b) = match crate::tensor_flex::try_add_bf16(a, b) {
+        Ok(sum) => return sum,
+        Err(ab) => ab,
+    };
+    a + b
+}
+
 /// `norm.forward(x)`. On flex in bf16 the result has the same bits as Burn's layer norm (the same f32 layer norm
 /// of the exactly widened input, rounded once), with the conversions threaded and vectorised.
 pub fn layer_norm<B: Backend, const D: usize>(

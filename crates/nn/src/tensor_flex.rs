@@ -287,6 +287,39 @@ pub(crate) fn try_layer_norm_bf16<B: Backend, const D: usize>(
     Ok(narrowed::<B, D>(norm.forward(wide)).expect("flex's f32 layer norm is an f32 tensor"))
 }
 
+/// `a + b` for two bf16 flex tensors of one shape, both contiguous: [`crate::kernels::add_bf16`] in parallel
+/// chunks, the bits of flex's own sum (`bf16::from_f32` of the f32 sum, on one thread). Gives both back
+/// otherwise.
+#[allow(clippy::type_complexity)]
+pub(crate) fn try_add_bf16<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    use rayon::prelude::*;
+    if TypeId::of::<B>() != TypeId::of::<Flex>() || a.dims() != b.dims() {
+        return Err((a, b));
+    }
+    let (Some(x), Some(y)) = (flex_bf16(&a), flex_bf16(&b)) else {
+        return Err((a, b));
+    };
+    let (Some((x0, x1)), Some((y0, y1))) = (
+        x.layout().contiguous_offsets(),
+        y.layout().contiguous_offsets(),
+    ) else {
+        return Err((a, b));
+    };
+    let (xs, ys) = (&x.storage::<bf16>()[x0..x1], &y.storage::<bf16>()[y0..y1]);
+    let path = crate::kernels::KernelPath::detect();
+    let mut out = vec![bf16::ZERO; xs.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK).zip(ys.par_chunks(CHUNK)))
+        .for_each(|(o, (x, y))| crate::kernels::add_bf16(path, x, y, o));
+    match flex_tensor(TensorData::new(out, a.dims().to_vec())) {
+        Some(sum) => Ok(sum),
+        None => Err((a, b)),
+    }
+}
+
 /// A bf16 flex tensor as a row-major f32 `Tensor<Flex, D>` (exact), or `None` for other dtypes.
 fn widened<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<Flex, D>> {
     use rayon::prelude::*;

@@ -365,6 +365,44 @@ fn amx_is_used_where_the_cpu_has_it_unless_turned_off() {
 }
 
 #[test]
+fn fresh_bf16_outputs_equal_the_rounded_product_where_amx_writes_them() {
+    let b = |n: usize, seed: u64| -> Vec<bf16> {
+        values(n, seed).iter().map(|&v| bf16::from_f32(v)).collect()
+    };
+    // (rows, inputs, outputs): AMX shapes (several blocks, rows not a multiple of 16), and shapes it does not
+    // take (few rows, inputs not a multiple of 32).
+    for (case, &(m, k, n)) in [
+        (8, 32, 32),
+        (37, 96, 160),
+        (130, 64, 288),
+        (4, 64, 64),
+        (40, 40, 64),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (x, w) = (b(m * k, 900 + case as u64), b(n * k, 950 + case as u64));
+        let bias: Vec<f32> = values(n, 990 + case as u64);
+        for path in KernelPath::available() {
+            let mut want = vec![bf16::ZERO; m * n];
+            kernels::linear_bf16_rounded(path, &x, m, k, &w, n, Some(&bias), &mut want);
+            let fresh = kernels::linear_bf16_rounded_fresh(path, &x, m, k, &w, n, Some(&bias));
+            let amx = path.bf16_dot() && kernels::amx_enabled() && m >= kernels::AMX_MIN_ROWS;
+            let fits = m > kernels::GEMV_MAX_ROWS && k % 32 == 0 && n % 32 == 0;
+            assert_eq!(
+                fresh.is_some(),
+                amx && fits,
+                "{path} [{m}, {k}] x [{n}, {k}]"
+            );
+            if let Some(got) = fresh {
+                let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{path} [{m}, {k}] x [{n}, {k}]");
+            }
+        }
+    }
+}
+
+#[test]
 fn only_the_avx512_path_multiplies_bf16_pairs() {
     assert!(!KernelPath::Portable.bf16_dot());
     assert!(!KernelPath::Avx2.bf16_dot());
@@ -999,6 +1037,38 @@ mod flex {
     use super::values;
 
     #[test]
+    fn bf16_sums_have_burns_bits_and_other_layouts_take_burns_sum() {
+        let device = Default::default();
+        let t = |seed: u64| {
+            let data = TensorData::new(values(4 * 70 * 33, seed), [4, 70, 33]);
+            Tensor::<Flex, 3>::from_data(data, &device).cast(DType::BF16)
+        };
+        let (a, b) = (t(61), t(62));
+        let bits = |x: Tensor<Flex, 3>| {
+            x.into_data()
+                .to_vec::<half::bf16>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let want = bits(a.clone() + b.clone());
+        assert_eq!(bits(blip2_nn::ops::add(a.clone(), b.clone())), want);
+        // A transposed operand is not contiguous: Burn's sum, the same values.
+        let (at, bt) = (a.clone().swap_dims(1, 2), b.clone().swap_dims(1, 2));
+        assert_eq!(
+            bits(blip2_nn::ops::add(at.clone(), bt.clone())),
+            bits(at + bt)
+        );
+        // f32 stays with Burn.
+        let (a32, b32) = (a.cast(DType::F32), b.cast(DType::F32));
+        assert_eq!(
+            blip2_nn::ops::add(a32.clone(), b32.clone()).into_data(),
+            (a32 + b32).into_data()
+        );
+    }
+
+    #[test]
     fn gelu_matches_burns_gelu_on_flex_and_autodiff_keeps_burns_path() {
         let device = Default::default();
         let data = TensorData::new(
@@ -1623,5 +1693,58 @@ fn bf16_rounding_and_widening_equal_half_on_every_path() {
                 path.name()
             );
         }
+    }
+}
+
+/// bf16 values across the range, with ties' neighbours, the largest finite, subnormals, infinities and NaNs.
+fn bf16_specials(len: usize, seed: u64, size: f32) -> Vec<bf16> {
+    let mut x: Vec<bf16> = values(len, seed)
+        .iter()
+        .map(|v| bf16::from_f32(v * size))
+        .collect();
+    x.extend(
+        [
+            0x7f7f_u16, 0xff7f, 0x0001, 0x8001, 0x7f80, 0xff80, 0x7fc0, 0xffc0, 0x7f81, 0x3f80,
+            0x0000, 0x8000,
+        ]
+        .map(bf16::from_bits),
+    );
+    x
+}
+
+#[test]
+fn bf16_gelu_equals_widening_gelu_and_rounding_on_every_path() {
+    // Odd length; the special values at the end.
+    let x = bf16_specials(1037, 31, 6.0);
+    for path in KernelPath::available() {
+        let mut wide = vec![0f32; x.len()];
+        kernels::widen_bf16(path, &x, &mut wide);
+        let mut g = vec![0f32; x.len()];
+        kernels::gelu_erf(path, &wide, &mut g);
+        let mut want = vec![bf16::ZERO; x.len()];
+        kernels::narrow_bf16(path, &g, &mut want);
+        let mut got = vec![bf16::ZERO; x.len()];
+        kernels::gelu_erf_bf16(path, &x, &mut got);
+        let bits = |v: &[bf16]| v.iter().map(|b| b.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "{path}");
+    }
+}
+
+#[test]
+fn bf16_sums_equal_halfs_rounded_f32_sum_on_every_path() {
+    let a = bf16_specials(1001, 41, 100.0);
+    let mut b = bf16_specials(1001, 43, 100.0);
+    // Pair the specials with ordinary values and with each other (inf + -inf is NaN; MAX + MAX rounds to inf).
+    b.reverse();
+    let want: Vec<u16> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| bf16::from_f32(x.to_f32() + y.to_f32()).to_bits())
+        .collect();
+    for path in KernelPath::available() {
+        let mut got = vec![bf16::ZERO; a.len()];
+        kernels::add_bf16(path, &a, &b, &mut got);
+        let got: Vec<u16> = got.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want, "{path}");
     }
 }

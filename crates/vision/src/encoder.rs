@@ -9,7 +9,7 @@
 //! - No attention mask, scale `head_dim^-0.5`, and the softmax runs in the activations' dtype (HF's BLIP
 //!   attention does not upcast to f32, unlike OPT's).
 
-use blip2_nn::ops::{layer_norm, matmul, qkv_attention, softmax};
+use blip2_nn::ops::{add, layer_norm, matmul, qkv_attention, softmax};
 use blip2_nn::{Activation, linear_forward};
 use burn::nn::{
     Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, LinearLayout,
@@ -145,11 +145,15 @@ impl<B: Backend> Blip2EncoderLayer<B> {
     /// # Shapes
     /// `[batch, seq_len, hidden] -> [batch, seq_len, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self
-            .self_attn
-            .forward(layer_norm(&self.layer_norm1, x.clone()))
-            + x;
-        self.mlp.forward(layer_norm(&self.layer_norm2, x.clone())) + x
+        let x = add(
+            self.self_attn
+                .forward(layer_norm(&self.layer_norm1, x.clone())),
+            x,
+        );
+        add(
+            self.mlp.forward(layer_norm(&self.layer_norm2, x.clone())),
+            x,
+        )
     }
 }
 

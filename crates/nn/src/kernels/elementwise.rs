@@ -1,4 +1,4 @@
-//! Element-wise kernels: the exact (erf) GELU.
+//! Element-wise kernels: the exact (erf) GELU, bf16 conversions, the bf16 sum of two tensors.
 
 use super::KernelPath;
 
@@ -83,6 +83,95 @@ unsafe fn gelu_avx512(x: &[f32], out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gelu_avx2(x: &[f32], out: &mut [f32]) {
     gelu_body(x, out);
+}
+
+/// [`gelu_erf`] of bf16 values, rounded back to bf16: the bits of [`widen_bf16`], [`gelu_erf`] then
+/// [`narrow_bf16`] (torch's bf16 GELU: computed in f32, rounded once), without the f32 values in memory.
+///
+/// # Panics
+/// When `out` is shorter than `x`.
+pub fn gelu_erf_bf16(path: KernelPath, x: &[half::bf16], out: &mut [half::bf16]) {
+    let out = &mut out[..x.len()];
+    #[cfg(target_arch = "x86_64")]
+    match path.checked() {
+        // SAFETY: `checked` confirmed the CPU's features.
+        KernelPath::Avx512 => return unsafe { gelu_bf16_avx512(x, out) },
+        KernelPath::Avx2 => return unsafe { gelu_bf16_avx2(x, out) },
+        KernelPath::Portable => {}
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
+    gelu_bf16_body(x, out);
+}
+
+#[inline(always)]
+fn gelu_bf16_body(x: &[half::bf16], out: &mut [half::bf16]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = half::bf16::from_bits(bf16_bits(gelu_one(widen_one(*v))));
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn gelu_bf16_avx512(x: &[half::bf16], out: &mut [half::bf16]) {
+    gelu_bf16_body(x, out);
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_bf16_avx2(x: &[half::bf16], out: &mut [half::bf16]) {
+    gelu_bf16_body(x, out);
+}
+
+/// `out[i] = bf16(f32(a[i]) + f32(b[i]))`: torch's (and Burn's) sum of two bf16 tensors, computed in f32 and
+/// rounded once (ties to even; NaN stays NaN), vectorised on the AVX-512 and AVX2 paths.
+///
+/// # Panics
+/// When `b` or `out` is shorter than `a`.
+pub fn add_bf16(path: KernelPath, a: &[half::bf16], b: &[half::bf16], out: &mut [half::bf16]) {
+    let (b, out) = (&b[..a.len()], &mut out[..a.len()]);
+    #[cfg(target_arch = "x86_64")]
+    match path.checked() {
+        // SAFETY: `checked` confirmed the CPU's features.
+        KernelPath::Avx512 => return unsafe { add_bf16_avx512(a, b, out) },
+        KernelPath::Avx2 => return unsafe { add_bf16_avx2(a, b, out) },
+        KernelPath::Portable => {}
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
+    add_bf16_body(a, b, out);
+}
+
+#[inline(always)]
+fn add_bf16_body(a: &[half::bf16], b: &[half::bf16], out: &mut [half::bf16]) {
+    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+        *o = half::bf16::from_bits(bf16_bits(widen_one(*x) + widen_one(*y)));
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn add_bf16_avx512(a: &[half::bf16], b: &[half::bf16], out: &mut [half::bf16]) {
+    add_bf16_body(a, b, out);
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn add_bf16_avx2(a: &[half::bf16], b: &[half::bf16], out: &mut [half::bf16]) {
+    add_bf16_body(a, b, out);
+}
+
+#[inline(always)]
+fn widen_one(v: half::bf16) -> f32 {
+    f32::from_bits(u32::from(v.to_bits()) << 16)
 }
 
 /// `dst = src` rounded to bfloat16 (to nearest, ties to even; NaN stays NaN), bit-identical to
