@@ -56,6 +56,6 @@ pub use activation::Activation;
 pub use error::Error;
 pub use kv_cache::{KvCache, LayerCache};
 pub use linear::{
-    DEFAULT_Q8_GROUP, embed_from_q8, linear_forward, matmul_nt, q8_group_for, quantize_linear,
-    quantize_linears,
+    DEFAULT_Q8_GROUP, embed_from_q8, linear_forward, linear_gelu_forward, matmul_nt, q8_group_for,
+    quantize_linear, quantize_linears,
 };

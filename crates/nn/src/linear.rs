@@ -40,12 +40,43 @@ pub fn linear_forward<B: Backend, const D: usize>(
     let rows: usize = dims[..D - 1].iter().product();
     let flat = x.reshape([rows, dims[D - 1]]); // [rows, in]
     #[cfg(feature = "flex")]
-    let out = match crate::linear_flex::try_linear(linear, flat) {
-        Ok(out) => out,
+    let out = match crate::linear_flex::try_linear(linear, flat, false) {
+        Ok((out, _)) => out,
         Err(flat) => linear.forward(flat),
     }; // [rows, out]
     #[cfg(not(feature = "flex"))]
     let out = linear.forward(flat); // [rows, out]
+    let mut shape = dims;
+    shape[D - 1] = out.dims()[1];
+    out.reshape(shape)
+}
+
+/// `Activation::Gelu.forward(linear_forward(linear, x))`: the exact (erf) GELU of a `Linear`'s outputs. On flex in
+/// bf16 on Intel AMX the GELU is applied as the product stores its outputs (the same bits: each output rounded
+/// to bf16, its GELU computed in f32 and rounded), which saves a pass over ViT-g's `fc1` outputs; elsewhere the
+/// two steps run one after the other.
+///
+/// # Shapes
+/// - `x`: `[d0, ..., in]`
+/// - returns `[d0, ..., out]`
+pub fn linear_gelu_forward<B: Backend, const D: usize>(
+    linear: &Linear<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    if D < 2 {
+        return crate::Activation::Gelu.forward(linear.forward(x));
+    }
+    let dims = x.dims();
+    let rows: usize = dims[..D - 1].iter().product();
+    let flat = x.reshape([rows, dims[D - 1]]); // [rows, in]
+    #[cfg(feature = "flex")]
+    let out = match crate::linear_flex::try_linear(linear, flat, true) {
+        Ok((out, true)) => out,
+        Ok((out, false)) => crate::Activation::Gelu.forward(out),
+        Err(flat) => crate::Activation::Gelu.forward(linear.forward(flat)),
+    }; // [rows, out]
+    #[cfg(not(feature = "flex"))]
+    let out = crate::Activation::Gelu.forward(linear.forward(flat)); // [rows, out]
     let mut shape = dims;
     shape[D - 1] = out.dims()[1];
     out.reshape(shape)

@@ -17,11 +17,13 @@ use half::{bf16, f16};
 use crate::kernels::{self, DenseWeight, KernelPath, Q8Weight};
 
 /// `linear.forward(x)` for a 2-D `x: [rows, in]` through the kernels when `B` is flex and the weight is one
-/// they handle; gives `x` back otherwise.
+/// they handle; gives `x` back otherwise. With `gelu`, the kernel may also apply the exact GELU as it stores
+/// the outputs (bf16 on AMX: `kernels::linear_bf16_rounded_fresh`); the flag returned says whether it did.
 pub(crate) fn try_linear<B: Backend>(
     linear: &Linear<B>,
     x: Tensor<B, 2>,
-) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    gelu: bool,
+) -> Result<(Tensor<B, 2>, bool), Tensor<B, 2>> {
     if TypeId::of::<B>() != TypeId::of::<Flex>() {
         return Err(x);
     }
@@ -35,12 +37,15 @@ pub(crate) fn try_linear<B: Backend>(
     let xf = downcast::<B::FloatTensorPrimitive, FlexTensor>(xp).expect("B is Flex");
     let bias = bias.map(|b| downcast::<B::FloatTensorPrimitive, FlexTensor>(b).expect("B is Flex"));
     let y = with_flex_primitive(&linear.weight, |weight| {
-        flex_linear(&xf, weight, bias.as_ref())
+        if gelu && let Some(y) = gelu_product(&xf, weight, bias.as_ref()) {
+            return Some((y, true));
+        }
+        flex_linear(&xf, weight, bias.as_ref()).map(|y| (y, false))
     });
     match y.flatten() {
-        Some(y) => {
+        Some((y, fused)) => {
             let y = downcast::<FlexTensor, B::FloatTensorPrimitive>(y).expect("B is Flex");
-            Ok(Tensor::from_primitive(TensorPrimitive::Float(y)))
+            Ok((Tensor::from_primitive(TensorPrimitive::Float(y)), fused))
         }
         None => {
             let xp = downcast::<FlexTensor, B::FloatTensorPrimitive>(xf).expect("B is Flex");
@@ -149,6 +154,42 @@ pub(crate) fn try_q8_columns<B: Backend>(
     }
 }
 
+/// The bf16 product with the exact GELU applied as its outputs are stored, where a kernel does that (AMX); `None`
+/// otherwise.
+fn gelu_product(
+    x: &FlexTensor,
+    weight: &TensorPrimitive<Flex>,
+    bias: Option<&FlexTensor>,
+) -> Option<FlexTensor> {
+    let TensorPrimitive::Float(w) = weight else {
+        return None;
+    };
+    let [m, k] = x.layout().shape().to_vec()[..] else {
+        return None;
+    };
+    if x.dtype() != DType::BF16 || w.dtype() != DType::BF16 {
+        return None;
+    }
+    let (n, start) = dense_nk(w, k)?;
+    let bias = bias_f32(bias, n)?;
+    let x = row_major(x);
+    let (xs, ws) = (
+        x.as_slice::<bf16>()?,
+        w.storage::<bf16>().get(start..start + n * k)?,
+    );
+    let out = kernels::linear_bf16_rounded_fresh(
+        KernelPath::detect(),
+        xs,
+        m,
+        k,
+        ws,
+        n,
+        bias.as_deref(),
+        true,
+    )?;
+    Some(FlexTensor::from_data(TensorData::new(out, [m, n])))
+}
+
 /// The product on flex tensors, or `None` when the kernels do not handle this weight or input.
 fn flex_linear(
     x: &FlexTensor,
@@ -212,7 +253,7 @@ fn dense_product(
             w.storage::<bf16>().get(range.clone())?,
         );
         if let Some(out) =
-            kernels::linear_bf16_rounded_fresh(path, xs, m, k, ws, n, bias.as_deref())
+            kernels::linear_bf16_rounded_fresh(path, xs, m, k, ws, n, bias.as_deref(), false)
         {
             return Some(FlexTensor::from_data(TensorData::new(out, [m, n])));
         }

@@ -10,7 +10,7 @@
 //!   attention does not upcast to f32, unlike OPT's).
 
 use blip2_nn::ops::{add, layer_norm, matmul, qkv_attention, softmax};
-use blip2_nn::{Activation, linear_forward};
+use blip2_nn::{Activation, linear_forward, linear_gelu_forward};
 use burn::nn::{
     Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, LinearLayout,
 };
@@ -108,7 +108,11 @@ impl<B: Backend> Blip2Mlp<B> {
     /// # Shapes
     /// `[batch, seq_len, hidden] -> [batch, seq_len, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let hidden = self.activation.forward(linear_forward(&self.fc1, x)); // [batch, seq_len, intermediate]
+        let hidden = match self.activation {
+            // On AMX the GELU is applied as fc1 stores its outputs (the same bits).
+            Activation::Gelu => linear_gelu_forward(&self.fc1, x),
+            activation => activation.forward(linear_forward(&self.fc1, x)),
+        }; // [batch, seq_len, intermediate]
         linear_forward(&self.fc2, hidden)
     }
 }

@@ -480,6 +480,7 @@ fn products(
             bias: std::ptr::null(),
             m,
             k,
+            gelu: false,
         };
         // SAFETY: `bf16_dot` checked the CPU's features; the asserts above bound every row read and written.
         return unsafe { super::x86_bf16::product_packed(op, 0, n) };

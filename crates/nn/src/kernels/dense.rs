@@ -248,6 +248,7 @@ pub(super) unsafe fn gemm_dpbf16(
         bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
         m,
         k,
+        gelu: false,
     };
     if amx {
         // SAFETY: as below, for every output; `enabled` and `fits` hold.

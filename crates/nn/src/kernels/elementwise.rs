@@ -4,7 +4,7 @@ use super::KernelPath;
 
 /// Coefficients of `erf(x) ≈ x·P(x²)/Q(x²)` on `[-4, 4]` (single precision; outside, erf is ±1 in f32): the
 /// rational approximation that Eigen and XLA use for float erf. `P` from the x¹³ term down, `Q` from x⁸ down.
-const ERF_P: [f32; 7] = [
+pub(super) const ERF_P: [f32; 7] = [
     -2.726_142_3e-10,
     2.770_681_4e-8,
     -2.101_024e-6,
@@ -13,7 +13,7 @@ const ERF_P: [f32; 7] = [
     -2.954_6e-3,
     -1.609_603_3e-2,
 ];
-const ERF_Q: [f32; 5] = [
+pub(super) const ERF_Q: [f32; 5] = [
     -1.456_607_2e-5,
     -2.133_740_6e-4,
     -1.682_827e-3,

@@ -45,6 +45,9 @@ pub(super) struct Operands {
     pub bias: *const f32,
     pub m: usize,
     pub k: usize,
+    /// Whether `x86_bf16_rows::write_out` applies the exact GELU to the bf16 outputs (the sum plus bias rounded
+    /// to bf16, its GELU in f32 rounded again); only the AMX product ([`super::x86_amx::product_amx`]) is asked.
+    pub gelu: bool,
 }
 
 // SAFETY: tasks share the operands to read `a` and `w` and to write disjoint outputs, while the caller holds
@@ -298,6 +301,7 @@ unsafe fn packed_cols(op: Operands, j0: usize, j1: usize, buf: &mut Vec<u32>, su
         bias,
         m,
         k,
+        ..
     } = op;
     let run = k.div_ceil(k.div_ceil(KC)).next_multiple_of(32);
     // Where the f32 sums of the earlier runs wait: the output itself, or with bf16 outputs and more than one

@@ -268,8 +268,43 @@ unsafe fn put(op: Operands, row: usize, j: usize, mask: __mmask16, mut v: __m512
         if op.out16.is_null() {
             _mm512_mask_storeu_ps(op.out.add(row * op.out_rs + j), mask, v);
         } else {
+            if op.gelu {
+                v = gelu16(widen16(narrow16(v)));
+            }
             let o = op.out16.add(row * op.out_rs + j);
             _mm256_mask_storeu_epi16(o.cast(), mask, narrow16(v));
         }
     }
+}
+
+/// 16 bf16 values as f32 (exact).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn widen16(v: __m256i) -> __m512 {
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
+}
+
+/// `elementwise::gelu_one` on 16 lanes, the same operations in the same order (so the same bits): `0.5 x (1 +
+/// erf(x / √2))`, erf by its rational approximation on `[-4, 4]` (NaN stays NaN).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+fn gelu16(x: __m512) -> __m512 {
+    use super::elementwise::{ERF_P, ERF_Q};
+    let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+    // `clamp`: the second operand is returned when either is NaN.
+    let t = _mm512_min_ps(_mm512_set1_ps(4.0), _mm512_max_ps(_mm512_set1_ps(-4.0), t));
+    let t2 = _mm512_mul_ps(t, t);
+    let mut p = _mm512_set1_ps(ERF_P[0]);
+    for c in &ERF_P[1..] {
+        p = _mm512_fmadd_ps(p, t2, _mm512_set1_ps(*c));
+    }
+    let mut q = _mm512_set1_ps(ERF_Q[0]);
+    for c in &ERF_Q[1..] {
+        q = _mm512_fmadd_ps(q, t2, _mm512_set1_ps(*c));
+    }
+    let erf = _mm512_div_ps(_mm512_mul_ps(t, p), q);
+    _mm512_mul_ps(
+        _mm512_mul_ps(_mm512_set1_ps(0.5), x),
+        _mm512_add_ps(_mm512_set1_ps(1.0), erf),
+    )
 }

@@ -65,6 +65,7 @@ pub(super) unsafe fn product_rows_f32(
             bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
             m,
             k,
+            gelu: false,
         };
         let wp = SendPtr(w.as_ptr().cast_mut());
         super::par_blocks(n.div_ceil(BLOCK), |b| {
