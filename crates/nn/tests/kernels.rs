@@ -214,14 +214,16 @@ fn bf16_activation_products_agree_with_the_reference() {
         (ROW_PANELS_MAX_ROWS, 40, 385),
         // Shapes Intel AMX takes where the process has it (`kernels::amx_enabled`): inputs and outputs
         // multiples of 32, from AMX_MIN_ROWS rows; an odd count of row panels (the missing panel repeats
-        // the last row), rows not a multiple of 16, several runs of 1024 inputs, one and several blocks of
-        // 64 outputs, more rows than outputs.
+        // the last row), rows not a multiple of 16, several runs (of 1024 inputs with the weight read in
+        // place, below 64 rows; of 256 with it copied), one and several blocks (of 64 and 128 outputs), a
+        // last run and a last block shorter than the others, more rows than outputs.
         (AMX_MIN_ROWS, 32, 32),
         (AMX_MIN_ROWS + 1, 64, 96),
         (33, 1056, 64),
         (47, 2080, 160),
         (257, 128, 192),
         (100, 3072, 32),
+        (130, 544, 288),
     ];
     for (case, &(m, k, n)) in SHAPES.iter().chain(&extra).enumerate() {
         let x: Vec<bf16> = values(m * k, case as u64 + 300)

@@ -6,11 +6,12 @@
 //! output rows of 32 inputs per tile, and the activation rows are packed once per call into panels of 16 rows
 //! by input pairs (`x86_bf16::pack`), which is the layout AMX wants for its second operand. A tile of sums is
 //! therefore 16 outputs × 16 rows, stored output-major into a per-task buffer and transposed into the
-//! row-major outputs at the end (`x86_bf16_rows::write_out`, which adds the bias and rounds bf16 outputs).
-//! Four tiles of sums (32 outputs × 32 rows) take their two weight tiles and two row tiles per step of 32
-//! inputs; the inputs go in runs of [`RUN`], the sums staying in the tiles over a run and in the buffer
-//! between runs. With many rows ([`PACK_MIN_ROWS`]) each task first copies its run of weight rows tile by
-//! tile, so that every weight tile is one contiguous KiB rather than 16 rows `k` apart.
+//! row-major outputs at the end (`x86_bf16_rows::write_out`, which adds the bias, rounds bf16 outputs and can
+//! apply the GELU). Four tiles of sums (32 outputs × 32 rows) take their two weight tiles and two row tiles per
+//! step of 32 inputs; the inputs go in runs ([`RUN_COPIED`], [`RUN_IN_PLACE`]), the sums staying in the tiles
+//! over a run and in the buffer between runs. With many rows ([`PACK_MIN_ROWS`]) each task first copies its run
+//! of weight rows tile by tile, so that every weight tile is one contiguous KiB rather than 16 rows `k` apart,
+//! and fetches the next run's rows into L2 while the tiles work.
 //!
 //! Like `vdpbf16ps`, `tdpbf16ps` takes subnormal inputs as zero and flushes subnormal results; the products
 //! of two bf16 values are exact in f32, so only the order of the f32 additions differs from the other paths.
@@ -25,15 +26,22 @@ use std::sync::OnceLock;
 
 use super::x86_bf16::{Operands, PANEL};
 
-/// Inputs per run: the sums go back to the buffer between runs; over a run, each pair of weight tiles (16 KiB)
-/// stays in L1 while it meets every pair of row panels, streamed from L2. On ViT-g's products with the
-/// weights read from memory, runs of 256 with blocks of 128 outputs and the prefetch below took 50 ms where
-/// runs of 1024 with blocks of 64 took 57 ms (one product of each shape at 257 and 1028 rows, Intel Xeon with
-/// AMX).
-pub(super) const RUN: usize = 256;
+/// Inputs per run when the weight tiles are copied (from [`PACK_MIN_ROWS`] rows): the sums go back to the buffer
+/// between runs; over a run, each pair of weight tiles (16 KiB) stays in L1 while it meets every pair of row
+/// panels, streamed from L2. On ViT-g's products with the weights read from memory, runs of 256 with blocks of
+/// 128 outputs and the prefetch below took 50 ms where runs of 1024 with blocks of 64 took 57 ms (one product
+/// of each shape at 257 and 1028 rows); ViT-g's 8-layer bf16 forward, 112-120 ms against 124-126 ms at batch
+/// 1 and 414-418 ms against 486-497 ms at batch 4 (Intel Xeon with AMX).
+pub(super) const RUN_COPIED: usize = 256;
 
-/// Outputs per task: four pairs of weight tiles.
-const BLOCK: usize = 128;
+/// Inputs per run when the weight tiles are read in place (fewer rows, where reading the weight bounds the
+/// product): OPT-2.7b's 32-token bf16 prefill (8 layers) took 80-82 ms with runs of 1024 and blocks of 64,
+/// 79 ms with runs of 2048, 84 ms with 512 and 94-97 ms with runs of 256 and blocks of 128 (Intel Xeon with AMX).
+pub(super) const RUN_IN_PLACE: usize = 1024;
+
+/// Outputs per task: four pairs of weight tiles when they are copied, two when they are read in place.
+const BLOCK_COPIED: usize = 128;
+const BLOCK_IN_PLACE: usize = 64;
 
 /// Rows from which each task copies its run of weight rows tile by tile (1 KiB per tile, read contiguously)
 /// before the tiles sweep the row panels; with fewer rows the weight tiles are read in place (16 rows `k`
@@ -157,11 +165,16 @@ pub(super) unsafe fn product_amx(op: Operands, n: usize) {
                 )
             };
         });
-        super::par_blocks(n.div_ceil(BLOCK), |b| {
+        let block_len = if m >= PACK_MIN_ROWS {
+            BLOCK_COPIED
+        } else {
+            BLOCK_IN_PLACE
+        };
+        super::par_blocks(n.div_ceil(block_len), |b| {
             SUMS.with(|s| {
                 let buf = &mut *s.borrow_mut();
                 let stride = panels * PANEL;
-                let (j0, j1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+                let (j0, j1) = (b * block_len, ((b + 1) * block_len).min(n));
                 // Every tile's rows start on a cache line (a tile row across two lines loads at a third of the
                 // speed): the sums from a 64-byte boundary, rows `stride * 4` bytes (a multiple of 64) apart.
                 let len = (j1 - j0) * stride;
@@ -196,13 +209,14 @@ unsafe fn block(
 ) {
     let stride = panels * PANEL;
     let pack_w = op.m >= PACK_MIN_ROWS;
+    let run = if pack_w { RUN_COPIED } else { RUN_IN_PLACE };
     let mut wbuf = if pack_w {
         WEIGHT.with(|b| std::mem::take(&mut *b.borrow_mut()))
     } else {
         Vec::new()
     };
-    if pack_w && wbuf.len() < (j1 - j0) * RUN + 32 {
-        wbuf.resize((j1 - j0) * RUN + 32, 0);
+    if pack_w && wbuf.len() < (j1 - j0) * run + 32 {
+        wbuf.resize((j1 - j0) * run + 32, 0);
     }
     let wb = {
         let p = wbuf.as_mut_ptr();
@@ -212,7 +226,7 @@ unsafe fn block(
     unsafe { asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
     let mut l0 = 0;
     while l0 < op.k {
-        let l1 = (l0 + RUN).min(op.k);
+        let l1 = (l0 + run).min(op.k);
         let steps = (l1 - l0) / 32;
         if pack_w {
             // Tile `t` (outputs `j0 + 16t..`), step `s`: its 16 rows' 32 inputs from `l0 + 32s`, 1 KiB.
@@ -220,7 +234,7 @@ unsafe fn block(
                 for s in 0..steps {
                     for r in 0..16 {
                         // SAFETY: row `j0 + 16t + r < j1` holds inputs `l0 + 32s..+32 <= l1`; the buffer
-                        // holds `(j1 - j0) * RUN` values from `wb` (`steps * 32 <= RUN`).
+                        // holds `(j1 - j0) * run` values from `wb` (`steps * 32 <= run`).
                         unsafe {
                             std::ptr::copy_nonoverlapping(
                                 op.w.add((j0 + 16 * t + r) * op.w_rs + l0 + 32 * s)
@@ -235,7 +249,7 @@ unsafe fn block(
         }
         // While this run's tiles are computed, the next run's weight rows are fetched into L2 a few lines
         // per call of `tiles`, so that reading the weight from memory overlaps the products.
-        let next = (l1, (l1 + RUN).min(op.k));
+        let next = (l1, (l1 + run).min(op.k));
         let row_lines = (next.1 - next.0) / 32;
         let fetch = if pack_w { (j1 - j0) * row_lines } else { 0 };
         let per_call = fetch.div_ceil((j1 - j0) / 32 * (panels / 2));
