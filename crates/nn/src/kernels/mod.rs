@@ -407,13 +407,11 @@ pub fn linear_bf16_rounded_fresh(
     gelu: bool,
 ) -> Option<Vec<bf16>> {
     check_dense(x.len(), w.len(), m * n, bias, [m, k, n]);
+    // `linear_bf16_rounded` sends the same products to AMX: more than GEMV_MAX_ROWS rows (implied), AVX512-BF16,
+    // then `dense::gemm_dpbf16`'s test.
+    const _: () = assert!(AMX_MIN_ROWS > GEMV_MAX_ROWS);
     #[cfg(target_arch = "x86_64")]
-    if m > GEMV_MAX_ROWS
-        && m >= AMX_MIN_ROWS
-        && path.bf16_dot()
-        && x86_amx::fits(k, n)
-        && x86_amx::enabled()
-    {
+    if m >= AMX_MIN_ROWS && path.bf16_dot() && x86_amx::fits(k, n) && x86_amx::enabled() {
         let mut out = Vec::<bf16>::with_capacity(m * n);
         let op = x86_bf16::Operands {
             a: x.as_ptr(),

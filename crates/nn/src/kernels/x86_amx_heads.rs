@@ -29,6 +29,7 @@ pub(super) const SPAN: usize = 32;
 /// # Safety
 /// The process has AMX (`x86_amx::enabled`) and the CPU AVX-512 F/BW/VL; the operands hold what is said
 /// above; `a`, `b` and `c` lie on 64-byte boundaries and `a_rs * 2`, `c_rs * 4` are multiples of 64.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn product(
     a: *const bf16,
@@ -40,7 +41,12 @@ pub(super) unsafe fn product(
     c: *mut f32,
     c_rs: usize,
 ) {
-    debug_assert!(rows % SPAN == 0 && cols % SPAN == 0 && depth % 32 == 0 && depth > 0);
+    debug_assert!(
+        rows.is_multiple_of(SPAN)
+            && cols.is_multiple_of(SPAN)
+            && depth.is_multiple_of(32)
+            && depth > 0
+    );
     let pairs = depth / 2;
     // SAFETY: a valid palette-1 configuration (the tile state was granted: `enabled`).
     unsafe { asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
