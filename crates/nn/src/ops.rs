@@ -21,13 +21,55 @@ use burn::prelude::{Backend, Tensor};
 /// let y: Vec<f32> = blip2_nn::ops::matmul(a, b).into_data().to_vec().unwrap();
 /// assert_eq!(y, [11.0]);
 /// ```
+///
+/// On Burn's cubecl backends (wgpu, CUDA), a vector-matrix or matrix-vector product (one row of `a`, or one
+/// column of `b`: a decoding step's attention) has its inner axis, and for one row its output axis, padded with
+/// zeros to a multiple of [`GEMV_PAD`] and the padding sliced off the result (the same values: the padded terms
+/// are products of zeros). cubecl 0.10 keys its matmul autotune results by rounded sizes and can reuse a
+/// vector-matrix kernel chosen for one size on another it cannot launch for ("Rhs dimension n=22 must be a
+/// multiple of plane size 8", a panic; tracel-ai/cubecl#1611), which decoding meets as the cache grows.
 pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "flex")]
     let (a, b) = match crate::tensor_flex::try_matmul_bf16(a, b) {
         Ok(y) => return y,
         Err(operands) => operands,
     };
+    let (m, n) = (a.dims()[D - 2], b.dims()[D - 1]);
+    if (m == 1 || n == 1) && B::name(&a.device()).contains("cubecl") {
+        return gemv_padded(a, b);
+    }
     a.matmul(b)
+}
+
+/// The multiple that [`matmul`] pads a vector-matrix product's axes to on cubecl backends: the largest plane
+/// (subgroup) size of the GPUs cubecl targets (64 on AMD; 32 on NVIDIA; 8-32 on lavapipe and others).
+pub const GEMV_PAD: usize = 64;
+
+/// `a.matmul(b)` with the inner axis padded with zeros to a multiple of [`GEMV_PAD`], and with one row in `a`
+/// the output axis too (its padding sliced off).
+fn gemv_padded<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    let (m, k, n) = (a.dims()[D - 2], a.dims()[D - 1], b.dims()[D - 1]);
+    let kp = k.next_multiple_of(GEMV_PAD);
+    let np = if m == 1 {
+        n.next_multiple_of(GEMV_PAD)
+    } else {
+        n
+    };
+    let a = zero_pad(a, D - 1, kp);
+    let b = zero_pad(zero_pad(b, D - 2, kp), D - 1, np);
+    let y = a.matmul(b);
+    if np == n { y } else { y.narrow(D - 1, 0, n) }
+}
+
+/// `x` with zeros appended along `dim` up to `len` values, in `x`'s dtype.
+fn zero_pad<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize, len: usize) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    if dims[dim] >= len {
+        return x;
+    }
+    dims[dim] = len - dims[dim];
+    let zeros = Tensor::<B, D>::zeros(dims, (&x.device(), x.dtype()));
+    Tensor::cat(vec![x, zeros], dim)
 }
 
 /// `softmax(x, dim)`. On flex in bf16 it is computed in f32 and rounded once (as torch's bf16 softmax is; flex's

@@ -272,7 +272,52 @@ backend_tests!(
     fully_masked_row_is_uniform_with_dtype_min,
     kv_cache_appends_reorders_and_reuses,
     kv_cache_keeps_the_values_of_strided_views,
+    vector_matrix_products_of_any_size_equal_the_sums,
 );
+
+/// `ops::matmul` with one row in `a` or one column in `b`, at sizes no plane size divides (cubecl's backends pad
+/// them: see `ops::matmul`), and two sizes of one autotune bucket one after the other (22 after 24 outputs: the
+/// reuse that made cubecl launch a kernel the smaller size does not fit).
+fn vector_matrix_products_of_any_size_equal_the_sums<B: Backend>(device: &B::Device) {
+    for &(m, k, n) in &[
+        (1, 24, 24),
+        (1, 22, 22),
+        (1, 5, 70),
+        (7, 22, 1),
+        (1, 1, 1),
+        (1, 64, 64),
+    ] {
+        let (batch, heads) = (2, 3);
+        let val = |i: usize, s: f64| ((i as f64 * s).sin() * 2.0) as f32;
+        let av: Vec<f32> = (0..batch * heads * m * k).map(|i| val(i, 0.37)).collect();
+        let bv: Vec<f32> = (0..batch * heads * k * n).map(|i| val(i, 0.91)).collect();
+        let a =
+            Tensor::<B, 4>::from_data(TensorData::new(av.clone(), [batch, heads, m, k]), device);
+        let b =
+            Tensor::<B, 4>::from_data(TensorData::new(bv.clone(), [batch, heads, k, n]), device);
+        let mut want = vec![0f32; batch * heads * m * n];
+        for bh in 0..batch * heads {
+            for i in 0..m {
+                for j in 0..n {
+                    want[(bh * m + i) * n + j] = (0..k)
+                        .map(|l| {
+                            f64::from(av[(bh * m + i) * k + l])
+                                * f64::from(bv[(bh * k + l) * n + j])
+                        })
+                        .sum::<f64>() as f32;
+                }
+            }
+        }
+        let got = blip2_nn::ops::matmul(a, b);
+        assert_eq!(got.dims(), [batch, heads, m, n]);
+        assert_close(
+            &format!("[{m}, {k}] x [{k}, {n}]"),
+            &got.into_data(),
+            &TensorData::new(want, [batch, heads, m, n]),
+            Tol::LOGITS,
+        );
+    }
+}
 
 /// Keys and values arrive as strided views (heads swapped with positions, sliced, flipped); the cache stores them
 /// row-major (a copy on flex) and must give back the same values in every dtype.

@@ -28,10 +28,9 @@ use super::x86_bf16::{Operands, PANEL};
 
 /// Inputs per run when the weight tiles are copied (from [`PACK_MIN_ROWS`] rows): the sums go back to the buffer
 /// between runs; over a run, each pair of weight tiles (16 KiB) stays in L1 while it meets every pair of row
-/// panels, streamed from L2. On ViT-g's products with the weights read from memory, runs of 256 with blocks of
-/// 128 outputs and the prefetch below took 50 ms where runs of 1024 with blocks of 64 took 57 ms (one product
-/// of each shape at 257 and 1028 rows); ViT-g's 8-layer bf16 forward, 112-120 ms against 124-126 ms at batch
-/// 1 and 414-418 ms against 486-497 ms at batch 4 (Intel Xeon with AMX).
+/// panels, streamed from L2. ViT-g's 8-layer bf16 forward took 112-120 ms against 124-126 ms with runs of 1024
+/// and blocks of 64 at batch 1, and 414-418 ms against 486-497 ms at batch 4; runs of 512 (blocks of 128) took
+/// 125-128 ms and 437-457 ms (Intel Xeon with AMX, the runs alternated).
 pub(super) const RUN_COPIED: usize = 256;
 
 /// Inputs per run when the weight tiles are read in place (fewer rows, where reading the weight bounds the
@@ -248,7 +247,8 @@ unsafe fn block(
             }
         }
         // While this run's tiles are computed, the next run's weight rows are fetched into L2 a few lines
-        // per call of `tiles`, so that reading the weight from memory overlaps the products.
+        // per call of `tiles`, so that reading the weight from memory overlaps the products (ViT-g's four
+        // products at 257 and 1028 rows: 41.0 ms against 42.3-43.3 ms without; a hint into L1 was no better).
         let next = (l1, (l1 + run).min(op.k));
         let row_lines = (next.1 - next.0) / 32;
         let fetch = if pack_w { (j1 - j0) * row_lines } else { 0 };
