@@ -33,22 +33,7 @@ pub fn linear_forward<B: Backend, const D: usize>(
     linear: &Linear<B>,
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    if D < 2 {
-        return linear.forward(x);
-    }
-    let dims = x.dims();
-    let rows: usize = dims[..D - 1].iter().product();
-    let flat = x.reshape([rows, dims[D - 1]]); // [rows, in]
-    #[cfg(feature = "flex")]
-    let out = match crate::linear_flex::try_linear(linear, flat, false) {
-        Ok((out, _)) => out,
-        Err(flat) => linear.forward(flat),
-    }; // [rows, out]
-    #[cfg(not(feature = "flex"))]
-    let out = linear.forward(flat); // [rows, out]
-    let mut shape = dims;
-    shape[D - 1] = out.dims()[1];
-    out.reshape(shape)
+    linear_rows(linear, x, false)
 }
 
 /// `Activation::Gelu.forward(linear_forward(linear, x))`: the exact (erf) GELU of a `Linear`'s outputs. On flex in
@@ -63,20 +48,44 @@ pub fn linear_gelu_forward<B: Backend, const D: usize>(
     linear: &Linear<B>,
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
+    linear_rows(linear, x, true)
+}
+
+/// [`linear_forward`] (and with `gelu`, the exact GELU of its outputs) on `x` flattened to `[rows, in]`, through
+/// the flex kernels where they take it, shaped back to `[d0, ..., out]`.
+fn linear_rows<B: Backend, const D: usize>(
+    linear: &Linear<B>,
+    x: Tensor<B, D>,
+    gelu: bool,
+) -> Tensor<B, D> {
+    let act = |y: Tensor<B, D>| {
+        if gelu {
+            crate::Activation::Gelu.forward(y)
+        } else {
+            y
+        }
+    };
     if D < 2 {
-        return crate::Activation::Gelu.forward(linear.forward(x));
+        return act(linear.forward(x));
     }
     let dims = x.dims();
     let rows: usize = dims[..D - 1].iter().product();
     let flat = x.reshape([rows, dims[D - 1]]); // [rows, in]
+    let act2 = |y: Tensor<B, 2>| {
+        if gelu {
+            crate::Activation::Gelu.forward(y)
+        } else {
+            y
+        }
+    };
     #[cfg(feature = "flex")]
-    let out = match crate::linear_flex::try_linear(linear, flat, true) {
-        Ok((out, true)) => out,
-        Ok((out, false)) => crate::Activation::Gelu.forward(out),
-        Err(flat) => crate::Activation::Gelu.forward(linear.forward(flat)),
+    let out = match crate::linear_flex::try_linear(linear, flat, gelu) {
+        Ok((out, fused)) if fused => out,
+        Ok((out, _)) => act2(out),
+        Err(flat) => act2(linear.forward(flat)),
     }; // [rows, out]
     #[cfg(not(feature = "flex"))]
-    let out = crate::Activation::Gelu.forward(linear.forward(flat)); // [rows, out]
+    let out = act2(linear.forward(flat)); // [rows, out]
     let mut shape = dims;
     shape[D - 1] = out.dims()[1];
     out.reshape(shape)
