@@ -1,4 +1,4 @@
-//! How far bf16 and int8 (`Precision::INT8`'s scheme: `Linear` weights in int8, group 64, bf16 activations) move
+//! How far bf16 and int8 (`Precision::INT8`'s scheme: `Linear` weights in int8, bf16 activations) move
 //! the logits of a real-size language model with random weights, against the same model in f32
 //! (docs/numerics.md). The model is built once in f32, then cast to bf16, then its `Linear` weights are quantized
 //! from those bf16 values (as when loading a half-precision checkpoint), so all three hold the same weights up to
@@ -9,13 +9,15 @@
 //! cargo run --release -p blip2-benches --example precision_error -- t5    # Flan-T5-XL, 32 + 8 tokens
 //! ```
 //!
-//! `BLIP2_BENCH_LAYERS` cuts the depth, as in the benches; `BLIP2_INT8_GROUP` sets the int8 group (default 64). Prints, per mode, the largest and the root-mean-square
-//! logit error, the logits' own RMS, and how many positions keep their arg-max token.
+//! `BLIP2_BENCH_LAYERS` cuts the depth, as in the benches; `BLIP2_INT8_GROUP` sets the int8 groups, a
+//! comma-separated list (default `DEFAULT_Q8_GROUP`), each quantized from the same bf16 model. Prints, per mode,
+//! the largest and the root-mean-square logit error, the logits' own RMS, and how many positions keep their
+//! arg-max token.
 
 // A measuring program: printing the table is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use blip2_benches::{BenchBackend, BenchDtype, env_value, setup};
+use blip2_benches::{BenchBackend, BenchDtype, env_list, env_value, setup};
 use blip2_nn::backend::FloatDType;
 use burn::prelude::*;
 
@@ -26,27 +28,23 @@ fn main() {
     setup();
     let which = std::env::args().nth(1).unwrap_or_else(|| "opt".into());
     let device = Default::default();
-    let modes = [
-        BenchDtype::Float(FloatDType::F32),
-        BenchDtype::Float(FloatDType::BF16),
-        BenchDtype::Int8,
-    ];
+    let groups: Vec<usize> = env_list("BLIP2_INT8_GROUP", &blip2_nn::DEFAULT_Q8_GROUP.to_string());
     let (name, runs) = match which.as_str() {
-        "opt" => ("OPT-2.7b", opt(&modes, &device)),
-        "t5" => ("Flan-T5-XL", t5(&modes, &device)),
+        "opt" => ("OPT-2.7b", opt(&groups, &device)),
+        "t5" => ("Flan-T5-XL", t5(&groups, &device)),
         other => {
             eprintln!("unknown model {other:?}: expected opt or t5");
             std::process::exit(2);
         }
     };
-    let (reference, positions, vocab) = &runs[0];
+    let (_, (reference, positions, vocab)) = &runs[0];
     println!(
         "{name}, random weights, {positions} positions x {vocab} logits, against f32 (logits RMS {:.4}):",
         rms(reference)
     );
     println!("| mode | max abs error | RMS error | RMS error / logits RMS | arg-max kept |");
     println!("|---|---|---|---|---|");
-    for (mode, (logits, _, _)) in modes.iter().zip(&runs).skip(1) {
+    for (mode, (logits, _, _)) in runs.iter().skip(1) {
         let max = logits
             .iter()
             .zip(reference)
@@ -59,8 +57,7 @@ fn main() {
             })
             .count();
         println!(
-            "| {} | {max:.4} | {:.4} | {:.2e} | {kept} of {positions} |",
-            mode.name(),
+            "| {mode} | {max:.4} | {:.4} | {:.2e} | {kept} of {positions} |",
             rms(&diff),
             rms(&diff) / rms(reference)
         );
@@ -69,8 +66,11 @@ fn main() {
 
 type Run = (Vec<f32>, usize, usize);
 
+/// A mode's name and its logits.
+type Named = (String, Run);
+
 /// OPT-2.7b (BLIP-2's config), logits at every position of a 32-token prompt, in each mode.
-fn opt(modes: &[BenchDtype], device: &burn::tensor::Device<BenchBackend>) -> Vec<Run> {
+fn opt(groups: &[usize], device: &burn::tensor::Device<BenchBackend>) -> Vec<Named> {
     use blip2_opt::{LogitsFor, OptConfig, OptInput};
     let mut config = OptConfig::opt_2_7b_blip2();
     if let Some(layers) = env_value("BLIP2_BENCH_LAYERS") {
@@ -82,13 +82,13 @@ fn opt(modes: &[BenchDtype], device: &burn::tensor::Device<BenchBackend>) -> Vec
     let model = config
         .init::<BenchBackend>(device)
         .expect("the config is valid");
-    in_each_mode(model, modes, device, |lm| {
+    in_each_mode(model, groups, device, |lm| {
         lm.forward(OptInput::Ids(prompt.clone()), None, None, LogitsFor::All)
     })
 }
 
 /// Flan-T5-XL (BLIP-2's config): a 32-token source, then the decoder's logits at each of 8 positions.
-fn t5(modes: &[BenchDtype], device: &burn::tensor::Device<BenchBackend>) -> Vec<Run> {
+fn t5(groups: &[usize], device: &burn::tensor::Device<BenchBackend>) -> Vec<Named> {
     use blip2_t5::{LogitsFor, T5Config, T5Input};
     let mut config = T5Config::flan_t5_xl_blip2();
     if let Some(layers) = env_value("BLIP2_BENCH_LAYERS") {
@@ -104,45 +104,32 @@ fn t5(modes: &[BenchDtype], device: &burn::tensor::Device<BenchBackend>) -> Vec<
     let model = config
         .init::<BenchBackend>(device)
         .expect("the config is valid");
-    in_each_mode(model, modes, device, |t5| {
+    in_each_mode(model, groups, device, |t5| {
         let encoded = t5.encode(T5Input::Ids(source.clone()), None);
         t5.decode(prefix.clone(), encoded, None, None, LogitsFor::All)
     })
 }
 
-/// The logits `logits_of` gives for `model` in each of `modes` in turn, each mode made from the previous one.
+/// The logits `logits_of` gives for `model` in f32, then in bf16, then in int8 with each of `groups` (each
+/// quantized from the same bf16 model).
 fn in_each_mode<M: burn::module::Module<BenchBackend>>(
     model: M,
-    modes: &[BenchDtype],
+    groups: &[usize],
     device: &burn::tensor::Device<BenchBackend>,
     logits_of: impl Fn(&M) -> Tensor<BenchBackend, 3>,
-) -> Vec<Run> {
-    let mut model = Some(model);
-    modes
-        .iter()
-        .map(|&mode| {
-            let current = apply(mode, model.take().expect("one model per mode"), device);
-            let run = values(logits_of(&current));
-            model = Some(current);
-            run
-        })
-        .collect()
-}
-
-/// `model` in `mode`; int8 with the group `BLIP2_INT8_GROUP` (default `DEFAULT_Q8_GROUP`).
-fn apply<M: burn::module::Module<BenchBackend>>(
-    mode: BenchDtype,
-    model: M,
-    device: &burn::tensor::Device<BenchBackend>,
-) -> M {
-    match mode {
-        BenchDtype::Int8 => {
-            let group = env_value("BLIP2_INT8_GROUP").unwrap_or(blip2_nn::DEFAULT_Q8_GROUP);
-            let model = BenchDtype::Float(FloatDType::BF16).apply(model, device);
-            blip2_nn::quantize_linears(model, group).0
-        }
-        other => other.apply(model, device),
+) -> Vec<Named> {
+    let model = BenchDtype::Float(FloatDType::F32).apply(model, device);
+    let f32_run = values(logits_of(&model));
+    let bf16 = BenchDtype::Float(FloatDType::BF16).apply(model, device);
+    let mut runs = vec![
+        ("f32".to_string(), f32_run),
+        ("bf16".to_string(), values(logits_of(&bf16))),
+    ];
+    for &group in groups {
+        let int8 = blip2_nn::quantize_linears(bf16.clone(), group).0;
+        runs.push((format!("int8, group {group}"), values(logits_of(&int8))));
     }
+    runs
 }
 
 /// The logits `[1, positions, vocab]` as f32 values, with their positions and vocabulary size.

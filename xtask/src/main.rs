@@ -44,7 +44,7 @@ const USAGE: &str = "usage: cargo xtask fixtures [--check]
 environment: BLIP2_FIXTURES_VENV (venv directory, default .venv-fixtures), PYTHON (default python3),
 BLIP2_BENCH_LAYERS / BLIP2_BENCH_BATCHES / BLIP2_BENCH_DTYPES (bench size, for quick runs),
 BLIP2_BENCH_ROUNDS (run blip2 and transformers this many times in turn; median ratio and each round's),
-BLIP2_BENCH_INT8_GROUP (outputs per int8 scale on blip2's side, default 64)";
+BLIP2_BENCH_INT8_GROUP (outputs per int8 scale on blip2's side, default 128)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

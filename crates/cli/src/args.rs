@@ -88,8 +88,8 @@ pub struct Common {
     )]
     pub dtype: Dtype,
 
-    /// With `--dtype int8`: outputs per int8 scale, a multiple of 16 up to 240 (default 64). 128 holds a
-    /// little less memory (half the scales) for a little more error (docs/numerics.md)
+    /// With `--dtype int8`: outputs per int8 scale, a multiple of 16 up to 240 (default 128). 64 holds twice
+    /// the scales (a little more memory, a slower decoding step) for finer steps (docs/numerics.md)
     #[arg(
         long,
         global = true,

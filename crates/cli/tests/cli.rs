@@ -1030,7 +1030,7 @@ fn info_describes_the_build_and_the_model() {
     };
     let text = int8(Some("16"), false);
     assert!(text.contains("with --dtype int8 (group 16) ("), "{text}");
-    // Group 16 holds four times the scales of the default 64: more bytes in memory.
+    // Group 16 holds eight times the scales of the default 128: more bytes in memory.
     let bytes = |group| {
         let info: Value = serde_json::from_str(&int8(group, true)).unwrap();
         info["model"]["memory_bytes"].as_u64().unwrap()
