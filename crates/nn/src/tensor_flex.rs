@@ -259,32 +259,81 @@ fn strides_as(t: &FlexTensor, dims: [usize; 4]) -> Option<(HeadStrides, usize)> 
     ))
 }
 
-/// `norm.forward(x)` for a bf16 flex tensor: `x` widened to f32 in parallel SIMD chunks, flex's f32 layer norm
-/// with the parameters in f32, the result rounded back to bf16 in parallel. flex's own bf16 layer norm does the
-/// same steps, the conversions on one thread one element at a time, so the bits are the same. Gives `x` back
-/// otherwise.
+/// `norm.forward(x)` for a bf16 flex tensor with bf16 or f32 parameters: [`crate::kernels::layer_norm_bf16`] on
+/// each row (threaded), which reads the bf16 input once and writes the bf16 output once; its f32 steps are those
+/// of flex's f32 layer norm except that the variance comes from the centred values (docs/numerics.md), so the
+/// output is within one bf16 rounding of Burn's. Gives `x` back otherwise (other backends or dtypes, or when the
+/// module's epsilon cannot be read).
 pub(crate) fn try_layer_norm_bf16<B: Backend, const D: usize>(
     norm: &LayerNorm<B>,
     x: Tensor<B, D>,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    if TypeId::of::<B>() != TypeId::of::<Flex>()
-        || x.dtype() != DType::BF16
-        || norm.gamma.val().dtype() != DType::BF16
-    {
+    use rayon::prelude::*;
+    if TypeId::of::<B>() != TypeId::of::<Flex>() || x.dtype() != DType::BF16 || D == 0 {
         return Err(x);
     }
-    let Some(norm) = downcast::<LayerNorm<B>, LayerNorm<Flex>>(norm.clone()) else {
+    let Some(epsilon) = layer_norm_epsilon(norm) else {
         return Err(x);
     };
-    let Some(wide) = widened::<B, D>(&x) else {
+    let param = |p: Tensor<B, 1>| -> Option<Vec<f32>> {
+        if !matches!(p.dtype(), DType::BF16 | DType::F32) {
+            return None;
+        }
+        p.cast(DType::F32).into_data().to_vec::<f32>().ok()
+    };
+    let Some(gamma) = param(norm.gamma.val()) else {
         return Err(x);
     };
-    let Ok(norm) =
-        crate::backend::cast_module(norm, crate::backend::FloatDType::F32, &wide.device())
-    else {
+    let beta = match &norm.beta {
+        Some(b) => match param(b.val()) {
+            Some(b) => Some(b),
+            None => return Err(x),
+        },
+        None => None,
+    };
+    let Some(t) = flex_bf16(&x) else {
         return Err(x);
     };
-    Ok(narrowed::<B, D>(norm.forward(wide)).expect("flex's f32 layer norm is an f32 tensor"))
+    let shape = t.layout().shape().to_vec();
+    let d = shape[D - 1];
+    if d == 0 || gamma.len() != d {
+        return Err(x);
+    }
+    let owned;
+    let src: &[bf16] = match t.layout().contiguous_offsets() {
+        Some((start, end)) => &t.storage::<bf16>()[start..end],
+        None => {
+            owned = rows(
+                t.storage::<bf16>(),
+                &shape,
+                t.layout().strides(),
+                t.layout().start_offset(),
+            );
+            &owned
+        }
+    };
+    let path = crate::kernels::KernelPath::detect();
+    let mut out = vec![bf16::ZERO; src.len()];
+    let rows_per_task = (CHUNK / d).max(1);
+    out.par_chunks_mut(rows_per_task * d)
+        .zip(src.par_chunks(rows_per_task * d))
+        .for_each(|(o, s)| {
+            crate::kernels::layer_norm_bf16(path, s, d, &gamma, beta.as_deref(), epsilon, o)
+        });
+    flex_tensor(TensorData::new(out, shape)).ok_or(x)
+}
+
+/// A `LayerNorm`'s epsilon, which Burn keeps private, read from the module's display (`epsilon: 0.000001`; Rust
+/// prints a float as the shortest decimal that reads back to the same value, so the value is exact), as f32
+/// (what flex's layer norm uses). `None` when the display has no such field.
+pub(crate) fn layer_norm_epsilon<B: Backend>(norm: &LayerNorm<B>) -> Option<f32> {
+    let text = norm.to_string();
+    let at = text.find("epsilon: ")? + "epsilon: ".len();
+    let value = text[at..]
+        .split(|c: char| c == ',' || c == '}' || c.is_whitespace())
+        .next()?;
+    let epsilon: f64 = value.parse().ok()?;
+    (epsilon.is_finite() && epsilon >= 0.0).then_some(epsilon as f32)
 }
 
 /// `a + b` for two bf16 flex tensors of one shape, both contiguous: [`crate::kernels::add_bf16`] in parallel
@@ -367,4 +416,20 @@ fn narrowed<B: Backend, const D: usize>(x: Tensor<Flex, D>) -> Option<Tensor<B, 
         .zip(src.par_chunks(CHUNK))
         .for_each(|(o, s)| crate::kernels::narrow_bf16(path, s, o));
     flex_tensor(TensorData::new(out, shape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_norm_epsilons_read_back_exactly() {
+        use burn::nn::LayerNormConfig;
+        for eps in [1e-6, 1e-5, 1e-12, 3.0e-7, 0.1, 1.0, 0.0] {
+            let norm = LayerNormConfig::new(4)
+                .with_epsilon(eps)
+                .init::<Flex>(&Default::default());
+            assert_eq!(layer_norm_epsilon(&norm), Some(eps as f32), "{norm}");
+        }
+    }
 }

@@ -59,6 +59,7 @@ use half::{bf16, f16};
 mod attention;
 mod dense;
 mod elementwise;
+mod norm;
 mod q8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -77,6 +78,7 @@ mod x86_q8;
 
 pub use attention::{HeadStrides, Heads, HeadsShape, QkvShape, attention_bf16, attention_qkv_bf16};
 pub use elementwise::{add_bf16, erf, gelu_erf, gelu_erf_bf16, narrow_bf16, widen_bf16};
+pub use norm::layer_norm_bf16;
 pub(crate) use q8::q8_values;
 pub use q8::{
     Q8_ACT_BLOCK, Q8Weight, dequantize_q8, quantize_q8, quantize_q8_transposed,
