@@ -168,3 +168,71 @@ pub fn layer_norm<B: Backend, const D: usize>(
     };
     norm.forward(x)
 }
+
+/// A patch embedding: `conv.forward(x)` for a convolution whose stride equals its kernel (non-overlapping
+/// patches, no padding, no dilation, one group), as `[batch, patches, channels_out]` with the patches in
+/// row-major order (`conv.forward(x).flatten(2, 3).swap_dims(1, 2)`). A remainder of the image beyond whole
+/// patches is dropped, as the valid convolution does.
+///
+/// On flex in bf16 the patches are cut out as rows of `channels_in * kh * kw` values and multiplied by the
+/// kernel as a `Linear` ([`crate::linear_forward`]: blip2's bf16 kernels, f32 sums rounded once), which is within
+/// the bf16 rounding of flex's convolution (it widens to f32, runs its f32 convolution and rounds); every other
+/// backend and dtype, f32 on flex included, runs `conv.forward` unchanged.
+///
+/// # Shapes
+/// - `x`: `[batch, channels_in, height, width]`
+/// - returns `[batch, (height / kh) * (width / kw), channels_out]`
+pub fn patch_embed<B: Backend>(conv: &burn::nn::conv::Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = patches_as_rows(conv, &x) {
+        return y;
+    }
+    conv.forward(x).flatten::<3>(2, 3).swap_dims(1, 2)
+}
+
+/// [`patch_embed`]'s flex bf16 path; `None` where it does not apply.
+#[cfg(feature = "flex")]
+fn patches_as_rows<B: Backend>(
+    conv: &burn::nn::conv::Conv2d<B>,
+    x: &Tensor<B, 4>,
+) -> Option<Tensor<B, 3>> {
+    use burn::nn::PaddingConfig2d;
+    use burn::tensor::DType;
+    let weight = conv.weight.val();
+    let [out, cin, kh, kw] = weight.dims();
+    let [batch, channels, height, width] = x.dims();
+    let patchify = conv.stride == [kh, kw]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && matches!(
+            conv.padding,
+            PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0)
+        );
+    if std::any::TypeId::of::<B>() != std::any::TypeId::of::<burn::backend::Flex>()
+        || x.dtype() != DType::BF16
+        || weight.dtype() != DType::BF16
+        || !patchify
+        || channels != cin
+        || height < kh
+        || width < kw
+    {
+        return None;
+    }
+    let (gh, gw) = (height / kh, width / kw);
+    let rows = x
+        .clone()
+        .narrow(2, 0, gh * kh)
+        .narrow(3, 0, gw * kw)
+        .reshape([batch, cin, gh, kh, gw, kw])
+        .permute([0, 2, 4, 1, 3, 5]) // [batch, gh, gw, cin, kh, kw]
+        .reshape([batch, gh * gw, cin * kh * kw]);
+    let linear = burn::nn::Linear {
+        // `[in, out]`, the transposed view of the kernel's `[out, cin * kh * kw]`, as a PyTorch-layout `Linear`.
+        weight: burn::module::Param::from_tensor(weight.reshape([out, cin * kh * kw]).transpose()),
+        bias: conv
+            .bias
+            .as_ref()
+            .map(|b| burn::module::Param::from_tensor(b.val())),
+    };
+    Some(crate::linear_forward(&linear, rows))
+}

@@ -1068,6 +1068,52 @@ mod flex {
     use super::values;
 
     #[test]
+    fn patch_embeddings_are_the_convolution() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Default::default();
+        // 3 -> 24 channels, 4 x 4 patches, an 18 x 13 image: the last 2 rows and 1 column are dropped.
+        let conv = Conv2dConfig::new([3, 24], [4, 4])
+            .with_stride([4, 4])
+            .init::<Flex>(&device);
+        let x = Tensor::<Flex, 4>::from_data(
+            TensorData::new(values(2 * 3 * 18 * 13, 81), [2, 3, 18, 13]),
+            &device,
+        );
+        let by_conv = |conv: &burn::nn::conv::Conv2d<Flex>, x: Tensor<Flex, 4>| {
+            conv.forward(x).flatten::<3>(2, 3).swap_dims(1, 2)
+        };
+        // f32: the convolution itself, bit for bit.
+        let got = blip2_nn::ops::patch_embed(&conv, x.clone());
+        assert_eq!(got.dims(), [2, 12, 24]);
+        got.into_data()
+            .assert_eq(&by_conv(&conv, x.clone()).into_data(), true);
+        // bf16: rows of patches times the kernel, within one bf16 rounding (plus the f32 sums) of the f32
+        // convolution of the same bf16 values.
+        let conv16 =
+            blip2_nn::backend::cast_module(conv, blip2_nn::backend::FloatDType::BF16, &device)
+                .unwrap();
+        let x16 = x.cast(DType::BF16);
+        let got = blip2_nn::ops::patch_embed(&conv16, x16.clone());
+        assert_eq!((got.dims(), got.dtype()), ([2, 12, 24], DType::BF16));
+        let conv32 = blip2_nn::backend::cast_module(
+            conv16.clone(),
+            blip2_nn::backend::FloatDType::F32,
+            &device,
+        )
+        .unwrap();
+        let exact = by_conv(&conv32, x16.clone().cast(DType::F32));
+        // `sum |x w|` over a patch's 48 inputs is at most 48 max|x| max|w|.
+        let amax = |t: Tensor<Flex, 4>| t.abs().max().into_scalar();
+        let scale = 48.0 * amax(x16.cast(DType::F32)) * amax(conv32.weight.val());
+        let got: Vec<f32> = got.cast(DType::F32).into_data().to_vec().unwrap();
+        let exact: Vec<f32> = exact.into_data().to_vec().unwrap();
+        for (g, e) in got.iter().zip(&exact) {
+            let bound = 2f32.powi(-8) * e.abs() + 48.0 * 2f32.powi(-23) * scale;
+            assert!((g - e).abs() <= bound, "{g} against {e} (bound {bound})");
+        }
+    }
+
+    #[test]
     fn linear_gelu_equals_the_linear_then_the_gelu() {
         let device = Default::default();
         // [2, 20, 64] x [96, 64]: 40 rows (AMX's products where the CPU has them), and a short row count.
@@ -1394,7 +1440,11 @@ mod flex {
                 assert!((g - w).abs() <= step, "{g} against Burn's {w}");
                 differ += usize::from(g != w);
             }
-            assert!(differ * 10 < got.len(), "{differ} of {} outputs differ", got.len());
+            assert!(
+                differ * 10 < got.len(),
+                "{differ} of {} outputs differ",
+                got.len()
+            );
         }
     }
 
@@ -1872,7 +1922,8 @@ fn bf16_layer_norm_is_the_f64_norm_rounded_once_on_every_path() {
                     // One bf16 rounding (2^-8 relative, with a step to spare) plus the f32 sums: the mean's
                     // error is at most d * 2^-24 * max|x|, carried through `inv * gamma`, and the variance's
                     // relative error about as many steps, which moves `inv` by half that.
-                    let sums = 4.0 * d as f64 * 2f64.powi(-24) * (amax * inv * g.abs() + exact.abs());
+                    let sums =
+                        4.0 * d as f64 * 2f64.powi(-24) * (amax * inv * g.abs() + exact.abs());
                     let bound = 2f64.powi(-8) * exact.abs() + sums + 1e-30;
                     assert!(
                         (got - exact).abs() <= bound,

@@ -66,10 +66,9 @@ impl<B: Backend> Blip2VisionEmbeddings<B> {
     ) -> Tensor<B, 3> {
         let [batch, _, height, width] = pixel_values.dims();
         let weight_dtype = self.patch_embedding.weight.val().dtype();
-        let patches = self
-            .patch_embedding
-            .forward(pixel_values.cast(weight_dtype)); // [batch, hidden, gh, gw]
-        let patches = patches.flatten::<3>(2, 3).swap_dims(1, 2); // [batch, num_patches, hidden]
+        // [batch, num_patches, hidden]
+        let patches =
+            blip2_nn::ops::patch_embed(&self.patch_embedding, pixel_values.cast(weight_dtype));
         let [_, num_patches, hidden] = patches.dims();
         let class = self
             .class_embedding
