@@ -299,19 +299,7 @@ pub(crate) fn try_layer_norm_bf16<B: Backend, const D: usize>(
     if d == 0 || gamma.len() != d {
         return Err(x);
     }
-    let owned;
-    let src: &[bf16] = match t.layout().contiguous_offsets() {
-        Some((start, end)) => &t.storage::<bf16>()[start..end],
-        None => {
-            owned = rows(
-                t.storage::<bf16>(),
-                &shape,
-                t.layout().strides(),
-                t.layout().start_offset(),
-            );
-            &owned
-        }
-    };
+    let src = bf16_values(&t);
     let path = crate::kernels::KernelPath::detect();
     let mut out = vec![bf16::ZERO; src.len()];
     let rows_per_task = (CHUNK / d).max(1);
@@ -369,24 +357,26 @@ pub(crate) fn try_add_bf16<B: Backend, const D: usize>(
     }
 }
 
+/// A bf16 flex tensor's values in row-major order: where they are when they already lie so, else a copy.
+fn bf16_values(t: &FlexTensor) -> std::borrow::Cow<'_, [bf16]> {
+    let layout = t.layout();
+    match layout.contiguous_offsets() {
+        Some((start, end)) => std::borrow::Cow::Borrowed(&t.storage::<bf16>()[start..end]),
+        None => std::borrow::Cow::Owned(rows(
+            t.storage::<bf16>(),
+            layout.shape(),
+            layout.strides(),
+            layout.start_offset(),
+        )),
+    }
+}
+
 /// A bf16 flex tensor as a row-major f32 `Tensor<Flex, D>` (exact), or `None` for other dtypes.
 fn widened<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<Flex, D>> {
     use rayon::prelude::*;
     let t = flex_bf16(x)?;
     let shape = t.layout().shape().to_vec();
-    let owned;
-    let src: &[bf16] = match t.layout().contiguous_offsets() {
-        Some((start, end)) => &t.storage::<bf16>()[start..end],
-        None => {
-            owned = rows(
-                t.storage::<bf16>(),
-                &shape,
-                t.layout().strides(),
-                t.layout().start_offset(),
-            );
-            &owned
-        }
-    };
+    let src = bf16_values(&t);
     let path = crate::kernels::KernelPath::detect();
     let mut wide = vec![0f32; src.len()];
     wide.par_chunks_mut(CHUNK)
