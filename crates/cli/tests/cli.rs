@@ -514,7 +514,19 @@ fn an_interrupted_job_resumes_with_nothing_lost_or_repeated() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     let _ = child.kill();
-    child.wait().unwrap();
+    let status = child.wait().unwrap();
+    // The kill must have interrupted the job, or the resume below tests nothing: the process died of the signal
+    // (a run that had already finished would exit 0), and fewer rows than images were written.
+    assert!(
+        !status.success(),
+        "the job finished before the kill: {status:?}"
+    );
+    let before = std::fs::read(&output).unwrap();
+    let complete = before.iter().filter(|&&b| b == b'\n').count();
+    assert!(
+        complete < 60,
+        "the kill came after all 60 rows were written ({complete})"
+    );
     run(blip2().args(args(true)), 0);
     let rows = json_lines(&std::fs::read_to_string(&output).unwrap());
     let images: Vec<String> = rows
