@@ -1,6 +1,6 @@
 //! The layering of ARCHITECTURE.md, checked over `cargo metadata`:
 //! - `blip2-nn` and `blip2-testkit` depend on no workspace crate;
-//! - leaves (vision, qformer, opt, t5, generation, processor) depend only on `blip2-nn`, never on each other;
+//! - leaves (vision, qformer, opt, t5, generation, processor, hub) depend only on `blip2-nn`, never on each other;
 //! - only `blip2` composes leaves; `blip2-cli` depends on `blip2` (and may name `blip2-nn`'s backend helpers);
 //! - any crate may dev-depend on `blip2-testkit` (test support); otherwise dev-dependencies follow the same rule;
 //! - every member uses the workspace lints, and burn is pinned to `=0.21.0`.
@@ -15,6 +15,7 @@ const LEAVES: &[&str] = &[
     "blip2-t5",
     "blip2-generation",
     "blip2-processor",
+    "blip2-hub",
 ];
 const TOOLS: &[&str] = &["xtask", "blip2-workspace-tests", "blip2-benches"];
 

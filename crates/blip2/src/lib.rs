@@ -37,7 +37,6 @@
 
 mod config;
 mod error;
-pub mod hub;
 mod loading;
 mod model;
 mod pipeline;
@@ -48,6 +47,9 @@ mod retrieval_pipeline;
 /// The generation crate (`GenerationConfig`, `Generator`, logits processors), re-exported for users of the
 /// composed models.
 pub use blip2_generation as generation;
+/// The hub crate (`resolve`: a model directory or a hub id to a local directory, through the HF cache),
+/// re-exported: `from_pretrained` takes either.
+pub use blip2_hub as hub;
 /// The processor crate (image preprocessing, tokenizer, prompt templates), re-exported.
 pub use blip2_processor as processor;
 /// The vision crate (its error type, for matching on [`Error::Vision`]), re-exported.

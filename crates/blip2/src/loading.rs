@@ -9,7 +9,7 @@ use crate::{Blip2Config, Error};
 
 /// The config and the checkpoint of a model directory or hub id (downloaded first when needed).
 pub(crate) fn open_pretrained(model: &Path) -> Result<(Blip2Config, Checkpoint), Error> {
-    let dir = crate::model::locate(model)?;
+    let dir = blip2_hub::locate(model)?;
     let config = Blip2Config::from_file(&dir)?;
     let checkpoint = Checkpoint::open(blip2_nn::config::model_dir(&dir))?;
     Ok((config, checkpoint))

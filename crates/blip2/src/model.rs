@@ -692,16 +692,3 @@ fn projection<B: Backend>(config: &Blip2Config, device: &B::Device) -> Linear<B>
     .with_layout(LinearLayout::Col)
     .init(device)
 }
-
-/// A model directory for `model`: the path itself when it exists, else a hub id resolved through the HF cache
-/// (environment settings: [`crate::hub::HubOptions::from_env`]).
-pub(crate) fn locate(model: &Path) -> Result<std::path::PathBuf, Error> {
-    if model.exists() {
-        return Ok(model.to_path_buf());
-    }
-    let name = model.to_string_lossy();
-    Ok(crate::hub::resolve(
-        &name,
-        &crate::hub::HubOptions::from_env(),
-    )?)
-}

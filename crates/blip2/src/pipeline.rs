@@ -204,7 +204,7 @@ impl<B: Backend> Blip2<B> {
         device: &B::Device,
         limits: Limits,
     ) -> Result<Self, Error> {
-        let dir = crate::model::locate(model.as_ref())?;
+        let dir = blip2_hub::locate(model.as_ref())?;
         let processor = processor_with_limits(&dir, limits)?;
         let model = Blip2ForConditionalGeneration::from_pretrained(&dir, precision, device)?;
         check_processor(&model, &processor, Some(&dir))?;

@@ -80,7 +80,7 @@ impl<B: Backend> Blip2Retrieval<B> {
         device: &B::Device,
         limits: Limits,
     ) -> Result<Self, Error> {
-        let dir = crate::model::locate(model.as_ref())?;
+        let dir = blip2_hub::locate(model.as_ref())?;
         let processor = crate::pipeline::processor_with_limits(&dir, limits)?;
         let model = Blip2ForImageTextRetrieval::from_pretrained(&dir, precision, device)?;
         Ok(Self::new(model, processor, device))

@@ -149,15 +149,9 @@ pub fn embed_from_q8<B: Backend>(
         .reshape([batch, len, dim])
 }
 
+#[cfg(feature = "flex")]
 fn is_flex<B: Backend>() -> bool {
-    #[cfg(feature = "flex")]
-    {
-        std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>()
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        false
-    }
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>()
 }
 
 /// Burn's block-quantized int8 tensor `[k, n]` (`D` = 2) for these values, held `[n, k]`, and scales (see

@@ -14,6 +14,7 @@ use memmap2::Mmap;
 use safetensors::tensor::Dtype;
 use safetensors::{SafeTensorError, SafeTensors};
 
+use super::ShardIndex;
 use crate::Error;
 use crate::backend::FloatDType;
 
@@ -92,34 +93,8 @@ impl Checkpoint {
             path: index.to_path_buf(),
             reason,
         };
-        let text = crate::limits::read_to_string_bounded(index, crate::limits::MAX_JSON_BYTES)
-            .map_err(|e| Error::io(index, e))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| bad("no `weight_map` object".to_string()))?;
+        let ShardIndex { weight_map, shards } = ShardIndex::read(index)?;
         let dir = index.parent().unwrap_or(Path::new("."));
-        let mut shards: Vec<String> = Vec::new();
-        for (key, file) in map {
-            let file = file
-                .as_str()
-                .ok_or_else(|| bad(format!("the shard of `{key}` is not a file name")))?;
-            // Shards are plain names next to the index; anything else could reach outside the model directory.
-            if file.is_empty() || Path::new(file).components().count() != 1 || file.contains("..") {
-                return Err(bad(format!(
-                    "the shard of `{key}` is `{file}`, not a file name in the same directory"
-                )));
-            }
-            if !shards.iter().any(|s| s == file) {
-                shards.push(file.to_string());
-            }
-        }
-        if shards.is_empty() {
-            return Err(bad("`weight_map` is empty".to_string()));
-        }
-        shards.sort();
         let mut paths = Vec::with_capacity(shards.len());
         for shard in &shards {
             let shard_path = dir.join(shard);
@@ -133,8 +108,7 @@ impl Checkpoint {
             paths.push(shard_path);
         }
         let checkpoint = Self::from_files(index, paths)?;
-        for (key, file) in map {
-            let file = file.as_str().unwrap_or_default();
+        for (key, file) in &weight_map {
             match checkpoint.tensors.get(key) {
                 Some(info) if checkpoint.files[info.file].path.ends_with(file) => {}
                 Some(info) => {

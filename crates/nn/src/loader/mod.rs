@@ -24,12 +24,14 @@
 
 mod checkpoint;
 mod expected;
+mod index;
 mod keymap;
 mod load;
 mod save;
 
 pub use checkpoint::{Checkpoint, INDEX_FILE, TensorInfo, WEIGHTS_FILE};
 pub use expected::expected_keys;
+pub use index::ShardIndex;
 pub use keymap::KeyMap;
 pub use load::{LoadOptions, LoadReport, Problem, WeightFormat, load_module};
 pub use safetensors::tensor::Dtype as FileDtype;

@@ -1,4 +1,4 @@
-//! `blip2::hub`: hub ids downloaded from a local HTTP server that speaks the hub's file protocol
+//! `blip2_hub`: hub ids downloaded from a local HTTP server that speaks the hub's file protocol
 //! (`/{owner}/{name}/resolve/{revision}/{file}`, range requests, `etag`/`x-repo-commit`), into a temporary HF cache;
 //! the cache layout, cache hits without requests, offline mode, the errors, local directories, id parsing and the
 //! environment. No test touches the network or the process environment.
@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use blip2::hub::{self, DownloadProgress, HubError, HubId, HubOptions, ModelSource};
+use blip2_hub::{self as hub, DownloadProgress, HubError, HubId, HubOptions, ModelSource};
 use blip2_testkit::Fixture;
 use blip2_testkit::hub_server::{
     COMMIT, HubRepo, HubServer, Request, TINY_OPT_FILES, http, unreachable_endpoint,
