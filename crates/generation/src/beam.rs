@@ -18,7 +18,8 @@
 use std::cmp::Ordering;
 use std::time::Instant;
 
-use crate::generate::{GenerationOutput, Plan, StoppingCriterion, row_stops};
+use crate::output::GenerationOutput;
+use crate::plan::{Plan, StoppingCriterion, row_stops};
 use crate::processors::{RowIds, log_softmax};
 use crate::sampling::{Rng, sample_distinct};
 use crate::session::Started;

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use blip2_nn::lm::{DecoderOnlyLm, EncoderDecoderLm, LmPrompt};
 use burn::prelude::{Backend, Int, Tensor};
-use burn::tensor::TensorData;
 
 use crate::beam::{BeamSearch, beam_search};
+use crate::output::GenerationOutput;
+use crate::plan::{Plan, StoppingCriterion, row_stops};
 use crate::processors::{LogitsProcessor, ProcessorContext, ProcessorList, RowIds};
 use crate::sampling::{Rng, argmax, sample};
 use crate::session::{Session, Started, repeat_indices, start_decoder_only, start_encoder_decoder};
@@ -64,57 +65,6 @@ impl<B: Backend> Prompt<B> {
     }
 }
 
-/// A caller's reason to stop a row, checked after every new token (beside eos, the length limit and
-/// `max_time`).
-pub trait StoppingCriterion: Send {
-    /// Whether the row holding `ids` (prompt ids, then generated ones) is done; `prompt_len` ids are the
-    /// prompt's.
-    fn should_stop(&mut self, ids: &[u32], prompt_len: usize) -> bool;
-}
-
-impl<F: FnMut(&[u32], usize) -> bool + Send> StoppingCriterion for F {
-    fn should_stop(&mut self, ids: &[u32], prompt_len: usize) -> bool {
-        self(ids, prompt_len)
-    }
-}
-
-/// What a generation run returns.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerationOutput {
-    /// `[batch * num_return_sequences]` rows of equal length, as transformers' `sequences`: the prompt ids
-    /// (decoder-only) or the start token (encoder-decoder), the new ids, then the pad id after a row ended.
-    pub sequences: Vec<Vec<u32>>,
-    /// Beam search: each returned hypothesis's length-normalised log-probability.
-    pub sequences_scores: Option<Vec<f32>>,
-    /// How many leading ids of every row are not generated.
-    pub prompt_len: usize,
-    /// Rows per prompt.
-    pub num_return_sequences: usize,
-}
-
-impl GenerationOutput {
-    /// Row `i` without its leading prompt ids.
-    pub fn new_tokens(&self, i: usize) -> &[u32] {
-        &self.sequences[i][self.prompt_len..]
-    }
-
-    /// The sequences as i64 rows (transformers' dtype).
-    pub fn to_i64_rows(&self) -> Vec<Vec<i64>> {
-        self.sequences
-            .iter()
-            .map(|row| row.iter().map(|&t| i64::from(t)).collect())
-            .collect()
-    }
-
-    /// The sequences as a `[rows, len]` tensor.
-    pub fn to_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
-        let rows = self.sequences.len();
-        let len = self.sequences.first().map_or(0, Vec::len);
-        let data: Vec<i64> = self.to_i64_rows().into_iter().flatten().collect();
-        Tensor::from_data(TensorData::new(data, [rows, len]), device)
-    }
-}
-
 /// Tokens chosen at one step of greedy decoding or sampling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTokens {
@@ -142,16 +92,6 @@ impl std::fmt::Debug for Generator {
             .field("stopping", &self.stopping.len())
             .finish()
     }
-}
-
-/// Lengths and ids resolved against a prompt.
-pub(crate) struct Plan {
-    pub rows: Vec<Vec<u32>>,
-    pub padding: Vec<usize>,
-    pub prompt_len: usize,
-    pub max_total: usize,
-    pub processors: ProcessorList,
-    pub fill: Option<u32>,
 }
 
 fn read_ids<B: Backend>(ids: Tensor<B, 2, Int>, what: &str) -> Result<Vec<Vec<u32>>, Error> {
@@ -465,20 +405,6 @@ impl Generator {
         let (plan, started) = self.start_seq2seq(lm, prompt)?;
         Ok(TokenStream::new(self, plan, started))
     }
-}
-
-/// Whether `ids` ends a row: eos, the length limit, a caller's criterion.
-pub(crate) fn row_stops(
-    ids: &[u32],
-    plan: &Plan,
-    eos: &[u32],
-    stopping: &mut [Box<dyn StoppingCriterion>],
-) -> bool {
-    let mut stop = ids.len() >= plan.max_total || ids.last().is_some_and(|t| eos.contains(t));
-    for criterion in stopping.iter_mut() {
-        stop |= criterion.should_stop(ids, plan.prompt_len);
-    }
-    stop
 }
 
 /// Greedy decoding or sampling as an iterator: each item is the step's new token per row. Drop it to stop

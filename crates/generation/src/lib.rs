@@ -102,6 +102,8 @@ mod beam;
 mod config;
 mod error;
 mod generate;
+mod output;
+mod plan;
 pub mod processors;
 pub mod sampling;
 mod session;
@@ -109,6 +111,6 @@ mod session;
 pub use blip2_nn::lm::{DecoderOnlyLm, EncoderDecoderLm, LmPrompt};
 pub use config::{EarlyStopping, GenerationConfig, MAX_ROWS};
 pub use error::Error;
-pub use generate::{
-    GenerationOutput, Generator, NewTokens, Prompt, StoppingCriterion, TokenStream,
-};
+pub use generate::{Generator, NewTokens, Prompt, TokenStream};
+pub use output::GenerationOutput;
+pub use plan::StoppingCriterion;
