@@ -39,14 +39,23 @@ pub struct Blip2QFormerMultiHeadAttention<B: Backend> {
     pub num_heads: usize,
 }
 
+/// What an attention block attends to: its own input, or the image (keys and values of width
+/// `encoder_hidden_size`; HF's `is_cross_attention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKind {
+    /// Queries, keys and values from the layer's input.
+    SelfAttention,
+    /// Queries from the layer's input, keys and values from the image features.
+    CrossAttention,
+}
+
 impl<B: Backend> Blip2QFormerMultiHeadAttention<B> {
-    /// Fresh (lazily initialised) attention; `cross` takes keys/values of width `encoder_hidden_size`.
-    pub fn new(config: &Blip2QFormerConfig, cross: bool, device: &B::Device) -> Self {
+    /// Fresh (lazily initialised) attention of `kind`.
+    pub fn new(config: &Blip2QFormerConfig, kind: AttentionKind, device: &B::Device) -> Self {
         let hidden = config.hidden_size;
-        let kv_in = if cross {
-            config.encoder_hidden_size
-        } else {
-            hidden
+        let kv_in = match kind {
+            AttentionKind::CrossAttention => config.encoder_hidden_size,
+            AttentionKind::SelfAttention => hidden,
         };
         Self {
             query: linear(hidden, hidden, device),
@@ -134,10 +143,10 @@ pub struct Blip2QFormerAttention<B: Backend> {
 }
 
 impl<B: Backend> Blip2QFormerAttention<B> {
-    /// Fresh (lazily initialised) block; `cross` for the image cross-attention.
-    pub fn new(config: &Blip2QFormerConfig, cross: bool, device: &B::Device) -> Self {
+    /// Fresh (lazily initialised) block of `kind`.
+    pub fn new(config: &Blip2QFormerConfig, kind: AttentionKind, device: &B::Device) -> Self {
         Self {
-            attention: Blip2QFormerMultiHeadAttention::new(config, cross, device),
+            attention: Blip2QFormerMultiHeadAttention::new(config, kind, device),
             output: Blip2QFormerSelfOutput::new(config, device),
         }
     }

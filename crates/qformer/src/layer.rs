@@ -14,7 +14,7 @@ use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 
 use crate::Blip2QFormerConfig;
-use crate::attention::{Blip2QFormerAttention, linear};
+use crate::attention::{AttentionKind, Blip2QFormerAttention, linear};
 
 /// HF `Blip2QFormerIntermediate`: `act(dense(x))`.
 #[derive(Module, Debug)]
@@ -100,10 +100,10 @@ impl<B: Backend> Blip2QFormerLayer<B> {
     ) -> Self {
         let text = config.use_qformer_text_input;
         Self {
-            attention: Blip2QFormerAttention::new(config, false, device),
+            attention: Blip2QFormerAttention::new(config, AttentionKind::SelfAttention, device),
             crossattention: config
                 .has_cross_attention(index)
-                .then(|| Blip2QFormerAttention::new(config, true, device)),
+                .then(|| Blip2QFormerAttention::new(config, AttentionKind::CrossAttention, device)),
             intermediate: text.then(|| Blip2QFormerIntermediate::new(config, activation, device)),
             output: text.then(|| Blip2QFormerOutput::new(config, device)),
             intermediate_query: Blip2QFormerIntermediate::new(config, activation, device),

@@ -54,7 +54,7 @@ mod model;
 mod qformer;
 
 pub use attention::{
-    Blip2QFormerAttention, Blip2QFormerMultiHeadAttention, Blip2QFormerSelfOutput,
+    AttentionKind, Blip2QFormerAttention, Blip2QFormerMultiHeadAttention, Blip2QFormerSelfOutput,
 };
 pub use config::{Blip2QFormerConfig, QFormerConfig};
 pub use error::Error;

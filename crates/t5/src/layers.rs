@@ -118,9 +118,31 @@ pub struct T5Attention<B: Backend> {
     pub bidirectional: bool,
 }
 
+/// Where an attention block sits: the encoder's (bidirectional position buckets) or the decoder's (causal
+/// buckets); HF's `is_decoder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    /// The encoder: buckets for both directions.
+    Encoder,
+    /// The decoder: buckets for earlier positions only.
+    Decoder,
+}
+
+/// Whether an attention block has its own relative position bias table (the first layer of each stack's
+/// self-attention, HF's `has_relative_attention_bias`) or uses the one its stack's first layer computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelativeBias {
+    /// Holds `relative_attention_bias`.
+    Own,
+    /// Reuses the first layer's position bias (or none, for cross-attention).
+    Shared,
+}
+
 impl<B: Backend> T5Attention<B> {
     /// Fresh (lazily initialised) attention.
-    pub fn new(config: &T5Config, has_bias: bool, bidirectional: bool, device: &B::Device) -> Self {
+    pub fn new(config: &T5Config, bias: RelativeBias, stack: Stack, device: &B::Device) -> Self {
+        let has_bias = bias == RelativeBias::Own;
+        let bidirectional = stack == Stack::Encoder;
         let inner = config.num_heads * config.d_kv;
         Self {
             q: linear(config.d_model, inner, device),
@@ -298,9 +320,9 @@ fn attention_sublayer<B: Backend>(
 }
 
 impl<B: Backend> T5LayerSelfAttention<B> {
-    fn new(config: &T5Config, has_bias: bool, bidirectional: bool, device: &B::Device) -> Self {
+    fn new(config: &T5Config, bias: RelativeBias, stack: Stack, device: &B::Device) -> Self {
         Self {
-            self_attention: T5Attention::new(config, has_bias, bidirectional, device),
+            self_attention: T5Attention::new(config, bias, stack, device),
             layer_norm: T5LayerNorm::new(config.d_model, config.layer_norm_epsilon, device),
             dropout: DropoutConfig::new(config.dropout_rate).init(),
         }
@@ -327,7 +349,12 @@ impl<B: Backend> T5LayerSelfAttention<B> {
 impl<B: Backend> T5LayerCrossAttention<B> {
     fn new(config: &T5Config, device: &B::Device) -> Self {
         Self {
-            enc_dec_attention: T5Attention::new(config, false, false, device),
+            enc_dec_attention: T5Attention::new(
+                config,
+                RelativeBias::Shared,
+                Stack::Decoder,
+                device,
+            ),
             layer_norm: T5LayerNorm::new(config.d_model, config.layer_norm_epsilon, device),
             dropout: DropoutConfig::new(config.dropout_rate).init(),
         }
@@ -409,7 +436,7 @@ impl<B: Backend> T5EncoderBlock<B> {
         device: &B::Device,
     ) -> Self {
         Self {
-            layer_0: T5LayerSelfAttention::new(config, index == 0, true, device),
+            layer_0: T5LayerSelfAttention::new(config, first_bias(index), Stack::Encoder, device),
             layer_1: T5LayerFf::new(config, activation, device),
         }
     }
@@ -430,7 +457,7 @@ impl<B: Backend> T5DecoderBlock<B> {
         device: &B::Device,
     ) -> Self {
         Self {
-            layer_0: T5LayerSelfAttention::new(config, index == 0, false, device),
+            layer_0: T5LayerSelfAttention::new(config, first_bias(index), Stack::Decoder, device),
             layer_1: T5LayerCrossAttention::new(config, device),
             layer_2: T5LayerFf::new(config, activation, device),
         }
@@ -451,5 +478,14 @@ impl<B: Backend> T5DecoderBlock<B> {
         let x = self.layer_0.forward(x, self_bias, self_cache);
         let x = self.layer_1.forward(x, encoder, cross_mask, cross_cache);
         self.layer_2.forward(x)
+    }
+}
+
+/// The first layer of a stack owns the relative position bias; the others reuse its output.
+fn first_bias(index: usize) -> RelativeBias {
+    if index == 0 {
+        RelativeBias::Own
+    } else {
+        RelativeBias::Shared
     }
 }

@@ -44,8 +44,8 @@ mod step;
 pub use config::{T5Config, TokenIds};
 pub use error::Error;
 pub use layers::{
-    T5Attention, T5DecoderBlock, T5DenseReluDense, T5EncoderBlock, T5LayerCrossAttention,
-    T5LayerFf, T5LayerNorm, T5LayerSelfAttention, relative_position_bucket,
+    RelativeBias, Stack, T5Attention, T5DecoderBlock, T5DenseReluDense, T5EncoderBlock,
+    T5LayerCrossAttention, T5LayerFf, T5LayerNorm, T5LayerSelfAttention, relative_position_bucket,
 };
 pub use model::{
     LogitsFor, T5Cache, T5Decoder, T5Encoder, T5ForConditionalGeneration, T5Input, t5_key_map,
