@@ -11,10 +11,11 @@ use blip2::{Blip2, Generated};
 use burn::prelude::Backend;
 use serde::Serialize;
 
-use crate::args::{Common, GenerationArgs, Stream};
+use crate::Ctx;
+use crate::args::{GenerationArgs, Stream};
 use crate::error::{CliError, Exit};
 use crate::inputs::open_all;
-use crate::model::{Located, load_blip2};
+use crate::model::load_blip2;
 use crate::output::{Done, Record, RowWriter, RunRecord};
 use crate::progress::{Reporter, summary};
 
@@ -328,15 +329,14 @@ impl Sink<'_> {
 /// The output, the model, generation. A bad image is a row with an error, not an error.
 #[allow(clippy::too_many_arguments)]
 pub fn run<B: Backend>(
-    common: &Common,
-    located: &Located,
+    ctx: &Ctx,
     images: Vec<PathBuf>,
     task: &Task,
     args: &GenerationArgs,
     stream: Stream,
     device: &B::Device,
-    reporter: &Reporter,
 ) -> Result<Exit, CliError> {
+    let (common, located, reporter) = (&ctx.common, &ctx.located, &ctx.reporter);
     let command = match task {
         Task::Caption { .. } => "caption",
         Task::Ask { .. } => "ask",
@@ -509,14 +509,13 @@ struct Turn<'a> {
 /// # Errors
 /// The model, the image, reading stdin.
 pub fn chat<B: Backend>(
-    common: &Common,
-    located: &Located,
+    ctx: &Ctx,
     image: &Path,
     args: &GenerationArgs,
     stream: Stream,
     device: &B::Device,
-    reporter: &Reporter,
 ) -> Result<Exit, CliError> {
+    let (common, located, reporter) = (&ctx.common, &ctx.located, &ctx.reporter);
     let mut blip2 = load_blip2::<B>(located, common, "chat", device, reporter)?;
     let config = configure(&mut blip2, args, reporter)?;
     let picture = blip2

@@ -16,6 +16,7 @@ pub mod output;
 mod progress;
 mod retrieval;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use blip2_nn::backend::{BackendFn, BackendKind, DeviceSpec, run_on};
@@ -27,7 +28,10 @@ pub use crate::generate::{ASK_COLUMNS, CAPTION_COLUMNS};
 #[doc(hidden)]
 pub use crate::retrieval::MATCH_COLUMNS;
 
-use crate::args::{Cli, Command, DEFAULT_MODEL, DEFAULT_RETRIEVAL_MODEL, EmbedKind};
+use crate::args::{
+    Cli, Command, Common, DEFAULT_MODEL, DEFAULT_RETRIEVAL_MODEL, EmbedKind, GenerationArgs,
+    ScoreKind, Stream,
+};
 use crate::error::{CliError, Exit};
 use crate::generate::Task;
 use crate::progress::Reporter;
@@ -101,23 +105,55 @@ fn is_broken_pipe(info: &std::panic::PanicHookInfo<'_>) -> bool {
         && (message.contains("(os error 32)") || message.contains("(os error 232)")) // EPIPE, ERROR_NO_DATA
 }
 
-/// Everything a command needs before its backend is chosen: the checks that need no model run here, so a
-/// typo fails before a model loads.
+/// What every command works with once its model is located: the common flags, the model, the reporter.
+pub(crate) struct Ctx {
+    pub common: Common,
+    pub located: model::Located,
+    pub reporter: Reporter,
+}
+
+/// One command's work, resolved before its backend is chosen: the checks that need no model run while it is
+/// made, so a typo fails before a model loads.
+enum Plan {
+    /// `caption` and `ask`.
+    Generate {
+        images: Vec<PathBuf>,
+        task: Task,
+        generation: GenerationArgs,
+        stream: Stream,
+    },
+    /// `chat`.
+    Chat {
+        image: PathBuf,
+        generation: GenerationArgs,
+        stream: Stream,
+    },
+    /// `embed`.
+    Embed {
+        images: Vec<PathBuf>,
+        texts: Vec<String>,
+        kinds: Vec<EmbedKind>,
+    },
+    /// `match`.
+    Match {
+        images: Vec<PathBuf>,
+        texts: Vec<String>,
+        scores: ScoreKind,
+    },
+}
+
+/// A command ready to run on a backend.
 struct Job {
-    cli: Cli,
-    reporter: Reporter,
-    located: model::Located,
-    images: Vec<std::path::PathBuf>,
-    texts: Vec<String>,
-    kinds: Vec<EmbedKind>,
+    ctx: Ctx,
+    plan: Plan,
 }
 
 fn run(mut cli: Cli) -> Result<Exit, CliError> {
     cli.common.resolve_int8_group().map_err(CliError::usage)?;
     let reporter = Reporter::new(cli.common.quiet);
-    let common = &cli.common;
-    if matches!(cli.command, Command::Info) {
-        return info::run(common, &reporter);
+    let Cli { common, command } = cli;
+    if matches!(command, Command::Info) {
+        return info::run(&common, &reporter);
     }
     if common.resume && common.output.is_none() {
         return Err(CliError::usage(
@@ -145,11 +181,20 @@ fn run(mut cli: Cli) -> Result<Exit, CliError> {
             ));
         }
     }
+    let (plan, default) = plan(&common, command)?;
+    let located = model::locate(&common, default, &reporter)?;
+    let ctx = Ctx {
+        common,
+        located,
+        reporter,
+    };
+    run_on(&spec, Job { ctx, plan }).map_err(CliError::from)?
+}
+
+/// The command's [`Plan`] and its default model, after the checks that need no model.
+fn plan(common: &Common, command: Command) -> Result<(Plan, &'static str), CliError> {
     let stdin = || std::io::stdin().lock();
-    let mut images = Vec::new();
-    let mut texts = Vec::new();
-    let mut kinds = Vec::new();
-    let default = match &cli.command {
+    Ok(match command {
         Command::Caption(a) => {
             if a.prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
                 return Err(CliError::usage(
@@ -157,14 +202,31 @@ fn run(mut cli: Cli) -> Result<Exit, CliError> {
                 ));
             }
             generate::check_generation_flags(&a.generation)?;
-            images = inputs::image_paths(&a.images.images, stdin())?;
-            DEFAULT_MODEL
+            let images = inputs::image_paths(&a.images.images, stdin())?;
+            let task = Task::Caption { prompt: a.prompt };
+            let plan = Plan::Generate {
+                images,
+                task,
+                generation: a.generation,
+                stream: a.stream,
+            };
+            (plan, DEFAULT_MODEL)
         }
         Command::Ask(a) => {
-            generate::ask_prompt(&a.template, &a.question)?;
+            let prompt = generate::ask_prompt(&a.template, &a.question)?;
             generate::check_generation_flags(&a.generation)?;
-            images = inputs::image_paths(std::slice::from_ref(&a.image), stdin())?;
-            DEFAULT_MODEL
+            let images = inputs::image_paths(std::slice::from_ref(&a.image), stdin())?;
+            let task = Task::Ask {
+                question: a.question,
+                prompt,
+            };
+            let plan = Plan::Generate {
+                images,
+                task,
+                generation: a.generation,
+                stream: a.stream,
+            };
+            (plan, DEFAULT_MODEL)
         }
         Command::Chat(a) => {
             if common.output.is_some() {
@@ -179,16 +241,23 @@ fn run(mut cli: Cli) -> Result<Exit, CliError> {
                     a.image.display()
                 )));
             }
-            DEFAULT_MODEL
+            let plan = Plan::Chat {
+                image: a.image,
+                generation: a.generation,
+                stream: a.stream,
+            };
+            (plan, DEFAULT_MODEL)
         }
         Command::Embed(a) => {
             // The output is checked before anything is computed.
             retrieval::check_embed_output(common)?;
-            texts = inputs::texts(&a.texts)?;
-            if !a.images.is_empty() {
-                images = inputs::image_paths(&a.images, stdin())?;
-            }
-            kinds = a.kind.clone();
+            let texts = inputs::texts(&a.texts)?;
+            let images = if a.images.is_empty() {
+                Vec::new()
+            } else {
+                inputs::image_paths(&a.images, stdin())?
+            };
+            let mut kinds = a.kind;
             if kinds.is_empty() {
                 if !images.is_empty() {
                     kinds.push(EmbedKind::Image);
@@ -204,93 +273,59 @@ fn run(mut cli: Cli) -> Result<Exit, CliError> {
                     "nothing to embed: give images, --text TEXT or --texts FILE",
                 ));
             }
-            DEFAULT_RETRIEVAL_MODEL
+            let plan = Plan::Embed {
+                images,
+                texts,
+                kinds,
+            };
+            (plan, DEFAULT_RETRIEVAL_MODEL)
         }
         Command::Match(a) => {
-            texts = inputs::texts(&a.texts)?;
+            let texts = inputs::texts(&a.texts)?;
             if texts.is_empty() {
                 return Err(CliError::usage(
                     "match needs texts: --text TEXT (repeat it) or --texts FILE",
                 ));
             }
-            images = inputs::image_paths(&a.images.images, stdin())?;
-            DEFAULT_RETRIEVAL_MODEL
+            let images = inputs::image_paths(&a.images.images, stdin())?;
+            let plan = Plan::Match {
+                images,
+                texts,
+                scores: a.scores,
+            };
+            (plan, DEFAULT_RETRIEVAL_MODEL)
         }
-        Command::Info => unreachable!("handled above"),
-    };
-    let located = model::locate(common, default, &reporter)?;
-    let job = Job {
-        cli,
-        reporter,
-        located,
-        images,
-        texts,
-        kinds,
-    };
-    run_on(&spec, job).map_err(CliError::from)?
+        Command::Info => unreachable!("`run` handles info before planning"),
+    })
 }
 
 impl BackendFn for Job {
     type Output = Result<Exit, CliError>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let Job {
-            cli,
-            reporter,
-            located,
-            images,
-            texts,
-            kinds,
-        } = self;
-        let common = &cli.common;
-        match &cli.command {
-            Command::Caption(a) => {
-                let task = Task::Caption {
-                    prompt: a.prompt.clone(),
-                };
-                generate::run::<B>(
-                    common,
-                    &located,
-                    images,
-                    &task,
-                    &a.generation,
-                    a.stream,
-                    &device,
-                    &reporter,
-                )
-            }
-            Command::Ask(a) => {
-                let task = Task::Ask {
-                    question: a.question.clone(),
-                    prompt: generate::ask_prompt(&a.template, &a.question)?,
-                };
-                generate::run::<B>(
-                    common,
-                    &located,
-                    images,
-                    &task,
-                    &a.generation,
-                    a.stream,
-                    &device,
-                    &reporter,
-                )
-            }
-            Command::Chat(a) => generate::chat::<B>(
-                common,
-                &located,
-                &a.image,
-                &a.generation,
-                a.stream,
-                &device,
-                &reporter,
-            ),
-            Command::Embed(_) => {
-                retrieval::embed::<B>(common, &located, images, texts, &kinds, &device, &reporter)
-            }
-            Command::Match(a) => retrieval::matching::<B>(
-                common, &located, images, texts, a.scores, &device, &reporter,
-            ),
-            Command::Info => info::run(common, &reporter),
+        let Job { ctx, plan } = self;
+        match plan {
+            Plan::Generate {
+                images,
+                task,
+                generation,
+                stream,
+            } => generate::run::<B>(&ctx, images, &task, &generation, stream, &device),
+            Plan::Chat {
+                image,
+                generation,
+                stream,
+            } => generate::chat::<B>(&ctx, &image, &generation, stream, &device),
+            Plan::Embed {
+                images,
+                texts,
+                kinds,
+            } => retrieval::embed::<B>(&ctx, images, texts, &kinds, &device),
+            Plan::Match {
+                images,
+                texts,
+                scores,
+            } => retrieval::matching::<B>(&ctx, images, texts, scores, &device),
         }
     }
 }

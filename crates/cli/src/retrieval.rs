@@ -11,13 +11,14 @@ use burn::prelude::{Backend, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::Serialize;
 
+use crate::Ctx;
 use crate::args::{Common, EmbedKind, ScoreKind};
 use crate::error::{CliError, Exit};
 use crate::generate::image_key;
 use crate::inputs::open_all;
-use crate::model::{Located, ModelKind, load_blip2, load_retrieval};
+use crate::model::{ModelKind, load_blip2, load_retrieval};
 use crate::output::{PartialLock, Record, RowWriter, RunRecord};
-use crate::progress::{Reporter, summary};
+use crate::progress::summary;
 
 /// CSV columns of `match`.
 pub const MATCH_COLUMNS: &[&str] = &["image", "text", "itm", "itc", "error"];
@@ -129,16 +130,14 @@ pub fn check_embed_output(common: &Common) -> Result<&Path, CliError> {
 ///
 /// # Errors
 /// Flags that do not fit, the model, the output.
-#[allow(clippy::too_many_arguments)]
 pub fn embed<B: Backend>(
-    common: &Common,
-    located: &Located,
+    ctx: &Ctx,
     images: Vec<PathBuf>,
     texts: Vec<String>,
     kinds: &[EmbedKind],
     device: &B::Device,
-    reporter: &Reporter,
 ) -> Result<Exit, CliError> {
+    let (common, located, reporter) = (&ctx.common, &ctx.located, &ctx.reporter);
     let output = check_embed_output(common)?;
     // One run at a time writes this output (the lock is on its temporary file, held to the end).
     let _lock = PartialLock::take(output)?;
@@ -401,14 +400,13 @@ fn rows_of<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<Vec<f32>>, CliError> {
 /// # Errors
 /// Flags that do not fit, the model, the output.
 pub fn matching<B: Backend>(
-    common: &Common,
-    located: &Located,
+    ctx: &Ctx,
     images: Vec<PathBuf>,
     texts: Vec<String>,
     which: ScoreKind,
     device: &B::Device,
-    reporter: &Reporter,
 ) -> Result<Exit, CliError> {
+    let (common, located, reporter) = (&ctx.common, &ctx.located, &ctx.reporter);
     if texts.is_empty() {
         return Err(CliError::usage(
             "match needs texts: --text TEXT (repeat it) or --texts FILE",
