@@ -5,6 +5,7 @@
 #![allow(clippy::print_stderr)] // errors go to stderr
 
 mod args;
+mod embed;
 #[doc(hidden)]
 pub mod error;
 mod generate;
@@ -250,7 +251,7 @@ fn plan(common: &Common, command: Command) -> Result<(Plan, &'static str), CliEr
         }
         Command::Embed(a) => {
             // The output is checked before anything is computed.
-            retrieval::check_embed_output(common)?;
+            embed::check_embed_output(common)?;
             let texts = inputs::texts(&a.texts)?;
             let images = if a.images.is_empty() {
                 Vec::new()
@@ -320,7 +321,7 @@ impl BackendFn for Job {
                 images,
                 texts,
                 kinds,
-            } => retrieval::embed::<B>(&ctx, images, texts, &kinds, &device),
+            } => embed::embed::<B>(&ctx, images, texts, &kinds, &device),
             Plan::Match {
                 images,
                 texts,
