@@ -16,7 +16,7 @@ use crate::args::{GenerationArgs, Stream};
 use crate::error::{CliError, Exit};
 use crate::inputs::open_all;
 use crate::model::load_blip2;
-use crate::output::{Done, Record, RowWriter, RunRecord};
+use crate::output::{Done, Existing, Record, RowWriter, RunRecord};
 use crate::progress::{Reporter, summary};
 
 /// CSV columns of `caption`.
@@ -351,14 +351,8 @@ pub fn run<B: Backend>(
                     "generation",
                     generation_config(&GenerationConfig::default(), args),
                 );
-            let (w, done) = RowWriter::open(
-                path,
-                task.columns(),
-                common.resume,
-                common.overwrite,
-                &run,
-                reporter,
-            )?;
+            let existing = Existing::from_flags(common.resume, common.overwrite);
+            let (w, done) = RowWriter::open(path, task.columns(), existing, &run, reporter)?;
             (Some(w), done)
         }
         None => (None, Done::default()),

@@ -379,11 +379,33 @@ impl Drop for PartialLock {
     }
 }
 
+/// What to do with an output file that already holds rows (`--resume`, `--overwrite`, neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse it: the user's data is never touched without a flag.
+    Refuse,
+    /// Keep its finished rows and carry on the run that wrote them.
+    Resume,
+    /// Replace it.
+    Overwrite,
+}
+
+impl Existing {
+    /// From the two flags, which the command line allows one at a time (`--resume` wins if both are set).
+    pub fn from_flags(resume: bool, overwrite: bool) -> Self {
+        match (resume, overwrite) {
+            (true, _) => Self::Resume,
+            (false, true) => Self::Overwrite,
+            (false, false) => Self::Refuse,
+        }
+    }
+}
+
 impl RowWriter {
     /// Opens `path` for rows with `columns` (CSV header; the first is `image`, and `sequence`/`sequences`
     /// when present count an image's rows) and locks it for the run. A new file is created; an existing one is
-    /// refused unless `overwrite` (replaced) or `resume` (its finished rows are kept and returned, after
-    /// checking that `run` is the run that wrote them). `run` is saved beside the file.
+    /// refused unless [`Existing::Overwrite`] (replaced) or [`Existing::Resume`] (its finished rows are kept and
+    /// returned, after checking that `run` is the run that wrote them). `run` is saved beside the file.
     ///
     /// # Errors
     /// An existing file without either flag, one another run is writing, an unreadable or foreign one with
@@ -391,11 +413,12 @@ impl RowWriter {
     pub fn open(
         path: &Path,
         columns: &'static [&'static str],
-        resume: bool,
-        overwrite: bool,
+        existing: Existing,
         run: &RunRecord,
         reporter: &Reporter,
     ) -> Result<(Self, Done), CliError> {
+        let resume = existing == Existing::Resume;
+        let overwrite = existing == Existing::Overwrite;
         let format = Format::of(path)?;
         if path.is_dir() {
             return Err(CliError::output(format!(
@@ -749,7 +772,8 @@ mod tests {
 
     fn open(path: &Path, resume: bool, overwrite: bool) -> Result<(RowWriter, Done), CliError> {
         let run = RunRecord::of_model("caption", "m", Path::new("m"));
-        RowWriter::open(path, COLUMNS, resume, overwrite, &run, &Reporter::new(true))
+        let existing = Existing::from_flags(resume, overwrite);
+        RowWriter::open(path, COLUMNS, existing, &run, &Reporter::new(true))
     }
 
     fn record(image: &str, n: usize) -> Record {

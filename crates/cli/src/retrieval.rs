@@ -14,7 +14,7 @@ use crate::error::{CliError, Exit};
 use crate::generate::image_key;
 use crate::inputs::open_all;
 use crate::model::load_retrieval;
-use crate::output::{Record, RowWriter, RunRecord};
+use crate::output::{Existing, Record, RowWriter, RunRecord};
 use crate::progress::summary;
 
 /// CSV columns of `match`.
@@ -85,8 +85,9 @@ pub fn matching<B: Backend>(
             let run = RunRecord::new("match", located)
                 .with("texts", &texts)
                 .with("scores", format!("{which:?}").to_lowercase());
-            let opened =
-                RowWriter::open(path, MATCH_COLUMNS, false, common.overwrite, &run, reporter)?;
+            // match never resumes (refused above): an existing file is replaced or refused.
+            let existing = Existing::from_flags(false, common.overwrite);
+            let opened = RowWriter::open(path, MATCH_COLUMNS, existing, &run, reporter)?;
             Some(opened.0)
         }
         None => None,
