@@ -37,6 +37,7 @@
 
 mod config;
 mod error;
+mod host;
 mod loading;
 mod model;
 mod pipeline;

@@ -149,19 +149,6 @@ pub struct LanguageInputs<B: Backend> {
     pub input_ids: Option<Tensor<B, 2, Int>>,
 }
 
-fn read_ids<B: Backend>(ids: &Tensor<B, 2, Int>) -> Result<Vec<Vec<i64>>, Error> {
-    let [batch, len] = ids.dims();
-    let values: Vec<i64> = ids
-        .clone()
-        .into_data()
-        .convert::<i64>()
-        .into_vec()
-        .map_err(|e| Error::bad_input(format!("cannot read input_ids back: {e:?}")))?;
-    Ok((0..batch)
-        .map(|b| values[b * len..(b + 1) * len].to_vec())
-        .collect())
-}
-
 impl<B: Backend> Blip2ForConditionalGeneration<B> {
     /// A fresh model (parameters lazy: nothing is allocated until loaded).
     ///
@@ -442,7 +429,7 @@ impl<B: Backend> Blip2ForConditionalGeneration<B> {
             Some(mask) => mask,
             None => Tensor::ones([batch, len], &device),
         };
-        let rows = read_ids(&input_ids)?;
+        let rows: Vec<Vec<i64>> = crate::host::host_rows(input_ids.clone(), "input_ids")?;
         let vocab = self.config.text_config.vocab_size() as i64;
         if let Some(bad) = rows.iter().flatten().find(|&&id| id < 0 || id >= vocab) {
             return Err(Error::bad_input(format!(

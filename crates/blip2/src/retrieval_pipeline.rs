@@ -9,6 +9,7 @@ use burn::prelude::{Backend, Tensor};
 use burn::tensor::activation::softmax;
 use image::RgbImage;
 
+use crate::host::host_rows;
 use crate::pipeline::to_tensor;
 use crate::{Blip2ForImageTextRetrieval, EncodedImages, EncodedTexts, Error, Precision};
 
@@ -41,18 +42,6 @@ pub struct Blip2Retrieval<B: Backend> {
     model: Blip2ForImageTextRetrieval<B>,
     processor: Blip2Processor,
     device: B::Device,
-}
-
-fn rows(t: Tensor<impl Backend, 2>) -> Result<Vec<Vec<f32>>, Error> {
-    let [n, m] = t.dims();
-    let values: Vec<f32> = t
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .map_err(|e| Error::bad_input(format!("cannot read scores back: {e:?}")))?;
-    Ok((0..n)
-        .map(|i| values[i * m..(i + 1) * m].to_vec())
-        .collect())
 }
 
 impl<B: Backend> Blip2Retrieval<B> {
@@ -178,12 +167,12 @@ impl<B: Backend> Blip2Retrieval<B> {
         images: &EncodedImages<B>,
         texts: &EncodedTexts<B>,
     ) -> Result<Scores, Error> {
-        let itc = rows(images.similarity(texts)?)?;
+        let itc: Vec<Vec<f32>> = host_rows(images.similarity(texts)?, "scores")?;
         let pairs: Vec<(usize, usize)> = (0..images.len())
             .flat_map(|i| (0..texts.len()).map(move |t| (i, t)))
             .collect();
         let logits = self.model.match_pairs(images, texts, &pairs)?;
-        let probs = rows(softmax(logits, 1))?;
+        let probs: Vec<Vec<f32>> = host_rows(softmax(logits, 1), "scores")?;
         let itm = probs
             .chunks(texts.len())
             .map(|row| row.iter().map(|p| p[1]).collect())

@@ -11,12 +11,11 @@ use burn::nn::Linear;
 use burn::prelude::{Backend, Int, Tensor};
 use burn::tensor::TensorData;
 
+use crate::host::host_rows;
 use crate::loading::{incompatible, open_pretrained, part, union};
 use crate::{Blip2Config, Error, Precision};
 
-use super::{
-    Ids, contrast, head, image_side, load_head, normalize, read_rows, require_text_tower, text_mask,
-};
+use super::{Ids, contrast, head, image_side, load_head, normalize, require_text_tower, text_mask};
 
 /// HF `Blip2ForImageTextRetrieval`: image-text matching (ITM, a binary classifier over an image and a text read
 /// together) and image-text contrast (ITC, cosines between separately embedded images and texts).
@@ -345,7 +344,7 @@ impl<B: Backend> Blip2ForImageTextRetrieval<B> {
                 "input_ids are [{batch}, {len}]: nothing follows the {n} <image> tokens, give a text"
             )));
         }
-        let ids = read_rows(input_ids.clone().narrow(1, 0, n))?;
+        let ids: Vec<Vec<i64>> = host_rows(input_ids.clone().narrow(1, 0, n), "input_ids")?;
         if let Some(row) = ids
             .iter()
             .position(|r| r.iter().any(|&id| id != i64::from(image_token)))
@@ -355,7 +354,7 @@ impl<B: Backend> Blip2ForImageTextRetrieval<B> {
                  processor's output here, or text-only ids to encode_texts"
             )));
         }
-        let kept = read_rows(mask.clone().narrow(1, 0, n))?;
+        let kept: Vec<Vec<i64>> = host_rows(mask.clone().narrow(1, 0, n), "attention_mask")?;
         if let Some(row) = kept.iter().position(|r| r.iter().any(|&m| m != 1)) {
             return Err(Error::bad_input(format!(
                 "row {row} of attention_mask masks some of its <image> tokens: the queries are never padding"

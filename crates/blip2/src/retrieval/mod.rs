@@ -147,14 +147,3 @@ fn text_mask<B: Backend>(
         None => Ok(Tensor::ones([batch, len], &input_ids.device())),
     }
 }
-
-fn read_rows<B: Backend>(t: Tensor<B, 2, Int>) -> Result<Vec<Vec<i64>>, Error> {
-    let [batch, len] = t.dims();
-    let values: Vec<i64> =
-        t.into_data().convert::<i64>().into_vec().map_err(|e| {
-            Error::bad_input(format!("cannot read ids back from the device: {e:?}"))
-        })?;
-    Ok((0..batch)
-        .map(|b| values[b * len..(b + 1) * len].to_vec())
-        .collect())
-}
